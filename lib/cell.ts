@@ -1,0 +1,350 @@
+// The cells: TensorFlow 1.x WeightNormLSTMCell and LSTMCell (SPEC section 1), over the native backend.
+import { addon, BackendInfo, FloatArray, NativeCell, NativeParam } from './native';
+import { wnlstmError } from './errors';
+import { Initializer, initialValues, Random, Shape } from './init';
+
+export type { FloatArray } from './native';
+export type Activation = 'tanh' | 'sigmoid' | 'relu' | 'softsign' | 'linear';
+export type DType = 'float32' | 'float64';
+export type BackendName = 'auto' | 'cpu' | 'cuda';
+
+export interface LSTMCellOptions {
+  /** Width of the input x (TF infers it at the first call; here it is given up front). */
+  inputSize: number;
+  usePeepholes?: boolean;
+  cellClip?: number;
+  /** TF semantics: initialises kernel, gains and peepholes; bias starts at 0. See README for the default. */
+  initializer?: Initializer;
+  numProj?: number;
+  projClip?: number;
+  /** Added inside the forget gate's sigmoid at every step. Default 1. */
+  forgetBias?: number;
+  activation?: Activation;
+  /** Seed of the initialisation; random when omitted (see `cell.seed`). */
+  seed?: number;
+  /** 'auto' (default) uses CUDA when usable, else the CPU and says why in `backendReason`. */
+  backend?: BackendName;
+  /** 'float64' is slower; it exists for gradient checks and for users who need it. */
+  dtype?: DType;
+}
+
+export interface WeightNormLSTMCellOptions extends LSTMCellOptions {
+  /** Weight normalisation on (default) or off (then identical to LSTMCell). */
+  norm?: boolean;
+}
+
+/** c is [batch, numUnits]; h is [batch, outputSize], row-major. */
+export interface LSTMState { c: FloatArray; h: FloatArray }
+
+export interface ForwardOptions {
+  batchSize: number;
+  /** Zeros when omitted. */
+  initialState?: LSTMState;
+  /** Per row of the batch, in [0, steps]: as TF's dynamic_rnn, outputs are zero past it and the final
+   * state is the one after the row's last valid step. */
+  sequenceLength?: Int32Array | ArrayLike<number>;
+  /** Keep activations for backward() (default true). false saves memory for inference. */
+  training?: boolean;
+}
+
+export interface ForwardResult {
+  /** [steps, batch, outputSize], time-major. */
+  outputs: FloatArray;
+  state: LSTMState;
+  steps: number;
+}
+
+export interface BackwardResult {
+  /** Gradient of every parameter, by TF name and layout. */
+  grads: Record<string, FloatArray>;
+  /** [steps, batch, inputSize]. */
+  dInputs: FloatArray;
+  dInitialState: LSTMState;
+}
+
+let backendInfoCache: BackendInfo | undefined;
+/** What this machine and build offer: the CPU's vector ISA and threads, and CUDA's status with a reason. */
+export function backendInfo(): BackendInfo {
+  backendInfoCache ??= addon.info();
+  return structuredClone(backendInfoCache);
+}
+
+const OPTION_NAMES = ['inputSize', 'usePeepholes', 'cellClip', 'initializer', 'numProj', 'projClip',
+  'forgetBias', 'activation', 'seed', 'backend', 'dtype'];
+
+abstract class LSTMCellBase {
+  readonly numUnits: number;
+  readonly inputSize: number;
+  /** Width of h and of the outputs: numProj when set, else numUnits. */
+  readonly outputSize: number;
+  readonly norm: boolean;
+  readonly usePeepholes: boolean;
+  readonly cellClip: number | undefined;
+  readonly numProj: number | undefined;
+  readonly projClip: number | undefined;
+  readonly forgetBias: number;
+  readonly activation: Activation;
+  readonly dtype: DType;
+  readonly seed: number;
+  /** The backend that runs this cell. */
+  readonly backend: 'cpu' | 'cuda';
+  /** Why this backend was chosen (e.g. why CUDA was not used). */
+  readonly backendReason: string;
+  #native: NativeCell | null;
+  readonly #layout: Map<string, NativeParam>;
+
+  protected constructor(numUnits: number, options: WeightNormLSTMCellOptions, norm: boolean, names: string[]) {
+    if (options === null || typeof options !== 'object') {
+      throw wnlstmError('ERR_WNLSTM_TYPE', 'options must be an object with at least inputSize');
+    }
+    for (const key of Object.keys(options)) {
+      if (!names.includes(key)) throw wnlstmError('ERR_WNLSTM_CONFIG', `unknown option '${key}'`);
+    }
+    const o = options;
+    for (const key of ['usePeepholes', 'norm'] as const) {
+      if (o[key] !== undefined && typeof o[key] !== 'boolean') {
+        throw wnlstmError('ERR_WNLSTM_TYPE', `${key} must be a boolean`);
+      }
+    }
+    const dtype = o.dtype ?? 'float32';
+    if (dtype !== 'float32' && dtype !== 'float64') {
+      throw wnlstmError('ERR_WNLSTM_CONFIG', `dtype must be 'float32' or 'float64', got ${String(dtype)}`);
+    }
+    const requested = o.backend ?? 'auto';
+    if (!['auto', 'cpu', 'cuda'].includes(requested)) {
+      throw wnlstmError('ERR_WNLSTM_CONFIG', `backend must be 'auto', 'cpu' or 'cuda', got ${String(requested)}`);
+    }
+    const cuda = backendInfo().cuda;
+    if (requested === 'cuda' && !cuda.available) {
+      throw wnlstmError('ERR_WNLSTM_BACKEND_UNAVAILABLE', `backend 'cuda' is not available: ${cuda.reason}`);
+    }
+    if (o.seed !== undefined && !(Number.isInteger(o.seed) && o.seed >= 0 && o.seed < 2 ** 32)) {
+      throw wnlstmError('ERR_WNLSTM_CONFIG', 'seed must be an integer in [0, 2^32)');
+    }
+
+    // The addon validates sizes, clips and the activation name, and throws ERR_WNLSTM_CONFIG.
+    this.#native = new addon.NativeCell({
+      inputSize: o.inputSize, numUnits, numProj: o.numProj, norm, usePeepholes: o.usePeepholes ?? false,
+      cellClip: o.cellClip, projClip: o.projClip, forgetBias: o.forgetBias ?? 1, activation: o.activation ?? 'tanh',
+    }, dtype);
+    this.numUnits = numUnits;
+    this.inputSize = o.inputSize;
+    this.numProj = o.numProj ?? undefined;
+    this.outputSize = this.numProj ?? numUnits;
+    this.norm = norm;
+    this.usePeepholes = o.usePeepholes ?? false;
+    this.cellClip = o.cellClip ?? undefined;
+    this.projClip = o.projClip ?? undefined;
+    this.forgetBias = o.forgetBias ?? 1;
+    this.activation = o.activation ?? 'tanh';
+    this.dtype = dtype;
+    this.seed = o.seed ?? Math.floor(Math.random() * 2 ** 32);
+    this.backend = 'cpu';
+    this.backendReason = requested === 'cpu' ? "backend 'cpu' was asked for" : `CUDA not used: ${cuda.reason}`;
+    this.#layout = new Map(this.#native.layout().map((p) => [p.name, p]));
+    this.#initialise(o.initializer);
+  }
+
+  get disposed(): boolean { return this.#native === null; }
+
+  /** Frees the native memory now (otherwise the garbage collector does). Later calls throw ERR_WNLSTM_DISPOSED. */
+  dispose(): void {
+    this.#native?.dispose();
+    this.#native = null;
+  }
+
+  [Symbol.dispose](): void { this.dispose(); }
+
+  /** Parameter names in TF's order, with their TF shapes. */
+  get weightShapes(): Record<string, Shape> {
+    const out: Record<string, Shape> = {};
+    for (const p of this.#layout.values()) out[p.name] = p.cols === 1 ? [p.rows] : [p.rows, p.cols];
+    return out;
+  }
+
+  get numParams(): number {
+    let n = 0;
+    for (const p of this.#layout.values()) n += p.rows * p.cols;
+    return n;
+  }
+
+  /** Copies of every parameter, by TF name, row-major in TF's layout. */
+  getWeights(): Record<string, FloatArray> {
+    return this.#split(this.#cell().getParams());
+  }
+
+  /** Sets any subset of the parameters by TF name. All names, lengths and values are checked before
+   * anything is written, so a failed call leaves the cell unchanged. */
+  setWeights(weights: Record<string, ArrayLike<number>>): void {
+    const cell = this.#cell();
+    if (weights === null || typeof weights !== 'object') {
+      throw wnlstmError('ERR_WNLSTM_TYPE', 'setWeights expects an object of arrays by TF name');
+    }
+    const flat = cell.getParams();
+    for (const [name, values] of Object.entries(weights)) {
+      const p = this.#layout.get(name);
+      if (!p) {
+        throw wnlstmError('ERR_WNLSTM_UNKNOWN_WEIGHT',
+          `this cell has no weight '${name}' (it has: ${[...this.#layout.keys()].join(', ')})`);
+      }
+      if (!ArrayBuffer.isView(values) && !Array.isArray(values)) {
+        throw wnlstmError('ERR_WNLSTM_TYPE', `weight '${name}' must be a typed array or an array of numbers`);
+      }
+      const size = p.rows * p.cols;
+      if (values.length !== size) {
+        throw wnlstmError('ERR_WNLSTM_SHAPE', `weight '${name}' needs ${size} values, got ${values.length}`);
+      }
+      for (let i = 0; i < size; i++) {
+        const v = values[i];
+        if (typeof v !== 'number' || !Number.isFinite(v)) {
+          throw wnlstmError(typeof v === 'number' ? 'ERR_WNLSTM_NOT_FINITE' : 'ERR_WNLSTM_TYPE',
+            `weight '${name}'[${i}] is ${String(v)}`);
+        }
+      }
+      flat.set(values, p.offset);
+    }
+    cell.setParams(flat, 0);
+  }
+
+  /** Zero state for a batch. */
+  zeroState(batchSize: number): LSTMState {
+    const B = this.#batchSize(batchSize);
+    const Array = this.dtype === 'float64' ? Float64Array : Float32Array;
+    return { c: new Array(B * this.numUnits), h: new Array(B * this.outputSize) };
+  }
+
+  /** One step for a batch: x [batch, inputSize]; state zeros when omitted. Returns the new state; h is the
+   * output. Inference only: it keeps nothing for backward() (and leaves a forward()'s saved state alone). */
+  step(x: FloatArray, state?: LSTMState): LSTMState {
+    const cell = this.#cell();
+    const batch = this.#batchOf(x, 'x', 1);
+    const r = cell.forward(x, 1, batch, state?.c ?? null, state?.h ?? null, null, false);
+    return { c: r.c, h: r.h };
+  }
+
+  /** Runs the cell over time-major inputs [steps, batch, inputSize]. */
+  forward(inputs: FloatArray, options: ForwardOptions): ForwardResult {
+    const cell = this.#cell();
+    if (options === null || typeof options !== 'object') {
+      throw wnlstmError('ERR_WNLSTM_TYPE', 'forward(inputs, { batchSize }) needs an options object');
+    }
+    const batch = this.#batchSize(options.batchSize);
+    const steps = this.#batchOf(inputs, 'inputs', batch) / batch;
+    let seqLen: Int32Array | null = null;
+    if (options.sequenceLength !== undefined && options.sequenceLength !== null) {
+      seqLen = this.#sequenceLength(options.sequenceLength, batch, steps);
+    }
+    const state = options.initialState;
+    if (state !== undefined && (state === null || typeof state !== 'object')) {
+      throw wnlstmError('ERR_WNLSTM_TYPE', 'initialState must be { c, h }');
+    }
+    const r = cell.forward(inputs, steps, batch, state?.c ?? null, state?.h ?? null, seqLen,
+      options.training ?? true);
+    return { outputs: r.y, state: { c: r.c, h: r.h }, steps };
+  }
+
+  /** Gradients of the last training forward(), given the gradient of its outputs [steps, batch, outputSize]
+   * and optionally of its final state (zeros when omitted). */
+  backward(dOutputs: FloatArray, dFinalState?: Partial<LSTMState>): BackwardResult {
+    const cell = this.#cell();
+    if (dFinalState !== undefined && (dFinalState === null || typeof dFinalState !== 'object')) {
+      throw wnlstmError('ERR_WNLSTM_TYPE', 'dFinalState must be { c?, h? }');
+    }
+    const r = cell.backward(dOutputs, dFinalState?.c ?? null, dFinalState?.h ?? null);
+    return { grads: this.#split(r.grads), dInputs: r.dx, dInitialState: { c: r.dc0, h: r.dh0 } };
+  }
+
+  #cell(): NativeCell {
+    if (this.#native === null) throw wnlstmError('ERR_WNLSTM_DISPOSED', 'this cell has been disposed');
+    return this.#native;
+  }
+
+  #split(flat: FloatArray): Record<string, FloatArray> {
+    const out: Record<string, FloatArray> = {};
+    for (const p of this.#layout.values()) out[p.name] = flat.slice(p.offset, p.offset + p.rows * p.cols);
+    return out;
+  }
+
+  #batchSize(value: unknown): number {
+    if (typeof value !== 'number') throw wnlstmError('ERR_WNLSTM_TYPE', 'batchSize must be a number');
+    if (!Number.isInteger(value) || value < 1 || value > 2 ** 31) {
+      throw wnlstmError('ERR_WNLSTM_RANGE', `batchSize must be an integer >= 1, got ${value}`);
+    }
+    return value;
+  }
+
+  /** Checks the array's type and that its length is a positive multiple of rows x inputSize; returns
+   * the number of input rows. */
+  #batchOf(x: unknown, name: string, rows: number): number {
+    const Expected = this.dtype === 'float64' ? Float64Array : Float32Array;
+    if (!(x instanceof Expected)) {
+      throw wnlstmError('ERR_WNLSTM_TYPE', `${name} must be a ${Expected.name} (this cell's dtype is ${this.dtype})`);
+    }
+    const width = rows * this.inputSize;
+    if (x.length === 0 || x.length % width !== 0) {
+      throw wnlstmError('ERR_WNLSTM_SHAPE',
+        `${name} has ${x.length} values: not a positive multiple of ${rows === 1 ? '' : 'batchSize x '}inputSize (${width})`);
+    }
+    return x.length / this.inputSize;
+  }
+
+  #sequenceLength(value: Int32Array | ArrayLike<number>, batch: number, steps: number): Int32Array {
+    if (!ArrayBuffer.isView(value) && !Array.isArray(value)) {
+      throw wnlstmError('ERR_WNLSTM_TYPE', 'sequenceLength must be an Int32Array or an array of integers');
+    }
+    if (value.length !== batch) {
+      throw wnlstmError('ERR_WNLSTM_SHAPE', `sequenceLength needs batchSize (${batch}) values, got ${value.length}`);
+    }
+    const out = new Int32Array(batch);
+    for (let b = 0; b < batch; b++) {
+      const n = value[b];
+      if (!Number.isInteger(n) || n < 0 || n > steps) {
+        throw wnlstmError('ERR_WNLSTM_RANGE', `sequenceLength[${b}] = ${n} is not an integer in [0, ${steps}]`);
+      }
+      out[b] = n;
+    }
+    return out;
+  }
+
+  /** TF semantics with an initializer; otherwise glorot-uniform kernels and gains equal to the initial
+   * column norms, so that the normalised weights start equal to the raw ones (as PyTorch's weight_norm). */
+  #initialise(initializer: Initializer | undefined): void {
+    const rng = new Random(this.seed);
+    const init = initializer ?? 'glorotUniform';
+    const values: Record<string, Float64Array> = {};
+    for (const [name, shape] of Object.entries(this.weightShapes)) {
+      if (name === 'bias') values[name] = new Float64Array(shape[0]);
+      else if (initializer !== undefined || !name.includes('norm_')) values[name] = initialValues(init, shape, name, rng);
+    }
+    if (initializer === undefined && this.norm) {
+      const H4 = 4 * this.numUnits;
+      values.norm_0 = columnNorms(values.kernel, 0, this.inputSize, H4);
+      values.norm_1 = columnNorms(values.kernel, this.inputSize, this.inputSize + this.outputSize, H4);
+      if (this.numProj !== undefined) {
+        values['projection/norm_0'] = columnNorms(values['projection/kernel'], 0, this.numUnits, this.numProj);
+      }
+    }
+    this.setWeights(values);
+  }
+}
+
+/** L2 norm of each column of rows [r0, r1) of a row-major matrix with `cols` columns. */
+function columnNorms(m: Float64Array, r0: number, r1: number, cols: number): Float64Array {
+  const out = new Float64Array(cols);
+  for (let r = r0; r < r1; r++) for (let j = 0; j < cols; j++) out[j] += m[r * cols + j] ** 2;
+  return out.map(Math.sqrt);
+}
+
+/** TF's tf.contrib.rnn.WeightNormLSTMCell: LSTMCell's options plus `norm` (default true). */
+export class WeightNormLSTMCell extends LSTMCellBase {
+  constructor(numUnits: number, options: WeightNormLSTMCellOptions) {
+    super(numUnits, options, options?.norm ?? true, [...OPTION_NAMES, 'norm']);
+  }
+}
+
+/** TF's tf.nn.rnn_cell.LSTMCell (state_is_tuple): identical to WeightNormLSTMCell with norm: false. */
+export class LSTMCell extends LSTMCellBase {
+  constructor(numUnits: number, options: LSTMCellOptions) {
+    super(numUnits, options, false, OPTION_NAMES);
+  }
+}

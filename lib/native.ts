@@ -1,0 +1,65 @@
+// Loads the addon and types its surface. The addon checks every array it is given; this file only
+// finds it, trying each place a build or a prebuild can be and reporting every failed attempt.
+import * as path from 'node:path';
+import { wnlstmError } from './errors';
+
+export type FloatArray = Float32Array | Float64Array;
+
+export interface NativeConfig {
+  inputSize: number;
+  numUnits: number;
+  numProj?: number;
+  norm: boolean;
+  usePeepholes: boolean;
+  cellClip?: number;
+  projClip?: number;
+  forgetBias: number;
+  activation: string;
+}
+
+export interface NativeParam { name: string; rows: number; cols: number; offset: number }
+
+export interface NativeCell {
+  layout(): NativeParam[];
+  getParams(): FloatArray;
+  setParams(values: FloatArray, offset: number): void;
+  forward(x: FloatArray, steps: number, batch: number, c0: FloatArray | null, h0: FloatArray | null,
+    seqLen: Int32Array | null, training: boolean): { y: FloatArray; c: FloatArray; h: FloatArray };
+  backward(dy: FloatArray, dc: FloatArray | null, dh: FloatArray | null):
+    { grads: FloatArray; dx: FloatArray; dc0: FloatArray; dh0: FloatArray };
+  savedShape(): [number, number];
+  dispose(): void;
+}
+
+export interface BackendInfo {
+  cpu: { isa: 'avx512' | 'avx2' | 'generic'; threads: number };
+  cuda: { compiled: boolean; available: boolean; reason: string; driverVersion: number; devices: string[] };
+}
+
+interface Addon {
+  NativeCell: new (config: NativeConfig, dtype: 'float32' | 'float64') => NativeCell;
+  info(): BackendInfo;
+}
+
+const root = path.join(__dirname, '..');
+const candidates = [
+  path.join(root, 'build', 'Release', 'wnlstm.node'),
+  path.join(root, 'build', 'Debug', 'wnlstm.node'),
+  path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'wnlstm.node'),
+];
+
+function load(): Addon {
+  const failures: string[] = [];
+  for (const file of candidates) {
+    try {
+      return require(file) as Addon;
+    } catch (err) {
+      failures.push(`  ${file}: ${(err as Error).message.split('\n')[0]}`);
+    }
+  }
+  throw wnlstmError('ERR_WNLSTM_LOAD',
+    `wnlstm: could not load the native addon. Tried:\n${failures.join('\n')}\n` +
+    'Build it with `npm run build:native` (needs CMake or node-gyp, and a C++17 compiler).');
+}
+
+export const addon: Addon = load();

@@ -1,0 +1,10 @@
+// cuda_status() for builds without nvcc (CMake without CUDA, or node-gyp).
+#include "wnlstm/cell.h"
+
+namespace wnlstm {
+CudaStatus cuda_status() {
+  CudaStatus s;
+  s.reason = "this addon was built without CUDA (nvcc was not found at build time)";
+  return s;
+}
+}  // namespace wnlstm

@@ -1,0 +1,459 @@
+// The CPU backend: TF's (WeightNorm)LSTMCell over a sequence, forward and backward.
+//
+// Weight norm never builds a normalised kernel in the forward pass: z = (x.V) * s with the column scale
+// s = g / |v| applied after the GEMM (s = 1 without norm, so both cells share one path). Backward
+// multiplies by W = V * s, built once per call, and turns dW into dV and dg per column (SPEC section 2).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <unistd.h>
+
+#include "activations.h"
+#include "gemm.h"
+#include "thread_pool.h"
+#include "wnlstm/cell.h"
+
+namespace wnlstm::cpu {
+namespace {
+
+constexpr double kNormEpsilon = 1e-12;       // TF's l2_normalize: rsqrt(max(sum v^2, eps))
+constexpr int64_t kChunkElements = 1 << 20;  // inference runs the input GEMM over chunks of steps
+
+// Splits [0, n) into one contiguous range per pool thread.
+template <typename F>
+void parallel_rows(int64_t n, F&& body) {
+  const int tasks = int(std::min<int64_t>(n, num_threads()));
+  if (tasks <= 1) return body(int64_t(0), n);
+  parallel_for(tasks, [&](int task) { body(n * task / tasks, n * (task + 1) / tasks); });
+}
+
+void check_memory(double bytes) {
+  static const double physical = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  if (physical > 0 && bytes > physical)
+    throw Error("ERR_WNLSTM_OUT_OF_MEMORY", "this call needs " + std::to_string(int64_t(bytes / 1048576)) +
+                                                " MiB, more than the machine's " +
+                                                std::to_string(int64_t(physical / 1048576)) + " MiB");
+}
+
+// Column scales of one kernel block V[rows, cols]: sumsq[j] = sum_r V[r,j]^2, s[j] = g[j] / |v_j|.
+template <typename T>
+void column_scales(const T* V, int64_t rows, int64_t cols, const T* g, T* sumsq, T* s) {
+  std::vector<double> acc(cols, 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) acc[j] += double(V[r * cols + j]) * double(V[r * cols + j]);
+  for (int64_t j = 0; j < cols; ++j) {
+    sumsq[j] = T(acc[j]);
+    s[j] = T(double(g[j]) / std::sqrt(std::max(acc[j], kNormEpsilon)));
+  }
+}
+
+// Turns dW (gradient of the normalised block, in place in dV) into dV, and writes dg:
+//   dg = (dW . v) / |v|,  dV = s dW - (g dg / |v|^2) v.
+template <typename T>
+void weight_norm_grad(const T* V, int64_t rows, int64_t cols, const T* g, const T* sumsq, const T* s, T* dV,
+                      T* dg) {
+  std::vector<double> dot(cols, 0.0), coef(cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) dot[j] += double(dV[r * cols + j]) * double(V[r * cols + j]);
+  for (int64_t j = 0; j < cols; ++j) {
+    const double ss = double(sumsq[j]), n = std::sqrt(std::max(ss, kNormEpsilon));
+    dg[j] = T(dot[j] / n);
+    coef[j] = ss >= kNormEpsilon ? double(g[j]) * dot[j] / (n * n * n) : 0.0;  // below eps, |v| is a constant
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j)
+      dV[r * cols + j] = T(double(s[j]) * dV[r * cols + j] - coef[j] * double(V[r * cols + j]));
+}
+
+// Sizes and options of one pointwise pass, for rows [b0, b1) of a step.
+template <typename T>
+struct Pointwise {
+  int64_t H;
+  const T *wi, *wf, *wo;  // [H] peepholes (zeros when absent)
+  const T* s1;            // [G] recurrent column scale (ones without norm)
+  T forget_bias, cell_clip;  // cell_clip = +inf when absent
+};
+
+// z (in: [B,G] input part incl. bias; out: gate activations i, j, f, o), q [B,G] = h.Vh,
+// c_prev [B,H] in; c_raw [B,H], c_next [B,H], hh [B,H] out.
+template <Activation A, typename T>
+void pointwise_forward(const Pointwise<T>& p, int64_t b0, int64_t b1, T* z, const T* q, const T* c_prev,
+                       T* c_raw, T* c_next, T* hh) {
+  const int64_t H = p.H, G = 4 * H;
+  for (int64_t b = b0; b < b1; ++b) {
+    T* zr = z + b * G;
+    const T* qr = q + b * G;
+    const T* cp = c_prev + b * H;
+    T *cr = c_raw + b * H, *cn = c_next + b * H, *hr = hh + b * H;
+    for (int64_t u = 0; u < H; ++u) {
+      const T c = cp[u];
+      const T gi = sigmoid(zr[u] + qr[u] * p.s1[u] + p.wi[u] * c);
+      const T aj = activate<A>(zr[H + u] + qr[H + u] * p.s1[H + u]);
+      const T gf = sigmoid(zr[2 * H + u] + qr[2 * H + u] * p.s1[2 * H + u] + p.forget_bias + p.wf[u] * c);
+      const T raw = c * gf + gi * aj;
+      const T clipped = std::min(std::max(raw, -p.cell_clip), p.cell_clip);
+      const T go = sigmoid(zr[3 * H + u] + qr[3 * H + u] * p.s1[3 * H + u] + p.wo[u] * clipped);
+      zr[u] = gi;
+      zr[H + u] = aj;
+      zr[2 * H + u] = gf;
+      zr[3 * H + u] = go;
+      cr[u] = raw;
+      cn[u] = clipped;
+      hr[u] = go * activate<A>(clipped);
+    }
+  }
+}
+
+// gates [B,G] saved activations; c_prev, c_raw, c_next [B,H] saved; dhh [B,H] = dL/d(sigma(o) act(c'));
+// dc [B,H] = dL/dc' from the step after; out: dz [B,G], dc_prev [B,H].
+template <Activation A, typename T>
+void pointwise_backward(const Pointwise<T>& p, int64_t b0, int64_t b1, const T* gates, const T* c_prev,
+                        const T* c_raw, const T* c_next, const T* dhh, const T* dc, T* dz, T* dc_prev) {
+  const int64_t H = p.H, G = 4 * H;
+  for (int64_t b = b0; b < b1; ++b) {
+    const T* gr = gates + b * G;
+    const T *cp = c_prev + b * H, *cr = c_raw + b * H, *cn = c_next + b * H;
+    const T *dh = dhh + b * H, *dcn = dc + b * H;
+    T *dzr = dz + b * G, *dcp = dc_prev + b * H;
+    for (int64_t u = 0; u < H; ++u) {
+      const T gi = gr[u], aj = gr[H + u], gf = gr[2 * H + u], go = gr[3 * H + u];
+      const T ac = activate<A>(cn[u]);
+      const T d_o = dh[u] * ac * go * (T(1) - go);
+      T dc_total = dcn[u] + dh[u] * go * activate_grad<A>(ac) + d_o * p.wo[u];
+      // TF's clip_by_value passes the gradient where -clip <= c <= clip.
+      dc_total = (cr[u] >= -p.cell_clip && cr[u] <= p.cell_clip) ? dc_total : T(0);
+      const T d_i = dc_total * aj * gi * (T(1) - gi);
+      const T d_j = dc_total * gi * activate_grad<A>(aj);
+      const T d_f = dc_total * cp[u] * gf * (T(1) - gf);
+      dzr[u] = d_i;
+      dzr[H + u] = d_j;
+      dzr[2 * H + u] = d_f;
+      dzr[3 * H + u] = d_o;
+      dcp[u] = dc_total * gf + d_i * p.wi[u] + d_f * p.wf[u];
+    }
+  }
+}
+
+template <typename T>
+using ForwardFn = void (*)(const Pointwise<T>&, int64_t, int64_t, T*, const T*, const T*, T*, T*, T*);
+template <typename T>
+using BackwardFn = void (*)(const Pointwise<T>&, int64_t, int64_t, const T*, const T*, const T*, const T*,
+                            const T*, const T*, T*, T*);
+
+template <typename T>
+ForwardFn<T> forward_kernel(Activation a) {
+  switch (a) {
+    case Activation::Sigmoid: return &pointwise_forward<Activation::Sigmoid, T>;
+    case Activation::Relu: return &pointwise_forward<Activation::Relu, T>;
+    case Activation::Softsign: return &pointwise_forward<Activation::Softsign, T>;
+    case Activation::Linear: return &pointwise_forward<Activation::Linear, T>;
+    default: return &pointwise_forward<Activation::Tanh, T>;
+  }
+}
+
+template <typename T>
+BackwardFn<T> backward_kernel(Activation a) {
+  switch (a) {
+    case Activation::Sigmoid: return &pointwise_backward<Activation::Sigmoid, T>;
+    case Activation::Relu: return &pointwise_backward<Activation::Relu, T>;
+    case Activation::Softsign: return &pointwise_backward<Activation::Softsign, T>;
+    case Activation::Linear: return &pointwise_backward<Activation::Linear, T>;
+    default: return &pointwise_backward<Activation::Tanh, T>;
+  }
+}
+
+template <typename T>
+class CpuCell final : public Cell<T> {
+ public:
+  explicit CpuCell(const CellConfig& config) : cfg_(config) {
+    validate_config(cfg_);
+    I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), K_ = I_ + P_, G_ = 4 * H_;
+    for (const ParamInfo& p : param_layout(cfg_)) {
+      if (p.name == "kernel") off_kernel_ = p.offset;
+      else if (p.name == "bias") off_bias_ = p.offset;
+      else if (p.name == "norm_0") off_g0_ = p.offset;
+      else if (p.name == "norm_1") off_g1_ = p.offset;
+      else if (p.name == "w_i_diag") off_wi_ = p.offset;
+      else if (p.name == "w_f_diag") off_wf_ = p.offset;
+      else if (p.name == "w_o_diag") off_wo_ = p.offset;
+      else if (p.name == "projection/kernel") off_pk_ = p.offset;
+      else if (p.name == "projection/norm_0") off_pg_ = p.offset;
+    }
+    params_.assign(param_count(cfg_), T(0));
+    zeros_.assign(H_, T(0));
+    s0_.assign(G_, T(1)), s1_.assign(G_, T(1)), sp_.assign(P_, T(1));
+    sumsq0_.assign(G_, T(0)), sumsq1_.assign(G_, T(0)), sumsqp_.assign(P_, T(0));
+  }
+
+  const CellConfig& config() const override { return cfg_; }
+
+  void get_params(T* out) const override { std::copy(params_.begin(), params_.end(), out); }
+
+  void set_params(const T* in, int64_t offset, int64_t count) override {
+    if (offset < 0 || count < 0 || offset + count > int64_t(params_.size()))
+      throw Error("ERR_WNLSTM_SHAPE", "parameter range out of bounds");
+    std::copy(in, in + count, params_.begin() + offset);
+    scales_dirty_ = true;
+    saved_steps_ = saved_batch_ = 0;  // a backward must see the weights its forward used
+  }
+
+  int64_t saved_steps() const override { return saved_steps_; }
+  int64_t saved_batch() const override { return saved_batch_; }
+
+  void forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0, const int32_t* seq_len,
+               T* y, T* c_out, T* h_out, bool training) override {
+    if (steps < 1 || batch < 1) throw Error("ERR_WNLSTM_SHAPE", "steps and batch must be at least 1");
+    const double rows = double(steps) * double(batch);
+    if (rows * double(std::max({I_, P_, G_})) > double(kMaxElements))
+      throw Error("ERR_WNLSTM_SIZE", "steps x batch x width exceeds " + std::to_string(kMaxElements));
+    if (seq_len)
+      for (int64_t b = 0; b < batch; ++b)
+        if (seq_len[b] < 0 || seq_len[b] > steps)
+          throw Error("ERR_WNLSTM_RANGE", "sequenceLength values must be in [0, steps]");
+    const int64_t B = batch, H = H_, P = P_, G = G_;
+    const bool proj = cfg_.num_proj > 0;
+    check_memory(sizeof(T) * (training ? rows * (I_ + G + 3 * H + 2 * P) : double(kChunkElements) + 4 * B * G));
+    if (training) saved_steps_ = saved_batch_ = 0;  // a failed forward leaves nothing to differentiate
+    refresh_scales();
+
+    // State: training keeps every step (cs[t] is c before step t); inference uses two slots.
+    // Inference has its own buffers, so a step() between forward() and backward() changes nothing.
+    Activations& a = training ? saved_ : scratch_;
+    const int64_t slots = training ? steps + 1 : 2;
+    a.cs.resize(slots * B * H);
+    a.hs.resize(slots * B * P);
+    auto slot = [&](int64_t t) { return training ? t : (t & 1); };
+    c0 ? std::copy(c0, c0 + B * H, a.cs.begin()) : std::fill_n(a.cs.begin(), B * H, T(0));
+    h0 ? std::copy(h0, h0 + B * P, a.hs.begin()) : std::fill_n(a.hs.begin(), B * P, T(0));
+
+    const int64_t chunk = training ? steps : std::clamp<int64_t>(kChunkElements / (B * G), 1, steps);
+    a.gates.resize(chunk * B * G);
+    const int64_t kept = training ? steps : 1;  // per-step buffers: all steps, or one reused
+    a.c_raw.resize(kept * B * H);
+    a.hh.resize(proj ? kept * B * H : 0);
+    a.pre.resize(proj ? kept * B * P : 0);
+    q_.resize(B * G);
+    if (training) {
+      x_.assign(x, x + steps * B * I_);
+      len_.assign(seq_len ? seq_len : nullptr, seq_len ? seq_len + B : nullptr);
+    }
+
+    const T* kernel = params_.data() + off_kernel_;
+    const T* bias = params_.data() + off_bias_;
+    const Pointwise<T> pw = pointwise_params();
+    const ForwardFn<T> pointwise = forward_kernel<T>(cfg_.activation);
+    const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
+
+    for (int64_t t0 = 0; t0 < steps; t0 += chunk) {
+      const int64_t n = std::min(chunk, steps - t0);
+      // Input part of every step in the chunk: one GEMM, then the column scale and the bias.
+      gemm<T>(false, false, n * B, G, I_, x + t0 * B * I_, I_, kernel, G, false, a.gates.data(), G);
+      parallel_rows(n * B, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          T* z = a.gates.data() + r * G;
+          for (int64_t g = 0; g < G; ++g) z[g] = z[g] * s0_[g] + bias[g];
+        }
+      });
+      for (int64_t t = t0; t < t0 + n; ++t) {
+        T* z = a.gates.data() + (t - t0) * B * G;
+        const T* c_prev = a.cs.data() + slot(t) * B * H;
+        const T* h_prev = a.hs.data() + slot(t) * B * P;
+        T* c_next = a.cs.data() + slot(t + 1) * B * H;
+        T* h_next = a.hs.data() + slot(t + 1) * B * P;
+        const int64_t k = training ? t : 0;
+        T* c_raw = a.c_raw.data() + k * B * H;
+        T* hh = proj ? a.hh.data() + k * B * H : h_next;
+        gemm<T>(false, false, B, G, P, h_prev, P, kernel + I_ * G, G, false, q_.data(), G);
+        parallel_rows(B, [&](int64_t b0, int64_t b1) { pointwise(pw, b0, b1, z, q_.data(), c_prev, c_raw, c_next, hh); });
+        if (proj) {
+          T* pre = a.pre.data() + k * B * P;
+          gemm<T>(false, false, B, P, H, hh, H, params_.data() + off_pk_, P, false, pre, P);
+          for (int64_t b = 0; b < B; ++b)
+            for (int64_t j = 0; j < P; ++j) {
+              T v = pre[b * P + j] * sp_[j];
+              pre[b * P + j] = v;
+              h_next[b * P + j] = std::min(std::max(v, -proj_clip), proj_clip);
+            }
+        }
+        T* yt = y + t * B * P;
+        for (int64_t b = 0; b < B; ++b) {
+          if (seq_len && t >= seq_len[b]) {  // finished row: zero output, state carried through
+            std::copy(c_prev + b * H, c_prev + (b + 1) * H, c_next + b * H);
+            std::copy(h_prev + b * P, h_prev + (b + 1) * P, h_next + b * P);
+            std::fill(yt + b * P, yt + (b + 1) * P, T(0));
+          } else {
+            std::copy(h_next + b * P, h_next + (b + 1) * P, yt + b * P);
+          }
+        }
+      }
+    }
+    std::copy_n(a.cs.begin() + slot(steps) * B * H, B * H, c_out);
+    std::copy_n(a.hs.begin() + slot(steps) * B * P, B * P, h_out);
+    if (training) saved_steps_ = steps, saved_batch_ = batch;
+  }
+
+  void backward(const T* dy, const T* dc_in, const T* dh_in, T* grads, T* dx, T* dc0, T* dh0) override {
+    if (saved_steps_ == 0)
+      throw Error("ERR_WNLSTM_NO_FORWARD",
+                  "backward needs a training forward first (and the weights unchanged since)");
+    const int64_t steps = saved_steps_, B = saved_batch_, H = H_, P = P_, G = G_, I = I_;
+    const bool proj = cfg_.num_proj > 0;
+    const int32_t* seq_len = len_.empty() ? nullptr : len_.data();
+    const Activations& a = saved_;
+    check_memory(sizeof(T) * (double(steps) * B * (G + P) + K_ * G + H * P));
+
+    // Normalised weights, once per call: dh = dz . Wh^T, dx = dz . Wx^T, dhh = dpre . Wp^T.
+    const T* kernel = params_.data() + off_kernel_;
+    w_.resize(K_ * G + (proj ? H * P : 0));
+    for (int64_t r = 0; r < K_; ++r) {
+      const T* s = r < I ? s0_.data() : s1_.data();
+      for (int64_t g = 0; g < G; ++g) w_[r * G + g] = kernel[r * G + g] * s[g];
+    }
+    T* Wp = w_.data() + K_ * G;
+    if (proj)
+      for (int64_t r = 0; r < H; ++r)
+        for (int64_t j = 0; j < P; ++j) Wp[r * P + j] = params_[off_pk_ + r * P + j] * sp_[j];
+
+    dz_.resize(steps * B * G);
+    dpre_.resize(proj ? steps * B * P : 0);
+    std::vector<T> dc(B * H), dc_prev(B * H), dh(B * P), dh_prev(B * P), dtot(B * P), dhh(proj ? B * H : 0);
+    if (dc_in) std::copy(dc_in, dc_in + B * H, dc.begin());  // else zeros
+    if (dh_in) std::copy(dh_in, dh_in + B * P, dh.begin());
+    const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
+    const Pointwise<T> pw = pointwise_params();
+    const BackwardFn<T> pointwise = backward_kernel<T>(cfg_.activation);
+    auto done = [&](int64_t t, int64_t b) { return seq_len && t >= seq_len[b]; };
+
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const T* dyt = dy + t * B * P;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < P; ++j) dtot[b * P + j] = done(t, b) ? T(0) : dh[b * P + j] + dyt[b * P + j];
+      const T* d_hh = dtot.data();
+      if (proj) {
+        const T* pre = a.pre.data() + t * B * P;
+        T* dpre = dpre_.data() + t * B * P;
+        for (int64_t i = 0; i < B * P; ++i) dpre[i] = (pre[i] >= -proj_clip && pre[i] <= proj_clip) ? dtot[i] : T(0);
+        gemm<T>(false, true, B, H, P, dpre, P, Wp, P, false, dhh.data(), H);
+        d_hh = dhh.data();
+      }
+      T* dzt = dz_.data() + t * B * G;
+      const T* c_prev = a.cs.data() + t * B * H;
+      const T* c_next = a.cs.data() + (t + 1) * B * H;
+      const T* c_raw = a.c_raw.data() + t * B * H;
+      parallel_rows(B, [&](int64_t b0, int64_t b1) {
+        pointwise(pw, b0, b1, a.gates.data() + t * B * G, c_prev, c_raw, c_next, d_hh, dc.data(), dzt,
+                  dc_prev.data());
+      });
+      gemm<T>(false, true, B, P, G, dzt, G, w_.data() + I * G, G, false, dh_prev.data(), P);
+      for (int64_t b = 0; b < B; ++b)
+        if (done(t, b)) {  // a finished row's step is the identity on the state
+          std::fill(dzt + b * G, dzt + (b + 1) * G, T(0));
+          std::copy(dc.begin() + b * H, dc.begin() + (b + 1) * H, dc_prev.begin() + b * H);
+          std::copy(dh.begin() + b * P, dh.begin() + (b + 1) * P, dh_prev.begin() + b * P);
+        }
+      dc.swap(dc_prev);
+      dh.swap(dh_prev);
+    }
+    std::copy(dc.begin(), dc.end(), dc0);
+    std::copy(dh.begin(), dh.end(), dh0);
+
+    // Everything that sums over steps: large GEMMs over all T*B rows at once.
+    const int64_t rows = steps * B;
+    const T* dz = dz_.data();
+    T* dkernel = grads + off_kernel_;
+    gemm<T>(true, false, I, G, rows, x_.data(), I, dz, G, false, dkernel, G);
+    gemm<T>(true, false, P, G, rows, a.hs.data(), P, dz, G, false, dkernel + I * G, G);
+    gemm<T>(false, true, rows, I, G, dz, G, w_.data(), G, false, dx, I);
+    column_sums(dz, rows, G, grads + off_bias_);
+    if (cfg_.use_peepholes) {
+      T *dwi = grads + off_wi_, *dwf = grads + off_wf_, *dwo = grads + off_wo_;
+      std::fill_n(dwi, H, T(0)), std::fill_n(dwf, H, T(0)), std::fill_n(dwo, H, T(0));
+      for (int64_t r = 0; r < rows; ++r) {
+        const T *dzr = dz + r * G, *cp = a.cs.data() + r * H, *cn = a.cs.data() + (r + B) * H;
+        for (int64_t u = 0; u < H; ++u) {
+          dwi[u] += dzr[u] * cp[u];
+          dwf[u] += dzr[2 * H + u] * cp[u];
+          dwo[u] += dzr[3 * H + u] * cn[u];
+        }
+      }
+    }
+    if (proj) gemm<T>(true, false, H, P, rows, a.hh.data(), H, dpre_.data(), P, false, grads + off_pk_, P);
+    if (cfg_.norm) {
+      weight_norm_grad(kernel, I, G, params_.data() + off_g0_, sumsq0_.data(), s0_.data(), dkernel, grads + off_g0_);
+      weight_norm_grad(kernel + I * G, P, G, params_.data() + off_g1_, sumsq1_.data(), s1_.data(), dkernel + I * G,
+                       grads + off_g1_);
+      if (proj)
+        weight_norm_grad(params_.data() + off_pk_, H, P, params_.data() + off_pg_, sumsqp_.data(), sp_.data(),
+                         grads + off_pk_, grads + off_pg_);
+    }
+  }
+
+ private:
+  void refresh_scales() {
+    if (!scales_dirty_) return;
+    if (cfg_.norm) {
+      const T* kernel = params_.data() + off_kernel_;
+      column_scales(kernel, I_, G_, params_.data() + off_g0_, sumsq0_.data(), s0_.data());
+      column_scales(kernel + I_ * G_, P_, G_, params_.data() + off_g1_, sumsq1_.data(), s1_.data());
+      if (cfg_.num_proj > 0)
+        column_scales(params_.data() + off_pk_, H_, P_, params_.data() + off_pg_, sumsqp_.data(), sp_.data());
+    }
+    scales_dirty_ = false;
+  }
+
+  Pointwise<T> pointwise_params() const {
+    const bool peep = cfg_.use_peepholes;
+    return {H_,
+            peep ? params_.data() + off_wi_ : zeros_.data(),
+            peep ? params_.data() + off_wf_ : zeros_.data(),
+            peep ? params_.data() + off_wo_ : zeros_.data(),
+            s1_.data(),
+            T(cfg_.forget_bias),
+            cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity()};
+  }
+
+  static void column_sums(const T* m, int64_t rows, int64_t cols, T* out) {
+    std::fill_n(out, cols, T(0));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < cols; ++j) out[j] += m[r * cols + j];
+  }
+
+  CellConfig cfg_;
+  int64_t I_, H_, P_, K_, G_;
+  int64_t off_kernel_ = 0, off_bias_ = 0, off_g0_ = 0, off_g1_ = 0, off_wi_ = 0, off_wf_ = 0, off_wo_ = 0,
+          off_pk_ = 0, off_pg_ = 0;
+  std::vector<T> params_;
+  std::vector<T> zeros_;  // [H]: the peepholes of a cell without them
+
+  // Weight-norm scales (ones without norm) and column sums of squares, rebuilt when params change.
+  bool scales_dirty_ = true;
+  std::vector<T> s0_, s1_, sp_, sumsq0_, sumsq1_, sumsqp_;
+
+  // What a training forward keeps for backward (shapes for T steps; inference keeps 1 or 2 steps).
+  struct Activations {
+    std::vector<T> cs;     // [T+1,B,H] c before each step, then the last
+    std::vector<T> hs;     // [T+1,B,P] h likewise
+    std::vector<T> gates;  // [T,B,G] i, j, f, o activations (first the input part of z)
+    std::vector<T> c_raw;  // [T,B,H] c before the cell clip
+    std::vector<T> hh;     // [T,B,H] sigma(o) act(c) before the projection (num_proj only)
+    std::vector<T> pre;    // [T,B,P] projection output before its clip (num_proj only)
+  };
+  Activations saved_, scratch_;
+  int64_t saved_steps_ = 0, saved_batch_ = 0;
+  std::vector<T> x_;          // [T,B,I] inputs of the training forward
+  std::vector<int32_t> len_;  // [B] its sequence lengths, or empty
+  // Scratch.
+  std::vector<T> q_, w_, dz_, dpre_;
+};
+
+}  // namespace
+}  // namespace wnlstm::cpu
+
+namespace wnlstm {
+template <typename T>
+std::unique_ptr<Cell<T>> make_cpu_cell(const CellConfig& config) {
+  return std::make_unique<cpu::CpuCell<T>>(config);
+}
+template std::unique_ptr<Cell<float>> make_cpu_cell<float>(const CellConfig&);
+template std::unique_ptr<Cell<double>> make_cpu_cell<double>(const CellConfig&);
+}  // namespace wnlstm

@@ -1,0 +1,110 @@
+// wnlstm: the C++ contract between the backends and the N-API layer.
+//
+// Rules for every pointer in this header:
+//  - host memory, row-major, element type T (float or double) unless typed otherwise;
+//  - sizes: T = time steps, B = batch, I = input size, H = num_units, P = output size (num_proj or H),
+//    K = I + P (rows of the LSTM kernel), G = 4H (gate columns, TF order i, j, f, o);
+//  - "in" pointers are read only; "out" pointers are fully written; nullptr is allowed only where said.
+// Backends throw wnlstm::Error (never exit or abort); the N-API layer turns it into a JS error with a code.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace wnlstm {
+
+struct Error : std::runtime_error {
+  Error(std::string code, const std::string& message) : std::runtime_error(message), code(std::move(code)) {}
+  std::string code;  // e.g. "ERR_WNLSTM_SHAPE"
+};
+
+enum class Activation { Tanh, Sigmoid, Relu, Softsign, Linear };
+
+struct CellConfig {
+  int64_t input_size = 0;   // I
+  int64_t num_units = 0;    // H
+  int64_t num_proj = 0;     // 0 = no projection (P = H)
+  bool norm = true;         // weight normalisation of kernel blocks and projection
+  bool use_peepholes = false;
+  bool has_cell_clip = false;
+  double cell_clip = 0;
+  bool has_proj_clip = false;  // only meaningful with num_proj
+  double proj_clip = 0;
+  double forget_bias = 1;
+  Activation activation = Activation::Tanh;
+
+  int64_t output_size() const { return num_proj > 0 ? num_proj : num_units; }
+};
+
+// One named parameter inside the flat parameter buffer (TF name and TF shape [rows, cols]).
+struct ParamInfo {
+  std::string name;
+  int64_t rows, cols;  // cols == 1 for vectors
+  int64_t offset;      // in elements, into the flat buffer
+  int64_t size() const { return rows * cols; }
+};
+
+// Throws Error("ERR_WNLSTM_CONFIG") for sizes < 1, sizes above the limits below, or bad clips.
+void validate_config(const CellConfig& config);
+// Parameters in their fixed order: kernel, bias, norm_0, norm_1, w_i_diag, w_f_diag, w_o_diag,
+// projection/kernel, projection/norm_0 (each only when the options create it).
+std::vector<ParamInfo> param_layout(const CellConfig& config);
+int64_t param_count(const CellConfig& config);
+
+// Sizes above these are refused before any allocation (a typo, not a model).
+constexpr int64_t kMaxUnits = 1 << 16;
+constexpr int64_t kMaxElements = int64_t(1) << 31;  // per buffer the cell allocates
+
+template <typename T>
+class Cell {
+ public:
+  using value_type = T;
+  virtual ~Cell() = default;
+  virtual const CellConfig& config() const = 0;
+
+  // params: [param_count] in param_layout order.
+  virtual void get_params(T* out) const = 0;
+  // Writes params[offset, offset + count) from `in`.
+  virtual void set_params(const T* in, int64_t offset, int64_t count) = 0;
+
+  // Runs `steps` steps over a batch.
+  //   x [T,B,I] in; c0 [B,H], h0 [B,P] in (nullptr = zeros);
+  //   seq_len [B] in, each in [0, T] (nullptr = all T): past its length a row outputs zeros and keeps
+  //   its state, as TF's dynamic_rnn;
+  //   y [T,B,P] out; c [B,H], h [B,P] out: the state after each row's last valid step.
+  // training = true keeps what backward() needs (until the next training forward).
+  virtual void forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0,
+                       const int32_t* seq_len, T* y, T* c, T* h, bool training) = 0;
+
+  // Gradients of the last training forward.
+  //   dy [T,B,P] in; dc [B,H], dh [B,P] in: gradients of the final state (nullptr = zeros);
+  //   grads [param_count] out, by param_layout; dx [T,B,I], dc0 [B,H], dh0 [B,P] out.
+  // Throws Error("ERR_WNLSTM_NO_FORWARD") when there is no training forward to differentiate.
+  virtual void backward(const T* dy, const T* dc, const T* dh, T* grads, T* dx, T* dc0, T* dh0) = 0;
+
+  // Sizes of the last training forward (0, 0 when none).
+  virtual int64_t saved_steps() const = 0;
+  virtual int64_t saved_batch() const = 0;
+};
+
+template <typename T>
+std::unique_ptr<Cell<T>> make_cpu_cell(const CellConfig& config);
+
+// What the build and the machine offer, for the loader's report.
+struct CudaStatus {
+  bool compiled = false;   // the addon was built with nvcc
+  bool available = false;  // a driver and at least one device answered
+  std::string reason;      // why not available (or the device used)
+  std::vector<std::string> devices;
+  int driver_version = 0;  // e.g. 13000
+};
+CudaStatus cuda_status();
+
+// Which vector instructions the CPU GEMM uses on this machine ("avx512", "avx2" or "generic").
+const char* cpu_isa();
+int cpu_threads();
+
+}  // namespace wnlstm

@@ -1,0 +1,299 @@
+// The only file that includes napi.h: it checks every argument (type, length, finiteness), calls the
+// backend, and turns any C++ exception into a JS Error with a `code`. Nothing here may crash the process.
+#include <napi.h>
+
+#include <cmath>
+#include <memory>
+#include <new>
+#include <string>
+
+#include "wnlstm/cell.h"
+
+namespace {
+
+using wnlstm::Cell;
+using wnlstm::CellConfig;
+using wnlstm::Error;
+
+[[noreturn]] void fail(const char* code, const std::string& message) { throw Error(code, message); }
+
+// Runs body and converts exceptions into coded JS errors.
+template <typename F>
+Napi::Value guarded(Napi::Env env, F&& body) {
+  auto throw_js = [&](const std::string& code, const std::string& message) -> Napi::Value {
+    Napi::Error err = code == "ERR_WNLSTM_TYPE" ? Napi::TypeError::New(env, message)
+                      : (code == "ERR_WNLSTM_RANGE" || code == "ERR_WNLSTM_SHAPE")
+                          ? Napi::RangeError::New(env, message)
+                          : Napi::Error::New(env, message);
+    err.Set("code", Napi::String::New(env, code));
+    throw err;  // node-addon-api rethrows it into JavaScript
+  };
+  try {
+    return body();
+  } catch (const Napi::Error&) {
+    throw;  // already a JS exception
+  } catch (const Error& e) {
+    return throw_js(e.code, e.what());
+  } catch (const std::bad_alloc&) {
+    return throw_js("ERR_WNLSTM_OUT_OF_MEMORY", "out of memory");
+  } catch (const std::exception& e) {
+    return throw_js("ERR_WNLSTM_NATIVE", std::string("internal error: ") + e.what());
+  }
+}
+
+int64_t int_arg(const Napi::Value& v, const char* name, int64_t lo, int64_t hi) {
+  if (!v.IsNumber()) fail("ERR_WNLSTM_TYPE", std::string(name) + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d == std::floor(d)) || d < double(lo) || d > double(hi))
+    fail("ERR_WNLSTM_RANGE", std::string(name) + " must be an integer in [" + std::to_string(lo) + ", " +
+                                 std::to_string(hi) + "]");
+  return int64_t(d);
+}
+
+double number_option(const Napi::Object& o, const char* key, double fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return fallback;
+  if (!v.IsNumber()) fail("ERR_WNLSTM_TYPE", std::string(key) + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+template <typename T> constexpr napi_typedarray_type kArrayType = napi_float32_array;
+template <> constexpr napi_typedarray_type kArrayType<double> = napi_float64_array;
+template <typename T> const char* array_name() { return sizeof(T) == 4 ? "Float32Array" : "Float64Array"; }
+
+// A typed-array argument of exactly `length` elements, all finite (or nullptr when allowed and absent).
+template <typename T>
+const T* array_arg(const Napi::Value& v, const std::string& name, size_t length, bool optional) {
+  if (optional && (v.IsUndefined() || v.IsNull())) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != kArrayType<T>)
+    fail("ERR_WNLSTM_TYPE", name + " must be a " + array_name<T>());
+  auto a = v.As<Napi::TypedArrayOf<T>>();
+  if (a.ElementLength() != length)
+    fail("ERR_WNLSTM_SHAPE", name + " must have " + std::to_string(length) + " elements, got " +
+                                 std::to_string(a.ElementLength()));
+  const T* data = a.Data();
+  for (size_t i = 0; i < length; ++i)
+    if (!std::isfinite(data[i]))
+      fail("ERR_WNLSTM_NOT_FINITE", name + "[" + std::to_string(i) + "] is " + std::to_string(data[i]));
+  return data;
+}
+
+template <typename T>
+Napi::TypedArrayOf<T> new_array(Napi::Env env, int64_t length) {
+  return Napi::TypedArrayOf<T>::New(env, size_t(length));
+}
+
+CellConfig parse_config(const Napi::Object& o) {
+  CellConfig c;
+  c.input_size = int_arg(o.Get("inputSize"), "inputSize", 1, wnlstm::kMaxUnits);
+  c.num_units = int_arg(o.Get("numUnits"), "numUnits", 1, wnlstm::kMaxUnits);
+  Napi::Value proj = o.Get("numProj");
+  c.num_proj = proj.IsUndefined() || proj.IsNull() ? 0 : int_arg(proj, "numProj", 1, wnlstm::kMaxUnits);
+  c.norm = o.Get("norm").ToBoolean();
+  c.use_peepholes = o.Get("usePeepholes").ToBoolean();
+  c.cell_clip = number_option(o, "cellClip", NAN);
+  c.has_cell_clip = !std::isnan(c.cell_clip) || o.Get("cellClip").IsNumber();
+  c.proj_clip = number_option(o, "projClip", NAN);
+  c.has_proj_clip = !std::isnan(c.proj_clip) || o.Get("projClip").IsNumber();
+  c.forget_bias = number_option(o, "forgetBias", 1.0);
+  std::string act = o.Get("activation").IsString() ? o.Get("activation").As<Napi::String>().Utf8Value() : "tanh";
+  if (act == "tanh") c.activation = wnlstm::Activation::Tanh;
+  else if (act == "sigmoid") c.activation = wnlstm::Activation::Sigmoid;
+  else if (act == "relu") c.activation = wnlstm::Activation::Relu;
+  else if (act == "softsign") c.activation = wnlstm::Activation::Softsign;
+  else if (act == "linear") c.activation = wnlstm::Activation::Linear;
+  else fail("ERR_WNLSTM_CONFIG", "unknown activation '" + act + "'");
+  wnlstm::validate_config(c);
+  return c;
+}
+
+class NativeCell : public Napi::ObjectWrap<NativeCell> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeCell",
+                       {InstanceMethod("layout", &NativeCell::Layout),
+                        InstanceMethod("getParams", &NativeCell::GetParams),
+                        InstanceMethod("setParams", &NativeCell::SetParams),
+                        InstanceMethod("forward", &NativeCell::Forward),
+                        InstanceMethod("backward", &NativeCell::Backward),
+                        InstanceMethod("savedShape", &NativeCell::SavedShape),
+                        InstanceMethod("dispose", &NativeCell::Dispose)});
+  }
+
+  // new NativeCell(config, dtype: 'float32' | 'float64')
+  NativeCell(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeCell>(info) {
+    guarded(info.Env(), [&] {
+      if (!info[0].IsObject()) fail("ERR_WNLSTM_TYPE", "config must be an object");
+      CellConfig config = parse_config(info[0].As<Napi::Object>());
+      std::string dtype = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "float32";
+      if (dtype == "float32") f32_ = wnlstm::make_cpu_cell<float>(config);
+      else if (dtype == "float64") f64_ = wnlstm::make_cpu_cell<double>(config);
+      else fail("ERR_WNLSTM_CONFIG", "dtype must be 'float32' or 'float64'");
+      return info.Env().Undefined();
+    });
+  }
+
+ private:
+  // Calls fn(cell) with the live cell of either precision; throws ERR_WNLSTM_DISPOSED after dispose().
+  template <typename F>
+  Napi::Value with_cell(const Napi::CallbackInfo& info, F&& fn) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      if (f32_) return fn(*f32_);
+      if (f64_) return fn(*f64_);
+      fail("ERR_WNLSTM_DISPOSED", "this cell has been disposed");
+    });
+  }
+
+  Napi::Value Layout(const Napi::CallbackInfo& info) {
+    return with_cell(info, [&](auto& cell) -> Napi::Value {
+      Napi::Env env = info.Env();
+      auto layout = wnlstm::param_layout(cell.config());
+      Napi::Array out = Napi::Array::New(env, layout.size());
+      for (size_t i = 0; i < layout.size(); ++i) {
+        Napi::Object p = Napi::Object::New(env);
+        p.Set("name", layout[i].name);
+        p.Set("rows", double(layout[i].rows));
+        p.Set("cols", double(layout[i].cols));
+        p.Set("offset", double(layout[i].offset));
+        out.Set(uint32_t(i), p);
+      }
+      return out;
+    });
+  }
+
+  Napi::Value GetParams(const Napi::CallbackInfo& info) {
+    return with_cell(info, [&](auto& cell) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(cell)>::value_type;
+      auto out = new_array<T>(info.Env(), wnlstm::param_count(cell.config()));
+      cell.get_params(out.Data());
+      return out;
+    });
+  }
+
+  // setParams(values, offset): writes values at [offset, offset + values.length) of the flat buffer.
+  Napi::Value SetParams(const Napi::CallbackInfo& info) {
+    return with_cell(info, [&](auto& cell) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(cell)>::value_type;
+      const int64_t total = wnlstm::param_count(cell.config());
+      const int64_t offset = int_arg(info[1], "offset", 0, total);
+      if (!info[0].IsTypedArray()) fail("ERR_WNLSTM_TYPE", std::string("values must be a ") + array_name<T>());
+      const size_t n = info[0].As<Napi::TypedArray>().ElementLength();
+      if (int64_t(n) > total - offset) fail("ERR_WNLSTM_SHAPE", "values run past the end of the parameters");
+      const T* values = array_arg<T>(info[0], "values", n, false);
+      cell.set_params(values, offset, int64_t(n));
+      return info.Env().Undefined();
+    });
+  }
+
+  // forward(x, steps, batch, c0?, h0?, seqLen?, training) -> { y, c, h }
+  Napi::Value Forward(const Napi::CallbackInfo& info) {
+    return with_cell(info, [&](auto& cell) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(cell)>::value_type;
+      Napi::Env env = info.Env();
+      const CellConfig& c = cell.config();
+      const int64_t steps = int_arg(info[1], "steps", 1, wnlstm::kMaxElements);
+      const int64_t batch = int_arg(info[2], "batchSize", 1, wnlstm::kMaxElements);
+      if (double(steps) * double(batch) * double(std::max(c.input_size, 4 * c.num_units)) > double(wnlstm::kMaxElements))
+        fail("ERR_WNLSTM_SIZE", "steps x batch x width exceeds " + std::to_string(wnlstm::kMaxElements));
+      const int64_t H = c.num_units, P = c.output_size();
+      const T* x = array_arg<T>(info[0], "inputs", size_t(steps * batch * c.input_size), false);
+      const T* c0 = array_arg<T>(info[3], "initialState.c", size_t(batch * H), true);
+      const T* h0 = array_arg<T>(info[4], "initialState.h", size_t(batch * P), true);
+      const int32_t* seq_len = nullptr;
+      if (!info[5].IsUndefined() && !info[5].IsNull()) {
+        if (!info[5].IsTypedArray() || info[5].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+          fail("ERR_WNLSTM_TYPE", "sequenceLength must be an Int32Array");
+        auto lens = info[5].As<Napi::Int32Array>();
+        if (int64_t(lens.ElementLength()) != batch)
+          fail("ERR_WNLSTM_SHAPE", "sequenceLength must have batchSize (" + std::to_string(batch) + ") elements");
+        seq_len = lens.Data();
+      }
+      auto y = new_array<T>(env, steps * batch * P);
+      auto c_out = new_array<T>(env, batch * H);
+      auto h_out = new_array<T>(env, batch * P);
+      cell.forward(steps, batch, x, c0, h0, seq_len, y.Data(), c_out.Data(), h_out.Data(), info[6].ToBoolean());
+      Napi::Object out = Napi::Object::New(env);
+      out.Set("y", y);
+      out.Set("c", c_out);
+      out.Set("h", h_out);
+      return out;
+    });
+  }
+
+  // backward(dy, dc?, dh?) -> { grads, dx, dc0, dh0 }
+  Napi::Value Backward(const Napi::CallbackInfo& info) {
+    return with_cell(info, [&](auto& cell) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(cell)>::value_type;
+      Napi::Env env = info.Env();
+      const CellConfig& c = cell.config();
+      const int64_t steps = cell.saved_steps(), batch = cell.saved_batch();
+      if (steps == 0)
+        fail("ERR_WNLSTM_NO_FORWARD", "backward needs a training forward first (and the weights unchanged since)");
+      const int64_t H = c.num_units, P = c.output_size();
+      const T* dy = array_arg<T>(info[0], "dOutputs", size_t(steps * batch * P), false);
+      const T* dc = array_arg<T>(info[1], "dFinalState.c", size_t(batch * H), true);
+      const T* dh = array_arg<T>(info[2], "dFinalState.h", size_t(batch * P), true);
+      auto grads = new_array<T>(env, wnlstm::param_count(c));
+      auto dx = new_array<T>(env, steps * batch * c.input_size);
+      auto dc0 = new_array<T>(env, batch * H);
+      auto dh0 = new_array<T>(env, batch * P);
+      cell.backward(dy, dc, dh, grads.Data(), dx.Data(), dc0.Data(), dh0.Data());
+      Napi::Object out = Napi::Object::New(env);
+      out.Set("grads", grads);
+      out.Set("dx", dx);
+      out.Set("dc0", dc0);
+      out.Set("dh0", dh0);
+      return out;
+    });
+  }
+
+  Napi::Value SavedShape(const Napi::CallbackInfo& info) {
+    return with_cell(info, [&](auto& cell) -> Napi::Value {
+      Napi::Array out = Napi::Array::New(info.Env(), 2);
+      out.Set(0u, double(cell.saved_steps()));
+      out.Set(1u, double(cell.saved_batch()));
+      return out;
+    });
+  }
+
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    f32_.reset();
+    f64_.reset();
+    return info.Env().Undefined();
+  }
+
+  std::unique_ptr<Cell<float>> f32_;
+  std::unique_ptr<Cell<double>> f64_;
+};
+
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    wnlstm::CudaStatus cuda = wnlstm::cuda_status();
+    Napi::Object out = Napi::Object::New(env);
+    Napi::Object cpu = Napi::Object::New(env);
+    cpu.Set("isa", wnlstm::cpu_isa());
+    cpu.Set("threads", wnlstm::cpu_threads());
+    Napi::Object gpu = Napi::Object::New(env);
+    gpu.Set("compiled", cuda.compiled);
+    gpu.Set("available", cuda.available);
+    gpu.Set("reason", cuda.reason);
+    gpu.Set("driverVersion", cuda.driver_version);
+    Napi::Array devices = Napi::Array::New(env, cuda.devices.size());
+    for (size_t i = 0; i < cuda.devices.size(); ++i) devices.Set(uint32_t(i), cuda.devices[i]);
+    gpu.Set("devices", devices);
+    out.Set("cpu", cpu);
+    out.Set("cuda", gpu);
+    return out;
+  });
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("NativeCell", NativeCell::Define(env));
+  exports.Set("info", Napi::Function::New(env, Info));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(wnlstm, Init)

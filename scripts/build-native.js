@@ -1,0 +1,54 @@
+#!/usr/bin/env node
+// Builds the addon at install time: cmake-js when CMake exists (CUDA too when nvcc exists), else
+// node-gyp (CPU only). Offline: cmake-js uses node-api-headers, node-gyp the running Node's headers.
+// Skips the build when an addon already loads, unless --force.
+'use strict';
+const { spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const path = require('node:path');
+
+const root = path.join(__dirname, '..');
+const force = process.argv.includes('--force');
+
+function loads(file) {
+  if (!fs.existsSync(file)) return false;
+  const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(file)}).info()`], { stdio: 'ignore' });
+  return r.status === 0;
+}
+
+function has(cmd) {
+  return spawnSync(cmd, ['--version'], { stdio: 'ignore' }).status === 0;
+}
+
+function run(cmd, args) {
+  console.error(`wnlstm: ${cmd} ${args.join(' ')}`);
+  return spawnSync(cmd, args, { cwd: root, stdio: 'inherit' }).status === 0;
+}
+
+const prebuild = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'wnlstm.node');
+if (!force && (loads(path.join(root, 'build', 'Release', 'wnlstm.node')) || loads(prebuild))) {
+  console.error('wnlstm: native addon present and loads; skipping the build (npm run build:native forces it)');
+  process.exit(0);
+}
+
+const attempts = [];
+const bin = (pkg, file) => { try { return require.resolve(`${pkg}/${file}`, { paths: [root] }); } catch { return null; } };
+const cmakeJs = bin('cmake-js', 'bin/cmake-js');
+if (has('cmake') && cmakeJs) {
+  if (run(process.execPath, [cmakeJs, 'rebuild'])) process.exit(0);
+  attempts.push('cmake-js failed');
+} else {
+  attempts.push(cmakeJs ? 'cmake not found' : 'cmake-js not installed');
+}
+const nodeGyp = bin('node-gyp', 'bin/node-gyp.js');
+if (nodeGyp) {
+  // --nodedir: use the headers of the Node that runs us instead of downloading them.
+  const nodedir = path.dirname(path.dirname(process.execPath));
+  if (run(process.execPath, [nodeGyp, 'rebuild', `--nodedir=${nodedir}`])) process.exit(0);
+  attempts.push('node-gyp failed');
+} else {
+  attempts.push('node-gyp not installed');
+}
+console.error(`wnlstm: could not build the native addon (${attempts.join('; ')}). ` +
+  'It needs a C++17 compiler and CMake >= 3.18 (or node-gyp with python3 and make).');
+process.exit(1);
