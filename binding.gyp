@@ -2,28 +2,28 @@
   # Fallback build for machines without CMake: node-gyp, CPU backend only (CMakeLists.txt is the main build).
   "targets": [
     {
-      "target_name": "wnlstm_gemm_avx2",
+      "target_name": "wnlstm_kernels_avx2",
       "type": "static_library",
-      "sources": ["native/cpu/gemm_avx2.cc"],
+      "sources": ["native/cpu/kernels_avx2.cc"],
       "include_dirs": ["native/include", "native/cpu"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fPIC", "-mavx2", "-mfma", "-ffp-contract=fast"]
+      "cflags_cc": ["-std=c++17", "-O3", "-fno-trapping-math", "-fPIC", "-mavx2", "-mfma", "-ffp-contract=fast"]
     },
     {
-      "target_name": "wnlstm_gemm_avx512",
+      "target_name": "wnlstm_kernels_avx512",
       "type": "static_library",
-      "sources": ["native/cpu/gemm_avx512.cc"],
+      "sources": ["native/cpu/kernels_avx512.cc"],
       "include_dirs": ["native/include", "native/cpu"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fPIC", "-mavx512f", "-mfma", "-ffp-contract=fast"]
+      "cflags_cc": ["-std=c++17", "-O3", "-fno-trapping-math", "-fPIC", "-mavx512f", "-mfma", "-ffp-contract=fast"]
     },
     {
       "target_name": "wnlstm",
-      "dependencies": ["wnlstm_gemm_avx2", "wnlstm_gemm_avx512"],
+      "dependencies": ["wnlstm_kernels_avx2", "wnlstm_kernels_avx512"],
       "sources": [
         "native/common/config.cc",
         "native/common/no_cuda.cc",
         "native/cpu/thread_pool.cc",
-        "native/cpu/gemm.cc",
-        "native/cpu/gemm_generic.cc",
+        "native/cpu/kernels.cc",
+        "native/cpu/kernels_generic.cc",
         "native/cpu/lstm_cell.cc",
         "native/napi/addon.cc"
       ],
@@ -31,7 +31,7 @@
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-ffp-contract=fast"]
+      "cflags_cc": ["-std=c++17", "-O3", "-fno-trapping-math", "-fexceptions", "-ffp-contract=fast"]
     }
   ]
 }

@@ -115,3 +115,37 @@ for (const c of optionMatrix()) {
     assertClose(t, b32.dInitialState.h, back.dInitialState.h, TOL.float32Grad, 'float32 dh0');
   });
 }
+
+// Sizes that reach every GEMM blocking loop (K > 256, T*B > the row block, 4H > the column block):
+// forward against the reference, backward against central differences at sampled coordinates.
+for (const c of [{ I: 300, H: 6, T: 30, B: 10 }, { I: 2, H: 520, T: 2, B: 2 }]) {
+  t.test(`large: I=${c.I} H=${c.H} T=${c.T} B=${c.B}`, async (t) => {
+    const cell = new WeightNormLSTMCell(c.H, { inputSize: c.I, dtype: 'float64', seed: 5, usePeepholes: true });
+    const rng = new Random(6);
+    const w = cell.getWeights();
+    w.bias = randomArray(rng, 4 * c.H, 0.5);
+    w.norm_1 = randomArray(rng, 4 * c.H, 1.5);
+    cell.setWeights(w);
+    const x = randomArray(rng, c.T * c.B * c.I), dy = randomArray(rng, c.T * c.B * c.H);
+    const out = cell.forward(x, { batchSize: c.B });
+    const ref = referenceForward({ inputSize: c.I, numUnits: c.H, norm: true, usePeepholes: true }, w, x, c.T, c.B);
+    assertClose(t, out.outputs, ref.y, TOL.reference, 'outputs equal the reference');
+    const back = cell.backward(dy);
+    const loss = () => dot(dy, cell.forward(x, { batchSize: c.B, training: false }).outputs);
+    const sample = (values: Float64Array, set: () => void, grad: ArrayLike<number>, what: string) => {
+      const idx = Array.from({ length: 12 }, () => Math.floor(rng.uniform() * values.length));
+      const fd = idx.map((i) => {
+        const v = values[i];
+        values[i] = v + EPS; set(); const up = loss();
+        values[i] = v - EPS; set(); const down = loss();
+        values[i] = v; set();
+        return (up - down) / (2 * EPS);
+      });
+      assertClose(t, idx.map((i) => grad[i]), fd, TOL.finiteDifference, `${what} at 12 sampled coordinates`);
+    };
+    for (const name of ['kernel', 'norm_0', 'norm_1', 'bias', 'w_o_diag']) {
+      sample(w[name], () => cell.setWeights({ [name]: w[name] }), back.grads[name], `d${name}`);
+    }
+    sample(x, () => {}, back.dInputs, 'dInputs');
+  });
+}

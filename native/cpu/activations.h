@@ -1,6 +1,7 @@
 // Scalar activations for the fused pointwise loops. float uses branch-free approximations (within a
 // few ulp) that the compiler vectorises: libm's exp/tanh would cost more than the recurrent GEMM.
 // double uses libm: it is the reference path that the finite-difference tests check.
+// Internal linkage on purpose: each kernels_<isa>.cc gets its own copy built with its ISA flags.
 #pragma once
 
 #include <cmath>
@@ -10,6 +11,7 @@
 #include "wnlstm/cell.h"
 
 namespace wnlstm::cpu {
+namespace {
 
 // Cephes-style expf: range reduction by ln 2, degree-6 polynomial, exponent set by bit shifting.
 inline float exp_approx(float x) {
@@ -69,4 +71,5 @@ inline T activate_grad(T y) {
   if constexpr (A == Activation::Linear) return T(1);
 }
 
+}  // namespace
 }  // namespace wnlstm::cpu

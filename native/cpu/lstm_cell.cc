@@ -8,8 +8,7 @@
 #include <limits>
 #include <unistd.h>
 
-#include "activations.h"
-#include "gemm.h"
+#include "kernels.h"
 #include "thread_pool.h"
 #include "wnlstm/cell.h"
 
@@ -63,103 +62,6 @@ void weight_norm_grad(const T* V, int64_t rows, int64_t cols, const T* g, const 
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < cols; ++j)
       dV[r * cols + j] = T(double(s[j]) * dV[r * cols + j] - coef[j] * double(V[r * cols + j]));
-}
-
-// Sizes and options of one pointwise pass, for rows [b0, b1) of a step.
-template <typename T>
-struct Pointwise {
-  int64_t H;
-  const T *wi, *wf, *wo;  // [H] peepholes (zeros when absent)
-  const T* s1;            // [G] recurrent column scale (ones without norm)
-  T forget_bias, cell_clip;  // cell_clip = +inf when absent
-};
-
-// z (in: [B,G] input part incl. bias; out: gate activations i, j, f, o), q [B,G] = h.Vh,
-// c_prev [B,H] in; c_raw [B,H], c_next [B,H], hh [B,H] out.
-template <Activation A, typename T>
-void pointwise_forward(const Pointwise<T>& p, int64_t b0, int64_t b1, T* z, const T* q, const T* c_prev,
-                       T* c_raw, T* c_next, T* hh) {
-  const int64_t H = p.H, G = 4 * H;
-  for (int64_t b = b0; b < b1; ++b) {
-    T* zr = z + b * G;
-    const T* qr = q + b * G;
-    const T* cp = c_prev + b * H;
-    T *cr = c_raw + b * H, *cn = c_next + b * H, *hr = hh + b * H;
-    for (int64_t u = 0; u < H; ++u) {
-      const T c = cp[u];
-      const T gi = sigmoid(zr[u] + qr[u] * p.s1[u] + p.wi[u] * c);
-      const T aj = activate<A>(zr[H + u] + qr[H + u] * p.s1[H + u]);
-      const T gf = sigmoid(zr[2 * H + u] + qr[2 * H + u] * p.s1[2 * H + u] + p.forget_bias + p.wf[u] * c);
-      const T raw = c * gf + gi * aj;
-      const T clipped = std::min(std::max(raw, -p.cell_clip), p.cell_clip);
-      const T go = sigmoid(zr[3 * H + u] + qr[3 * H + u] * p.s1[3 * H + u] + p.wo[u] * clipped);
-      zr[u] = gi;
-      zr[H + u] = aj;
-      zr[2 * H + u] = gf;
-      zr[3 * H + u] = go;
-      cr[u] = raw;
-      cn[u] = clipped;
-      hr[u] = go * activate<A>(clipped);
-    }
-  }
-}
-
-// gates [B,G] saved activations; c_prev, c_raw, c_next [B,H] saved; dhh [B,H] = dL/d(sigma(o) act(c'));
-// dc [B,H] = dL/dc' from the step after; out: dz [B,G], dc_prev [B,H].
-template <Activation A, typename T>
-void pointwise_backward(const Pointwise<T>& p, int64_t b0, int64_t b1, const T* gates, const T* c_prev,
-                        const T* c_raw, const T* c_next, const T* dhh, const T* dc, T* dz, T* dc_prev) {
-  const int64_t H = p.H, G = 4 * H;
-  for (int64_t b = b0; b < b1; ++b) {
-    const T* gr = gates + b * G;
-    const T *cp = c_prev + b * H, *cr = c_raw + b * H, *cn = c_next + b * H;
-    const T *dh = dhh + b * H, *dcn = dc + b * H;
-    T *dzr = dz + b * G, *dcp = dc_prev + b * H;
-    for (int64_t u = 0; u < H; ++u) {
-      const T gi = gr[u], aj = gr[H + u], gf = gr[2 * H + u], go = gr[3 * H + u];
-      const T ac = activate<A>(cn[u]);
-      const T d_o = dh[u] * ac * go * (T(1) - go);
-      T dc_total = dcn[u] + dh[u] * go * activate_grad<A>(ac) + d_o * p.wo[u];
-      // TF's clip_by_value passes the gradient where -clip <= c <= clip.
-      dc_total = (cr[u] >= -p.cell_clip && cr[u] <= p.cell_clip) ? dc_total : T(0);
-      const T d_i = dc_total * aj * gi * (T(1) - gi);
-      const T d_j = dc_total * gi * activate_grad<A>(aj);
-      const T d_f = dc_total * cp[u] * gf * (T(1) - gf);
-      dzr[u] = d_i;
-      dzr[H + u] = d_j;
-      dzr[2 * H + u] = d_f;
-      dzr[3 * H + u] = d_o;
-      dcp[u] = dc_total * gf + d_i * p.wi[u] + d_f * p.wf[u];
-    }
-  }
-}
-
-template <typename T>
-using ForwardFn = void (*)(const Pointwise<T>&, int64_t, int64_t, T*, const T*, const T*, T*, T*, T*);
-template <typename T>
-using BackwardFn = void (*)(const Pointwise<T>&, int64_t, int64_t, const T*, const T*, const T*, const T*,
-                            const T*, const T*, T*, T*);
-
-template <typename T>
-ForwardFn<T> forward_kernel(Activation a) {
-  switch (a) {
-    case Activation::Sigmoid: return &pointwise_forward<Activation::Sigmoid, T>;
-    case Activation::Relu: return &pointwise_forward<Activation::Relu, T>;
-    case Activation::Softsign: return &pointwise_forward<Activation::Softsign, T>;
-    case Activation::Linear: return &pointwise_forward<Activation::Linear, T>;
-    default: return &pointwise_forward<Activation::Tanh, T>;
-  }
-}
-
-template <typename T>
-BackwardFn<T> backward_kernel(Activation a) {
-  switch (a) {
-    case Activation::Sigmoid: return &pointwise_backward<Activation::Sigmoid, T>;
-    case Activation::Relu: return &pointwise_backward<Activation::Relu, T>;
-    case Activation::Softsign: return &pointwise_backward<Activation::Softsign, T>;
-    case Activation::Linear: return &pointwise_backward<Activation::Linear, T>;
-    default: return &pointwise_backward<Activation::Tanh, T>;
-  }
 }
 
 template <typename T>
@@ -241,7 +143,7 @@ class CpuCell final : public Cell<T> {
     const T* kernel = params_.data() + off_kernel_;
     const T* bias = params_.data() + off_bias_;
     const Pointwise<T> pw = pointwise_params();
-    const ForwardFn<T> pointwise = forward_kernel<T>(cfg_.activation);
+    const PointwiseForward<T> pointwise = kernels<T>().forward[int(cfg_.activation)];
     const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
 
     for (int64_t t0 = 0; t0 < steps; t0 += chunk) {
@@ -321,7 +223,7 @@ class CpuCell final : public Cell<T> {
     if (dh_in) std::copy(dh_in, dh_in + B * P, dh.begin());
     const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
     const Pointwise<T> pw = pointwise_params();
-    const BackwardFn<T> pointwise = backward_kernel<T>(cfg_.activation);
+    const PointwiseBackward<T> pointwise = kernels<T>().backward[int(cfg_.activation)];
     auto done = [&](int64_t t, int64_t b) { return seq_len && t >= seq_len[b]; };
 
     for (int64_t t = steps - 1; t >= 0; --t) {

@@ -1,26 +1,34 @@
-#include "gemm.h"
+#include "kernels.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "thread_pool.h"
 #include "wnlstm/cell.h"
 
 namespace wnlstm::cpu {
-namespace generic { template <typename T> SerialGemm<T> serial_gemm(); }
-namespace avx2 { template <typename T> SerialGemm<T> serial_gemm(); }
-namespace avx512 { template <typename T> SerialGemm<T> serial_gemm(); }
+namespace generic { template <typename T> Kernels<T> make_kernels(); }
+namespace avx2 { template <typename T> Kernels<T> make_kernels(); }
+namespace avx512 { template <typename T> Kernels<T> make_kernels(); }
 
 namespace {
 
 enum class Isa { Generic, Avx2, Avx512 };
 
 Isa detect_isa() {
+  Isa best = Isa::Generic;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return Isa::Avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
+  if (__builtin_cpu_supports("avx512f")) best = Isa::Avx512;
+  else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::Avx2;
 #endif
-  return Isa::Generic;
+  // WNLSTM_CPU_ISA=generic|avx2 picks a lower variant (to test each one); never one the CPU lacks.
+  const char* env = std::getenv("WNLSTM_CPU_ISA");
+  Isa wanted = !env ? best : std::strcmp(env, "generic") == 0 ? Isa::Generic
+                           : std::strcmp(env, "avx2") == 0   ? Isa::Avx2
+                                                             : best;
+  return std::min(wanted, best);
 }
 
 Isa isa() {
@@ -28,24 +36,26 @@ Isa isa() {
   return chosen;
 }
 
+}  // namespace
+
 template <typename T>
-SerialGemm<T> kernel() {
-  static const SerialGemm<T> chosen = [] {
+const Kernels<T>& kernels() {
+  static const Kernels<T> chosen = [] {
     switch (isa()) {
-      case Isa::Avx512: return avx512::serial_gemm<T>();
-      case Isa::Avx2: return avx2::serial_gemm<T>();
-      default: return generic::serial_gemm<T>();
+      case Isa::Avx512: return avx512::make_kernels<T>();
+      case Isa::Avx2: return avx2::make_kernels<T>();
+      default: return generic::make_kernels<T>();
     }
   }();
   return chosen;
 }
-
-}  // namespace
+template const Kernels<float>& kernels<float>();
+template const Kernels<double>& kernels<double>();
 
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
           const T* B, int64_t ldb, bool accumulate, T* C, int64_t ldc) {
-  const SerialGemm<T> run = kernel<T>();
+  const SerialGemm<T> run = kernels<T>().gemm;
   const int threads = num_threads();
   // Small products are not worth waking the pool.
   if (threads == 1 || double(M) * N * K < 64.0 * 64 * 64) {

@@ -1,0 +1,59 @@
+// The CPU backend's hot loops, compiled once per ISA (kernels_<isa>.cc) and chosen at run time, so one
+// binary runs on any x86-64 and uses AVX2 or AVX-512 where the CPU has them.
+//
+// gemm: C[M,N] = (accumulate ? C : 0) + op(A)[M,K] * op(B)[K,N], row-major; op(A) is A ([M,K], leading
+// dimension lda) or, with trans_a, the transpose of A ([K,M]); same for B. Packed and blocked (GotoBLAS
+// layout); gemm() splits it over the thread pool.
+// Pointwise: one LSTM step's gates, cell and output for rows [b0, b1) of the batch (TF gate order i,j,f,o).
+#pragma once
+
+#include <cstdint>
+
+#include "wnlstm/cell.h"
+
+namespace wnlstm::cpu {
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+          const T* B, int64_t ldb, bool accumulate, T* C, int64_t ldc);
+
+// Sizes and options of a step's pointwise work.
+template <typename T>
+struct Pointwise {
+  int64_t H;
+  const T *wi, *wf, *wo;     // [H] peepholes (zeros when absent)
+  const T* s1;               // [G] recurrent column scale g/|v| (ones without norm)
+  T forget_bias, cell_clip;  // cell_clip = +inf when absent
+};
+
+// z [B,G] in: input part of the pre-activations incl. bias, out: gate activations (i, j, f, o);
+// q [B,G] in: h.Vh (unscaled); c_prev [B,H] in; c_raw [B,H] out: c before the clip; c_next [B,H] out;
+// hh [B,H] out: sigma(o) * act(c_next).
+template <typename T>
+using PointwiseForward = void (*)(const Pointwise<T>& p, int64_t b0, int64_t b1, T* z, const T* q,
+                                  const T* c_prev, T* c_raw, T* c_next, T* hh);
+// gates [B,G], c_prev, c_raw, c_next [B,H] in (saved by the forward); dhh [B,H] in: dL/d hh;
+// dc [B,H] in: dL/d c_next from later steps; dz [B,G] out: dL/d pre-activations; dc_prev [B,H] out.
+template <typename T>
+using PointwiseBackward = void (*)(const Pointwise<T>& p, int64_t b0, int64_t b1, const T* gates,
+                                   const T* c_prev, const T* c_raw, const T* c_next, const T* dhh,
+                                   const T* dc, T* dz, T* dc_prev);
+
+template <typename T>
+using SerialGemm = void (*)(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
+                            int64_t lda, const T* B, int64_t ldb, bool accumulate, T* C, int64_t ldc);
+
+constexpr int kActivations = 5;  // indexed by int(Activation)
+
+template <typename T>
+struct Kernels {
+  SerialGemm<T> gemm;  // single-threaded
+  PointwiseForward<T> forward[kActivations];
+  PointwiseBackward<T> backward[kActivations];
+};
+
+// The kernels of the best ISA this CPU has.
+template <typename T>
+const Kernels<T>& kernels();
+
+}  // namespace wnlstm::cpu
