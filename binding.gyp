@@ -1,19 +1,25 @@
 {
-  # Fallback build for machines without CMake: node-gyp, CPU backend only (CMakeLists.txt is the main build).
+  # Fallback build for machines without CMake: node-gyp, CPU backend only (CMakeLists.txt is the main
+  # build). The kernel variants are static libraries because each needs its own ISA flags.
+  "target_defaults": {
+    "include_dirs": ["native/include", "native/cpu"],
+    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+    "cflags!": ["-fno-exceptions"],
+    "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+    "cflags_cc": ["-std=c++17", "-O3", "-fPIC", "-fexceptions", "-fno-trapping-math", "-ffp-contract=fast"]
+  },
   "targets": [
     {
       "target_name": "wnlstm_kernels_avx2",
       "type": "static_library",
       "sources": ["native/cpu/kernels_avx2.cc"],
-      "include_dirs": ["native/include", "native/cpu"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fno-trapping-math", "-fPIC", "-mavx2", "-mfma", "-ffp-contract=fast"]
+      "cflags_cc": ["-mavx2", "-mfma"]
     },
     {
       "target_name": "wnlstm_kernels_avx512",
       "type": "static_library",
       "sources": ["native/cpu/kernels_avx512.cc"],
-      "include_dirs": ["native/include", "native/cpu"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fno-trapping-math", "-fPIC", "-mavx512f", "-mfma", "-ffp-contract=fast"]
+      "cflags_cc": ["-mavx512f", "-mfma"]
     },
     {
       "target_name": "wnlstm",
@@ -27,11 +33,7 @@
         "native/cpu/lstm_cell.cc",
         "native/napi/addon.cc"
       ],
-      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native/include", "native/cpu"],
-      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
-      "cflags!": ["-fno-exceptions"],
-      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fno-trapping-math", "-fexceptions", "-ffp-contract=fast"]
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"]
     }
   ]
 }

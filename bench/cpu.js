@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // CPU timings of wnlstm on SPEC section 5's workloads, beside SPEC's yardsticks (measured on this
 // project's 2-core machine). Method: 3 warm-up runs, then the median of N timed runs (default 15), fresh
-// random inputs each run, weight norm on and off. Writes bench/results/cpu.md and cpu.json.
+// random inputs each run, weight norm on and off interleaved. Writes bench/results/cpu.md and cpu.json.
 //   node bench/cpu.js [--repeats N] [--no-write]
 'use strict';
 const fs = require('node:fs');
@@ -26,21 +26,24 @@ function median(xs) { const s = [...xs].sort((a, b) => a - b); return s[Math.flo
 function randomize(a) { for (let i = 0; i < a.length; i++) a[i] = Math.random() * 2 - 1; return a; }
 const now = () => Number(process.hrtime.bigint()) / 1e6;
 
-function time({ B, T, I, H }, norm, withBackward) {
-  const cell = new WeightNormLSTMCell(H, { inputSize: I, norm, seed: 1 });
+// Times norm on and off interleaved run by run, so that both arms see the same machine state.
+function timePair({ B, T, I, H }, withBackward) {
+  const cells = [true, false].map((norm) => new WeightNormLSTMCell(H, { inputSize: I, norm, seed: 1 }));
   const x = new Float32Array(T * B * I), dy = new Float32Array(T * B * H);
-  const times = [];
+  const times = [[], []];
   for (let r = 0; r < 3 + repeats; r++) {
-    randomize(x); randomize(dy);
-    const start = now();
-    const out = cell.forward(x, { batchSize: B, training: withBackward });
-    if (withBackward) cell.backward(dy);
-    const ms = now() - start;
-    if (!Number.isFinite(out.outputs[out.outputs.length - 1])) throw new Error('non-finite output');
-    if (r >= 3) times.push(ms);
+    cells.forEach((cell, k) => {
+      randomize(x); randomize(dy);
+      const start = now();
+      const out = cell.forward(x, { batchSize: B, training: withBackward });
+      if (withBackward) cell.backward(dy);
+      const ms = now() - start;
+      if (!Number.isFinite(out.outputs[out.outputs.length - 1])) throw new Error('non-finite output');
+      if (r >= 3) times[k].push(ms);
+    });
   }
-  cell.dispose();
-  return median(times);
+  cells.forEach((cell) => cell.dispose());
+  return times.map(median);
 }
 
 const info = backendInfo();
@@ -49,7 +52,7 @@ for (const [name, w] of Object.entries(workloads)) {
   const flops = 2 * w.T * w.B * (w.I + w.H) * 4 * w.H;
   for (const pass of ['forward', 'forward+backward']) {
     const fb = pass !== 'forward';
-    const on = time(w, true, fb), off = time(w, false, fb);
+    const [on, off] = timePair(w, fb);
     const work = fb ? 3 * flops : flops;
     rows.push({ workload: name, pass, normOn: on, normOff: off, gflops: work / on / 1e6, normCost: on / off - 1 });
     console.error(`${name} ${pass}: norm on ${on.toFixed(2)} ms, off ${off.toFixed(2)} ms`);
@@ -65,7 +68,7 @@ let md = `# wnlstm CPU benchmark\n\n` +
   `Command: \`${cmd}\` (after \`npm ci\`). Date: ${new Date().toISOString().slice(0, 10)}.\n` +
   `Machine: ${os.cpus()[0].model}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; ` +
   `Node ${process.version}; GEMM ISA ${info.cpu.isa}, ${info.cpu.threads} threads.\n` +
-  `Method: float32, one layer, inputs re-randomised every run, 3 warm-up runs then the median of ${repeats}. ` +
+  `Method: float32, one layer, inputs re-randomised every run, norm on and off interleaved run by run, 3 warm-up runs then the median of ${repeats}. ` +
   `GFLOP/s counts 2·T·B·(I+H)·4H per forward and 3x that for forward+backward.\n\n` +
   `| workload | pass | norm on (ms) | norm off (ms) | weight-norm cost | GFLOP/s (norm on) |\n|---|---|---|---|---|---|\n`;
 for (const r of rows) {

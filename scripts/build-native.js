@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Builds the addon at install time: cmake-js when CMake exists (CUDA too when nvcc exists), else
 // node-gyp (CPU only). Offline: cmake-js uses node-api-headers, node-gyp the running Node's headers.
-// Skips the build when an addon already loads, unless --force.
+// Skips the build when an addon already loads, unless --force. WNLSTM_BUILDER=node-gyp or cmake-js
+// forces one builder.
 'use strict';
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -31,17 +32,22 @@ if (!force && (loads(path.join(root, 'build', 'Release', 'wnlstm.node')) || load
   process.exit(0);
 }
 
+const builder = process.env.WNLSTM_BUILDER;
 const attempts = [];
 const bin = (pkg, file) => { try { return require.resolve(`${pkg}/${file}`, { paths: [root] }); } catch { return null; } };
 const cmakeJs = bin('cmake-js', 'bin/cmake-js');
-if (has('cmake') && cmakeJs) {
+if (builder === 'node-gyp') {
+  attempts.push('cmake-js skipped (WNLSTM_BUILDER=node-gyp)');
+} else if (has('cmake') && cmakeJs) {
   if (run(process.execPath, [cmakeJs, 'rebuild'])) process.exit(0);
   attempts.push('cmake-js failed');
 } else {
   attempts.push(cmakeJs ? 'cmake not found' : 'cmake-js not installed');
 }
 const nodeGyp = bin('node-gyp', 'bin/node-gyp.js');
-if (nodeGyp) {
+if (builder === 'cmake-js') {
+  attempts.push('node-gyp skipped (WNLSTM_BUILDER=cmake-js)');
+} else if (nodeGyp) {
   // --nodedir: use the headers of the Node that runs us instead of downloading them.
   const nodedir = path.dirname(path.dirname(process.execPath));
   if (run(process.execPath, [nodeGyp, 'rebuild', `--nodedir=${nodedir}`])) process.exit(0);

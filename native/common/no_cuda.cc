@@ -4,7 +4,7 @@
 namespace wnlstm {
 CudaStatus cuda_status() {
   CudaStatus s;
-  s.reason = "this addon was built without CUDA (nvcc was not found at build time)";
+  s.reason = "this addon was built without CUDA (no nvcc at build time, or WNLSTM_CUDA=OFF)";
   return s;
 }
 }  // namespace wnlstm
