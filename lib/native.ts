@@ -39,6 +39,8 @@ export interface BackendInfo {
 interface Addon {
   NativeCell: new (config: NativeConfig, dtype: 'float32' | 'float64') => NativeCell;
   info(): BackendInfo;
+  /** Seconds per float32 GEMM C[M,N] = A[M,K] B[K,N] on all threads (for bench/). */
+  benchGemm(M: number, N: number, K: number, repeats: number): number;
 }
 
 const root = path.join(__dirname, '..');

@@ -77,6 +77,34 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* 
   });
 }
 
+template <typename T>
+void PackedMatrix<T>::pack(bool trans_b, const T* B, int64_t ldb, int64_t k, int64_t n) {
+  K = k, N = n;
+  storage_.resize(kernels<T>().packed_size(K, N) + 64 / sizeof(T));
+  const uintptr_t address = reinterpret_cast<uintptr_t>(storage_.data());
+  aligned_ = reinterpret_cast<T*>((address + 63) / 64 * 64);
+  kernels<T>().pack_b(trans_b, B, ldb, K, N, aligned_);
+}
+template struct PackedMatrix<float>;
+template struct PackedMatrix<double>;
+
+template <typename T>
+void gemm(bool trans_a, int64_t M, const T* A, int64_t lda, const PackedMatrix<T>& B, bool accumulate, T* C,
+          int64_t ldc) {
+  const Kernels<T>& k = kernels<T>();
+  const int threads = num_threads();
+  // Column slices in whole packed panels (multiples of nr), one per thread.
+  const int64_t panels = (B.N + k.nr - 1) / k.nr;
+  const int tasks = (threads == 1 || double(M) * B.N * B.K < 64.0 * 64 * 64) ? 1 : int(std::min<int64_t>(threads, panels));
+  parallel_for(tasks, [&](int task) {
+    const int64_t p0 = panels * task / tasks, p1 = panels * (task + 1) / tasks;
+    const int64_t j0 = p0 * k.nr, j1 = std::min(B.N, p1 * k.nr);
+    k.gemm_prepacked(trans_a, M, B.N, B.K, A, lda, B.data(), j0, j1 - j0, accumulate, C, ldc);
+  });
+}
+template void gemm<float>(bool, int64_t, const float*, int64_t, const PackedMatrix<float>&, bool, float*, int64_t);
+template void gemm<double>(bool, int64_t, const double*, int64_t, const PackedMatrix<double>&, bool, double*, int64_t);
+
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*,
                           int64_t, bool, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, const double*,

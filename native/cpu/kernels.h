@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "wnlstm/cell.h"
 
@@ -22,16 +23,18 @@ template <typename T>
 struct Pointwise {
   int64_t H;
   const T *wi, *wf, *wo;     // [H] peepholes (zeros when absent)
-  const T* s1;               // [G] recurrent column scale g/|v| (ones without norm)
+  const T* s0;               // [G] input column scale g/|v| (ones without norm)
+  const T* s1;               // [G] recurrent column scale (ones without norm)
+  const T* bias;             // [G]
   T forget_bias, cell_clip;  // cell_clip = +inf when absent
 };
 
-// z [B,G] in: input part of the pre-activations incl. bias, out: gate activations (i, j, f, o);
+// For rows [b0, b1) and units [u0, u1): z [B,G] in: x.Vx (unscaled), out: gate activations (i, j, f, o);
 // q [B,G] in: h.Vh (unscaled); c_prev [B,H] in; c_raw [B,H] out: c before the clip; c_next [B,H] out;
-// hh [B,H] out: sigma(o) * act(c_next).
+// hh [B,H] out: sigma(o) * act(c_next). Pre-activations are z*s0 + q*s1 + bias.
 template <typename T>
-using PointwiseForward = void (*)(const Pointwise<T>& p, int64_t b0, int64_t b1, T* z, const T* q,
-                                  const T* c_prev, T* c_raw, T* c_next, T* hh);
+using PointwiseForward = void (*)(const Pointwise<T>& p, int64_t b0, int64_t b1, int64_t u0, int64_t u1, T* z,
+                                  const T* q, const T* c_prev, T* c_raw, T* c_next, T* hh);
 // gates [B,G], c_prev, c_raw, c_next [B,H] in (saved by the forward); dhh [B,H] in: dL/d hh;
 // dc [B,H] in: dL/d c_next from later steps; dz [B,G] out: dL/d pre-activations; dc_prev [B,H] out.
 template <typename T>
@@ -48,9 +51,33 @@ constexpr int kActivations = 5;  // indexed by int(Activation)
 template <typename T>
 struct Kernels {
   SerialGemm<T> gemm;  // single-threaded
+  // Prepacked B (weights reused across steps): the packed panels are nr columns wide.
+  int nr;
+  int64_t (*packed_size)(int64_t K, int64_t N);
+  void (*pack_b)(bool trans_b, const T* B, int64_t ldb, int64_t K, int64_t N, T* packed);
+  // Columns [j0, j0 + n) of C (+)= op(A) op(B), with op(B) [K,N] prepacked; j0 a multiple of nr.
+  void (*gemm_prepacked)(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                         const T* packed, int64_t j0, int64_t n, bool accumulate, T* C, int64_t ldc);
   PointwiseForward<T> forward[kActivations];
   PointwiseBackward<T> backward[kActivations];
 };
+
+// op(B) [K,N] packed once for gemm_prepacked(): reuse it while B is unchanged.
+template <typename T>
+struct PackedMatrix {
+  int64_t K = 0, N = 0;
+  void pack(bool trans_b, const T* B, int64_t ldb, int64_t K, int64_t N);
+  const T* data() const { return aligned_; }
+
+ private:
+  std::vector<T> storage_;  // over-allocated: the kernels load panels with 64-byte aligned loads
+  T* aligned_ = nullptr;
+};
+
+// C[M,N] = (accumulate ? C : 0) + op(A)[M,K] * B, with B prepacked; split over the thread pool.
+template <typename T>
+void gemm(bool trans_a, int64_t M, const T* A, int64_t lda, const PackedMatrix<T>& B, bool accumulate, T* C,
+          int64_t ldc);
 
 // The kernels of the best ISA this CPU has.
 template <typename T>

@@ -116,7 +116,7 @@ class CpuCell final : public Cell<T> {
     const bool proj = cfg_.num_proj > 0;
     check_memory(sizeof(T) * (training ? rows * (I_ + G + 3 * H + 2 * P) : double(kChunkElements) + 4 * B * G));
     if (training) saved_steps_ = saved_batch_ = 0;  // a failed forward leaves nothing to differentiate
-    refresh_scales();
+    refresh_weights();
 
     // State: training keeps every step (cs[t] is c before step t); inference uses two slots.
     // Inference has its own buffers, so a step() between forward() and backward() changes nothing.
@@ -141,21 +141,20 @@ class CpuCell final : public Cell<T> {
     }
 
     const T* kernel = params_.data() + off_kernel_;
-    const T* bias = params_.data() + off_bias_;
     const Pointwise<T> pw = pointwise_params();
-    const PointwiseForward<T> pointwise = kernels<T>().forward[int(cfg_.activation)];
+    const Kernels<T>& kern = kernels<T>();
+    const PointwiseForward<T> pointwise = kern.forward[int(cfg_.activation)];
+    // Units are split between tasks in whole packed panels (nr columns).
+    const int64_t nr = kern.nr, unit_panels = (H + nr - 1) / nr;
+    const bool small = double(B) * G * P < 64.0 * 64 * 64;
+    const int unit_tasks = small ? 1 : int(std::min<int64_t>(num_threads(), unit_panels));
     const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
 
     for (int64_t t0 = 0; t0 < steps; t0 += chunk) {
       const int64_t n = std::min(chunk, steps - t0);
-      // Input part of every step in the chunk: one GEMM, then the column scale and the bias.
+      // Input part of every step in the chunk: one GEMM (its column scale and the bias are applied in
+      // the pointwise pass).
       gemm<T>(false, false, n * B, G, I_, x + t0 * B * I_, I_, kernel, G, false, a.gates.data(), G);
-      parallel_rows(n * B, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          T* z = a.gates.data() + r * G;
-          for (int64_t g = 0; g < G; ++g) z[g] = z[g] * s0_[g] + bias[g];
-        }
-      });
       for (int64_t t = t0; t < t0 + n; ++t) {
         T* z = a.gates.data() + (t - t0) * B * G;
         const T* c_prev = a.cs.data() + slot(t) * B * H;
@@ -165,11 +164,18 @@ class CpuCell final : public Cell<T> {
         const int64_t k = training ? t : 0;
         T* c_raw = a.c_raw.data() + k * B * H;
         T* hh = proj ? a.hh.data() + k * B * H : h_next;
-        gemm<T>(false, false, B, G, P, h_prev, P, kernel + I_ * G, G, false, q_.data(), G);
-        parallel_rows(B, [&](int64_t b0, int64_t b1) { pointwise(pw, b0, b1, z, q_.data(), c_prev, c_raw, c_next, hh); });
+        // Fused step: each task takes a range of units, computes their columns of all four gates of
+        // h.Vh from the packed gate blocks, then their pointwise work. One dispatch per step.
+        parallel_for(unit_tasks, [&](int task) {
+          const int64_t u0 = unit_panels * task / unit_tasks * nr, u1 = std::min(H, unit_panels * (task + 1) / unit_tasks * nr);
+          for (int gate = 0; gate < 4; ++gate)
+            kern.gemm_prepacked(false, B, H, P, h_prev, P, packed_gates_[gate].data(), u0, u1 - u0, false,
+                             q_.data() + gate * H, G);
+          pointwise(pw, 0, B, u0, u1, z, q_.data(), c_prev, c_raw, c_next, hh);
+        });
         if (proj) {
           T* pre = a.pre.data() + k * B * P;
-          gemm<T>(false, false, B, P, H, hh, H, params_.data() + off_pk_, P, false, pre, P);
+          gemm<T>(false, B, hh, H, packed_vp_, false, pre, P);
           for (int64_t b = 0; b < B; ++b)
             for (int64_t j = 0; j < P; ++j) {
               T v = pre[b * P + j] * sp_[j];
@@ -215,6 +221,9 @@ class CpuCell final : public Cell<T> {
     if (proj)
       for (int64_t r = 0; r < H; ++r)
         for (int64_t j = 0; j < P; ++j) Wp[r * P + j] = params_[off_pk_ + r * P + j] * sp_[j];
+    // Per step: dh = dz . Wh^T and dhh = dpre . Wp^T, with the transposed weights packed once.
+    packed_wht_.pack(true, w_.data() + I * G, G, G, P);
+    if (proj) packed_wpt_.pack(true, Wp, P, P, H);
 
     dz_.resize(steps * B * G);
     dpre_.resize(proj ? steps * B * P : 0);
@@ -235,7 +244,7 @@ class CpuCell final : public Cell<T> {
         const T* pre = a.pre.data() + t * B * P;
         T* dpre = dpre_.data() + t * B * P;
         for (int64_t i = 0; i < B * P; ++i) dpre[i] = (pre[i] >= -proj_clip && pre[i] <= proj_clip) ? dtot[i] : T(0);
-        gemm<T>(false, true, B, H, P, dpre, P, Wp, P, false, dhh.data(), H);
+        gemm<T>(false, B, dpre, P, packed_wpt_, false, dhh.data(), H);
         d_hh = dhh.data();
       }
       T* dzt = dz_.data() + t * B * G;
@@ -246,7 +255,7 @@ class CpuCell final : public Cell<T> {
         pointwise(pw, b0, b1, a.gates.data() + t * B * G, c_prev, c_raw, c_next, d_hh, dc.data(), dzt,
                   dc_prev.data());
       });
-      gemm<T>(false, true, B, P, G, dzt, G, w_.data() + I * G, G, false, dh_prev.data(), P);
+      gemm<T>(false, B, dzt, G, packed_wht_, false, dh_prev.data(), P);
       for (int64_t b = 0; b < B; ++b)
         if (done(t, b)) {  // a finished row's step is the identity on the state
           std::fill(dzt + b * G, dzt + (b + 1) * G, T(0));
@@ -291,8 +300,12 @@ class CpuCell final : public Cell<T> {
   }
 
  private:
-  void refresh_scales() {
+  // Weight-norm scales and the packed recurrent and projection kernels, rebuilt when params change.
+  void refresh_weights() {
     if (!scales_dirty_) return;
+    for (int gate = 0; gate < 4; ++gate)  // Vh's columns of one gate: [P, H] inside [P, G]
+      packed_gates_[gate].pack(false, params_.data() + off_kernel_ + I_ * G_ + gate * H_, G_, P_, H_);
+    if (cfg_.num_proj > 0) packed_vp_.pack(false, params_.data() + off_pk_, P_, H_, P_);
     if (cfg_.norm) {
       const T* kernel = params_.data() + off_kernel_;
       column_scales(kernel, I_, G_, params_.data() + off_g0_, sumsq0_.data(), s0_.data());
@@ -309,7 +322,9 @@ class CpuCell final : public Cell<T> {
             peep ? params_.data() + off_wi_ : zeros_.data(),
             peep ? params_.data() + off_wf_ : zeros_.data(),
             peep ? params_.data() + off_wo_ : zeros_.data(),
+            s0_.data(),
             s1_.data(),
+            params_.data() + off_bias_,
             T(cfg_.forget_bias),
             cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity()};
   }
@@ -327,9 +342,12 @@ class CpuCell final : public Cell<T> {
   std::vector<T> params_;
   std::vector<T> zeros_;  // [H]: the peepholes of a cell without them
 
-  // Weight-norm scales (ones without norm) and column sums of squares, rebuilt when params change.
+  // Weight-norm scales (ones without norm), column sums of squares and the packed Vh and Vp, rebuilt
+  // when params change.
   bool scales_dirty_ = true;
   std::vector<T> s0_, s1_, sp_, sumsq0_, sumsq1_, sumsqp_;
+  PackedMatrix<T> packed_gates_[4], packed_vp_;  // Vh by gate (i, j, f, o), Vp
+  PackedMatrix<T> packed_wht_, packed_wpt_;  // backward: Wh^T, Wp^T
 
   // What a training forward keeps for backward (shapes for T steps; inference keeps 1 or 2 steps).
   struct Activations {

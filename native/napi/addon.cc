@@ -2,12 +2,15 @@
 // backend, and turns any C++ exception into a JS Error with a `code`. Nothing here may crash the process.
 #include <napi.h>
 
+#include <chrono>
 #include <cmath>
 #include <memory>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "wnlstm/cell.h"
+#include "kernels.h"
 
 namespace {
 
@@ -288,7 +291,27 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   });
 }
 
+// benchGemm(M, N, K, repeats) -> seconds per product, for bench/: times the CPU GEMM alone on the
+// shapes the cell uses (C[M,N] = A[M,K] B[K,N], float32, all threads).
+Napi::Value BenchGemm(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    const int64_t M = int_arg(info[0], "M", 1, 1 << 16), N = int_arg(info[1], "N", 1, 1 << 16),
+                  K = int_arg(info[2], "K", 1, 1 << 16), repeats = int_arg(info[3], "repeats", 1, 1 << 20);
+    if (double(M) * N + double(M) * K + double(K) * N > double(1 << 28)) fail("ERR_WNLSTM_SIZE", "matrices too large");
+    std::vector<float> A(M * K), B(K * N), C(M * N);
+    for (size_t i = 0; i < A.size(); ++i) A[i] = float(i % 7) * 0.1f - 0.3f;
+    for (size_t i = 0; i < B.size(); ++i) B[i] = float(i % 5) * 0.1f - 0.2f;
+    wnlstm::cpu::gemm<float>(false, false, M, N, K, A.data(), K, B.data(), N, false, C.data(), N);  // warm-up
+    auto start = std::chrono::steady_clock::now();
+    for (int64_t r = 0; r < repeats; ++r)
+      wnlstm::cpu::gemm<float>(false, false, M, N, K, A.data(), K, B.data(), N, false, C.data(), N);
+    std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    return Napi::Number::New(info.Env(), elapsed.count() / double(repeats));
+  });
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("benchGemm", Napi::Function::New(env, BenchGemm));
   exports.Set("NativeCell", NativeCell::Define(env));
   exports.Set("info", Napi::Function::New(env, Info));
   return exports;
