@@ -1,7 +1,8 @@
 // The cells: TensorFlow 1.x WeightNormLSTMCell and LSTMCell (SPEC section 1), over the native backend.
 import { addon, BackendInfo, FloatArray, NativeCell, NativeParam } from './native';
 import { wnlstmError } from './errors';
-import { Initializer, initialValues, Random, Shape } from './init';
+import { columnNorms, Initializer, initialValues, Random, Shape } from './init';
+import type { ParamBlock } from './optim';
 
 export type { FloatArray } from './native';
 export type Activation = 'tanh' | 'sigmoid' | 'relu' | 'softsign' | 'linear';
@@ -26,6 +27,8 @@ export interface LSTMCellOptions {
   backend?: BackendName;
   /** 'float64' is slower; it exists for gradient checks and for users who need it. */
   dtype?: DType;
+  /** Name of the cell's parameter block (optimizer state and checkpoints); default 'lstm_cell'. */
+  name?: string;
 }
 
 export interface WeightNormLSTMCellOptions extends LSTMCellOptions {
@@ -70,7 +73,7 @@ export function backendInfo(): BackendInfo {
 }
 
 const OPTION_NAMES = ['inputSize', 'usePeepholes', 'cellClip', 'initializer', 'numProj', 'projClip',
-  'forgetBias', 'activation', 'seed', 'backend', 'dtype'];
+  'forgetBias', 'activation', 'seed', 'backend', 'dtype', 'name'];
 
 abstract class LSTMCellBase {
   readonly numUnits: number;
@@ -90,7 +93,9 @@ abstract class LSTMCellBase {
   readonly backend: 'cpu' | 'cuda';
   /** Why this backend was chosen (e.g. why CUDA was not used). */
   readonly backendReason: string;
+  readonly name: string;
   #native: NativeCell | null;
+  #grad: FloatArray | null = null;
   readonly #layout: Map<string, NativeParam>;
 
   protected constructor(numUnits: number, options: WeightNormLSTMCellOptions, norm: boolean, names: string[]) {
@@ -139,6 +144,7 @@ abstract class LSTMCellBase {
     this.activation = o.activation ?? 'tanh';
     this.dtype = dtype;
     this.seed = o.seed ?? Math.floor(Math.random() * 2 ** 32);
+    this.name = o.name ?? 'lstm_cell';
     this.backend = 'cpu';
     this.backendReason = requested === 'cpu' ? "backend 'cpu' was asked for" : `CUDA not used: ${cuda.reason}`;
     this.#layout = new Map(this.#native.layout().map((p) => [p.name, p]));
@@ -251,7 +257,29 @@ abstract class LSTMCellBase {
       throw wnlstmError('ERR_WNLSTM_TYPE', 'dFinalState must be { c?, h? }');
     }
     const r = cell.backward(dOutputs, dFinalState?.c ?? null, dFinalState?.h ?? null);
+    // Accumulated for the optimizers until zeroGrad(), as PyTorch does.
+    if (this.#grad === null) this.#grad = r.grads.slice();
+    else for (let i = 0; i < r.grads.length; i++) this.#grad[i] += r.grads[i];
     return { grads: this.#split(r.grads), dInputs: r.dx, dInitialState: { c: r.dc0, h: r.dh0 } };
+  }
+
+  /** The cell's parameters as one block for the optimizers (lib/optim.ts), in getWeights() order. */
+  parameters(): ParamBlock[] {
+    const self = this;
+    const zeros = () => (this.dtype === 'float64' ? new Float64Array(this.numParams) : new Float32Array(this.numParams));
+    return [{
+      name: this.name,
+      size: this.numParams,
+      dtype: this.dtype,
+      get grad() { return (self.#grad ??= zeros()); },
+      zeroGrad: () => { this.#grad?.fill(0); },
+      getValues: () => this.#cell().getParams(),
+      setValues: (values) => {
+        if (values.length !== this.numParams) throw wnlstmError('ERR_WNLSTM_SHAPE', `${this.name}: ${values.length} values for ${this.numParams}`);
+        this.#cell().setParams(values, 0);
+      },
+      applyUpdate: (hyper, s1, s2) => { this.#cell().update(this.#grad ?? zeros(), s1, s2, hyper); },
+    }];
   }
 
   #cell(): NativeCell {
@@ -326,13 +354,6 @@ abstract class LSTMCellBase {
     }
     this.setWeights(values);
   }
-}
-
-/** L2 norm of each column of rows [r0, r1) of a row-major matrix with `cols` columns. */
-function columnNorms(m: Float64Array, r0: number, r1: number, cols: number): Float64Array {
-  const out = new Float64Array(cols);
-  for (let r = r0; r < r1; r++) for (let j = 0; j < cols; j++) out[j] += m[r * cols + j] ** 2;
-  return out.map(Math.sqrt);
 }
 
 /** TF's tf.contrib.rnn.WeightNormLSTMCell: LSTMCell's options plus `norm` (default true). */

@@ -13,6 +13,7 @@ export type WnlstmErrorCode =
   | 'ERR_WNLSTM_BACKEND_UNAVAILABLE' // backend 'cuda' asked for but not usable
   | 'ERR_WNLSTM_OUT_OF_MEMORY'
   | 'ERR_WNLSTM_LOAD' // the native addon could not be loaded
+  | 'ERR_WNLSTM_CHECKPOINT' // a checkpoint file that cannot be read, or is truncated or corrupted
   | 'ERR_WNLSTM_NATIVE'; // unexpected internal error
 
 export interface WnlstmError extends Error {

@@ -41,6 +41,9 @@ export class Random {
     this.c = (this.c + t) >>> 0;
     return t;
   }
+  /** The generator's state, to resume a sequence exactly (checkpoints). */
+  getState(): [number, number, number, number] { return [this.a, this.b, this.c, this.d]; }
+  setState(state: ArrayLike<number>): void { [this.a, this.b, this.c, this.d] = Array.from(state, (v) => v >>> 0); }
   /** Uniform in [0, 1). */
   uniform(): number { return (this.uint32() + (this.uint32() >>> 11) / 2097152) / 4294967296; }
   /** Standard normal (Box-Muller). */
@@ -100,4 +103,11 @@ function truncated(rng: Random): number {
     const z = rng.normal();
     if (Math.abs(z) <= 2) return z;
   }
+}
+
+/** L2 norm of each column of rows [r0, r1) of a row-major matrix with `cols` columns. */
+export function columnNorms(m: ArrayLike<number>, r0: number, r1: number, cols: number): Float64Array {
+  const out = new Float64Array(cols);
+  for (let r = r0; r < r1; r++) for (let j = 0; j < cols; j++) out[j] += m[r * cols + j] ** 2;
+  return out.map(Math.sqrt);
 }

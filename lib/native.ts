@@ -28,6 +28,8 @@ export interface NativeCell {
   backward(dy: FloatArray, dc: FloatArray | null, dh: FloatArray | null):
     { grads: FloatArray; dx: FloatArray; dc0: FloatArray; dh0: FloatArray };
   savedShape(): [number, number];
+  /** One fused optimizer step on the parameters (see lib/optim.ts for `hyper`). */
+  update(grads: FloatArray, s1: FloatArray | null, s2: FloatArray | null, hyper: Float64Array): void;
   dispose(): void;
 }
 
@@ -39,6 +41,12 @@ export interface BackendInfo {
 interface Addon {
   NativeCell: new (config: NativeConfig, dtype: 'float32' | 'float64') => NativeCell;
   info(): BackendInfo;
+  optimizerUpdate(params: FloatArray, grads: FloatArray, s1: FloatArray | null, s2: FloatArray | null, hyper: Float64Array): void;
+  sumSquares(a: FloatArray): number;
+  /** Summed loss; the logits are overwritten with d(loss * gradScale)/d logits. */
+  softmaxCrossEntropy(logits: FloatArray, targets: Int32Array, vocabSize: number, gradScale: number): number;
+  /** C[M,N] (+)= op(A) op(B), row-major. */
+  gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: FloatArray, B: FloatArray, C: FloatArray, accumulate: boolean): void;
   /** Seconds per float32 GEMM C[M,N] = A[M,K] B[K,N] on all threads (for bench/). */
   benchGemm(M: number, N: number, K: number, repeats: number): number;
 }

@@ -99,6 +99,12 @@ class CpuCell final : public Cell<T> {
     saved_steps_ = saved_batch_ = 0;  // a backward must see the weights its forward used
   }
 
+  void apply_update(const OptimizerStep& step, const T* grads, T* s1, T* s2) override {
+    optimizer_update(step, params_.data(), grads, s1, s2, int64_t(params_.size()));
+    scales_dirty_ = true;
+    saved_steps_ = saved_batch_ = 0;
+  }
+
   int64_t saved_steps() const override { return saved_steps_; }
   int64_t saved_batch() const override { return saved_batch_; }
 

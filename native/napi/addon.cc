@@ -11,6 +11,7 @@
 
 #include "wnlstm/cell.h"
 #include "kernels.h"
+#include "wnlstm/training.h"
 
 namespace {
 
@@ -86,6 +87,54 @@ Napi::TypedArrayOf<T> new_array(Napi::Env env, int64_t length) {
   return Napi::TypedArrayOf<T>::New(env, size_t(length));
 }
 
+// A mutable typed-array argument of exactly `length` elements (its finiteness is not checked: it is
+// state the library itself writes, like an optimizer's moments).
+template <typename T>
+T* state_arg(const Napi::Value& v, const std::string& name, size_t length, bool needed) {
+  if (v.IsUndefined() || v.IsNull()) {
+    if (needed) fail("ERR_WNLSTM_TYPE", name + " is needed by this optimizer");
+    return nullptr;
+  }
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != kArrayType<T>)
+    fail("ERR_WNLSTM_TYPE", name + " must be a " + array_name<T>());
+  auto a = v.As<Napi::TypedArrayOf<T>>();
+  if (a.ElementLength() != length)
+    fail("ERR_WNLSTM_SHAPE", name + " must have " + std::to_string(length) + " elements");
+  return a.Data();
+}
+
+// Float64Array [kind, lr, beta1, beta2, eps, weightDecay, momentum, t, nesterov, gradScale].
+wnlstm::OptimizerStep parse_step(const Napi::Value& v) {
+  const double* h = array_arg<double>(v, "hyper", 10, false);
+  wnlstm::OptimizerStep s;
+  if (h[0] < 0 || h[0] > 4 || h[0] != std::floor(h[0])) fail("ERR_WNLSTM_RANGE", "unknown optimizer kind");
+  s.kind = wnlstm::OptimizerKind(int(h[0]));
+  s.lr = h[1], s.beta1 = h[2], s.beta2 = h[3], s.eps = h[4], s.weight_decay = h[5], s.momentum = h[6];
+  if (h[7] < 1) fail("ERR_WNLSTM_RANGE", "the step number starts at 1");
+  s.t = int64_t(h[7]);
+  s.nesterov = h[8] != 0;
+  s.grad_scale = h[9];
+  return s;
+}
+
+// Which optimizer-state buffers a kind uses.
+bool needs_s1(const wnlstm::OptimizerStep& s) { return s.kind != wnlstm::OptimizerKind::Sgd || s.momentum != 0; }
+bool needs_s2(const wnlstm::OptimizerStep& s) {
+  return s.kind == wnlstm::OptimizerKind::Adam || s.kind == wnlstm::OptimizerKind::AdamW ||
+         (s.kind == wnlstm::OptimizerKind::RmsProp && s.momentum != 0);
+}
+
+// Calls fn(T{}) with T the element type of a Float32Array or Float64Array argument.
+template <typename F>
+Napi::Value with_float_type(const Napi::Value& v, const char* name, F&& fn) {
+  if (v.IsTypedArray()) {
+    napi_typedarray_type type = v.As<Napi::TypedArray>().TypedArrayType();
+    if (type == napi_float32_array) return fn(float{});
+    if (type == napi_float64_array) return fn(double{});
+  }
+  fail("ERR_WNLSTM_TYPE", std::string(name) + " must be a Float32Array or a Float64Array");
+}
+
 CellConfig parse_config(const Napi::Object& o) {
   CellConfig c;
   c.input_size = int_arg(o.Get("inputSize"), "inputSize", 1, wnlstm::kMaxUnits);
@@ -120,6 +169,7 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
                         InstanceMethod("forward", &NativeCell::Forward),
                         InstanceMethod("backward", &NativeCell::Backward),
                         InstanceMethod("savedShape", &NativeCell::SavedShape),
+                        InstanceMethod("update", &NativeCell::Update),
                         InstanceMethod("dispose", &NativeCell::Dispose)});
   }
 
@@ -250,6 +300,20 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
     });
   }
 
+  // update(grads, s1?, s2?, hyper): one fused optimizer step on the parameters.
+  Napi::Value Update(const Napi::CallbackInfo& info) {
+    return with_cell(info, [&](auto& cell) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(cell)>::value_type;
+      const size_t n = size_t(wnlstm::param_count(cell.config()));
+      const wnlstm::OptimizerStep step = parse_step(info[3]);
+      const T* grads = array_arg<T>(info[0], "grads", n, false);
+      T* s1 = state_arg<T>(info[1], "optimizer state 1", n, needs_s1(step));
+      T* s2 = state_arg<T>(info[2], "optimizer state 2", n, needs_s2(step));
+      cell.apply_update(step, grads, s1, s2);
+      return info.Env().Undefined();
+    });
+  }
+
   Napi::Value SavedShape(const Napi::CallbackInfo& info) {
     return with_cell(info, [&](auto& cell) -> Napi::Value {
       Napi::Array out = Napi::Array::New(info.Env(), 2);
@@ -310,7 +374,82 @@ Napi::Value BenchGemm(const Napi::CallbackInfo& info) {
   });
 }
 
+// optimizerUpdate(params, grads, s1?, s2?, hyper): the same fused step on a JS-owned buffer.
+Napi::Value OptimizerUpdate(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return with_float_type(info[0], "params", [&](auto zero) -> Napi::Value {
+      using T = decltype(zero);
+      const size_t n = info[0].As<Napi::TypedArray>().ElementLength();
+      const wnlstm::OptimizerStep step = parse_step(info[4]);
+      T* params = info[0].As<Napi::TypedArrayOf<T>>().Data();
+      const T* grads = array_arg<T>(info[1], "grads", n, false);
+      T* s1 = state_arg<T>(info[2], "optimizer state 1", n, needs_s1(step));
+      T* s2 = state_arg<T>(info[3], "optimizer state 2", n, needs_s2(step));
+      wnlstm::optimizer_update(step, params, grads, s1, s2, int64_t(n));
+      return info.Env().Undefined();
+    });
+  });
+}
+
+// sumSquares(array) -> number
+Napi::Value SumSquares(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return with_float_type(info[0], "array", [&](auto zero) -> Napi::Value {
+      using T = decltype(zero);
+      auto a = info[0].As<Napi::TypedArrayOf<T>>();
+      return Napi::Number::New(info.Env(), wnlstm::sum_squares(a.Data(), int64_t(a.ElementLength())));
+    });
+  });
+}
+
+// softmaxCrossEntropy(logits [N,V], targets Int32Array [N], V, gradScale) -> summed loss; logits become
+// the gradient.
+Napi::Value SoftmaxCrossEntropy(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return with_float_type(info[0], "logits", [&](auto zero) -> Napi::Value {
+      using T = decltype(zero);
+      if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+        fail("ERR_WNLSTM_TYPE", "targets must be an Int32Array");
+      auto targets = info[1].As<Napi::Int32Array>();
+      const int64_t N = int64_t(targets.ElementLength());
+      const int64_t V = int_arg(info[2], "vocabulary size", 1, wnlstm::kMaxElements);
+      if (double(N) * double(V) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "logits too large");
+      T* logits = const_cast<T*>(array_arg<T>(info[0], "logits", size_t(N * V), false));
+      for (int64_t r = 0; r < N; ++r)
+        if (targets[r] < -1 || targets[r] >= V)
+          fail("ERR_WNLSTM_RANGE", "target " + std::to_string(targets[r]) + " is outside the vocabulary");
+      if (!info[3].IsNumber()) fail("ERR_WNLSTM_TYPE", "gradScale must be a number");
+      return Napi::Number::New(info.Env(), wnlstm::softmax_cross_entropy(logits, targets.Data(), N, V,
+                                                                          info[3].As<Napi::Number>().DoubleValue()));
+    });
+  });
+}
+
+// gemm(transA, transB, M, N, K, A, B, C, accumulate): C[M,N] (+)= op(A) op(B), row-major.
+Napi::Value Gemm(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return with_float_type(info[5], "A", [&](auto zero) -> Napi::Value {
+      using T = decltype(zero);
+      const bool ta = info[0].ToBoolean(), tb = info[1].ToBoolean();
+      const int64_t M = int_arg(info[2], "M", 1, wnlstm::kMaxElements), N = int_arg(info[3], "N", 1, wnlstm::kMaxElements),
+                    K = int_arg(info[4], "K", 1, wnlstm::kMaxElements);
+      if (double(M) * K > double(wnlstm::kMaxElements) || double(K) * N > double(wnlstm::kMaxElements) ||
+          double(M) * N > double(wnlstm::kMaxElements))
+        fail("ERR_WNLSTM_SIZE", "matrices too large");
+      const T* A = array_arg<T>(info[5], "A", size_t(M * K), false);
+      const T* B = array_arg<T>(info[6], "B", size_t(K * N), false);
+      T* C = state_arg<T>(info[7], "C", size_t(M * N), true);
+      wnlstm::cpu::gemm<T>(ta, tb, M, N, K, A, ta ? M : K, B, tb ? K : N, info[8].ToBoolean(), C, N);
+      return info.Env().Undefined();
+    });
+  });
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("optimizerUpdate", Napi::Function::New(env, OptimizerUpdate));
+  exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
+  exports.Set("softmaxCrossEntropy", Napi::Function::New(env, SoftmaxCrossEntropy));
+  exports.Set("gemm", Napi::Function::New(env, Gemm));
   exports.Set("benchGemm", Napi::Function::New(env, BenchGemm));
   exports.Set("NativeCell", NativeCell::Define(env));
   exports.Set("info", Napi::Function::New(env, Info));

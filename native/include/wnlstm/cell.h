@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "wnlstm/training.h"
+
 namespace wnlstm {
 
 struct Error : std::runtime_error {
@@ -84,6 +86,10 @@ class Cell {
   //   grads [param_count] out, by param_layout; dx [T,B,I], dc0 [B,H], dh0 [B,P] out.
   // Throws Error("ERR_WNLSTM_NO_FORWARD") when there is no training forward to differentiate.
   virtual void backward(const T* dy, const T* dc, const T* dh, T* grads, T* dx, T* dc0, T* dh0) = 0;
+
+  // One optimizer update of the parameters in place: grads [param_count]; s1, s2 [param_count] the
+  // optimizer's state (nullptr where the optimizer has none). Invalidates the saved forward.
+  virtual void apply_update(const OptimizerStep& step, const T* grads, T* s1, T* s2) = 0;
 
   // Sizes of the last training forward (0, 0 when none).
   virtual int64_t saved_steps() const = 0;

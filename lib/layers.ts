@@ -1,0 +1,150 @@
+// Layers around the cells for sequence models: embedding, dense, dropout, and a stack of cells
+// (TF's MultiRNNCell). Row-major arrays of the layer's dtype; gradients accumulate until zeroGrad().
+import { addon, FloatArray } from './native';
+import { wnlstmError } from './errors';
+import { Random } from './init';
+import { ArrayParams, HasParameters, ParamBlock } from './optim';
+import type { DType, LSTMCell, LSTMState, WeightNormLSTMCell } from './cell';
+
+type AnyCell = LSTMCell | WeightNormLSTMCell;
+const arrayOf = (dtype: DType) => (dtype === 'float64' ? Float64Array : Float32Array);
+
+/** y = x W + b with W [inSize, outSize]; uniform ±initScale init (bias 0). */
+export class Dense implements HasParameters {
+  readonly params: ArrayParams;
+  #x: FloatArray | null = null;
+  #rows = 0;
+  constructor(readonly inSize: number, readonly outSize: number,
+    { name = 'dense', seed = 1, initScale = 1 / Math.sqrt(inSize), dtype = 'float32' as DType } = {}) {
+    const values = new (arrayOf(dtype))(inSize * outSize + outSize);
+    const rng = new Random(seed);
+    for (let i = 0; i < inSize * outSize; i++) values[i] = (2 * rng.uniform() - 1) * initScale;
+    this.params = new ArrayParams(name, values);
+  }
+  get weight(): FloatArray { return this.params.values.subarray(0, this.inSize * this.outSize); }
+  get bias(): FloatArray { return this.params.values.subarray(this.inSize * this.outSize); }
+  parameters(): ParamBlock[] { return [this.params]; }
+
+  /** x [rows, inSize] -> [rows, outSize]; keeps x for backward(). */
+  forward(x: FloatArray, rows: number): FloatArray {
+    const y = new (arrayOf(this.params.dtype))(rows * this.outSize);
+    for (let r = 0; r < rows; r++) y.set(this.bias, r * this.outSize);
+    addon.gemm(false, false, rows, this.outSize, this.inSize, x, this.weight, y, true);
+    this.#x = x;
+    this.#rows = rows;
+    return y;
+  }
+
+  /** dy [rows, outSize] -> dx [rows, inSize]; adds dW and db to the gradient. */
+  backward(dy: FloatArray): FloatArray {
+    if (!this.#x) throw wnlstmError('ERR_WNLSTM_NO_FORWARD', 'Dense.backward needs a forward first');
+    const rows = this.#rows, I = this.inSize, O = this.outSize;
+    const g = this.params.grad;
+    addon.gemm(true, false, I, O, rows, this.#x, dy, g.subarray(0, I * O), true);
+    const db = g.subarray(I * O);
+    for (let r = 0; r < rows; r++) for (let j = 0; j < O; j++) db[j] += dy[r * O + j];
+    const dx = new (arrayOf(this.params.dtype))(rows * I);
+    addon.gemm(false, true, rows, I, O, dy, this.weight, dx, false);
+    return dx;
+  }
+}
+
+/** Rows of a [vocabSize, dim] table, uniform ±initScale. */
+export class Embedding implements HasParameters {
+  readonly params: ArrayParams;
+  #ids: Int32Array | null = null;
+  constructor(readonly vocabSize: number, readonly dim: number,
+    { name = 'embedding', seed = 1, initScale = 0.1, dtype = 'float32' as DType } = {}) {
+    const values = new (arrayOf(dtype))(vocabSize * dim);
+    const rng = new Random(seed);
+    for (let i = 0; i < values.length; i++) values[i] = (2 * rng.uniform() - 1) * initScale;
+    this.params = new ArrayParams(name, values);
+  }
+  parameters(): ParamBlock[] { return [this.params]; }
+
+  forward(ids: Int32Array): FloatArray {
+    const D = this.dim, table = this.params.values;
+    const out = new (arrayOf(this.params.dtype))(ids.length * D);
+    for (let r = 0; r < ids.length; r++) {
+      const id = ids[r];
+      if (!(id >= 0 && id < this.vocabSize)) throw wnlstmError('ERR_WNLSTM_RANGE', `token id ${id} is outside the vocabulary (${this.vocabSize})`);
+      out.set(table.subarray(id * D, id * D + D), r * D);
+    }
+    this.#ids = ids;
+    return out;
+  }
+
+  backward(dy: FloatArray): void {
+    if (!this.#ids) throw wnlstmError('ERR_WNLSTM_NO_FORWARD', 'Embedding.backward needs a forward first');
+    const D = this.dim, g = this.params.grad;
+    this.#ids.forEach((id, r) => { for (let k = 0; k < D; k++) g[id * D + k] += dy[r * D + k]; });
+  }
+}
+
+/** Inverted dropout: zeroes a fraction `rate` of x in place and scales the rest by 1/(1-rate).
+ * Returns the mask (already scaled) for the backward pass, or null when rate is 0. */
+export function dropout(x: FloatArray, rate: number, rng: Random): FloatArray | null {
+  if (rate <= 0) return null;
+  const keep = 1 - rate, mask = new (x.constructor as Float32ArrayConstructor)(x.length);
+  for (let i = 0; i < x.length; i++) {
+    mask[i] = rng.uniform() < keep ? 1 / keep : 0;
+    x[i] *= mask[i];
+  }
+  return mask;
+}
+
+export function applyMask(dx: FloatArray, mask: FloatArray | null): FloatArray {
+  if (mask) for (let i = 0; i < dx.length; i++) dx[i] *= mask[i];
+  return dx;
+}
+
+/** A stack of cells, each feeding the next (TF's MultiRNNCell), with dropout between layers
+ * (Zaremba et al.: on the non-recurrent connections only). */
+export class StackedLSTM implements HasParameters {
+  readonly #masks: (FloatArray | null)[] = [];
+  constructor(readonly cells: AnyCell[], readonly options: { dropout?: number; seed?: number } = {}) {
+    if (cells.length === 0) throw wnlstmError('ERR_WNLSTM_CONFIG', 'a stack needs at least one cell');
+    for (let l = 1; l < cells.length; l++) {
+      if (cells[l].inputSize !== cells[l - 1].outputSize) {
+        throw wnlstmError('ERR_WNLSTM_CONFIG', `layer ${l} takes ${cells[l].inputSize} inputs, layer ${l - 1} gives ${cells[l - 1].outputSize}`);
+      }
+    }
+    this.#rng = new Random(options.seed ?? 1);
+  }
+  #rng: Random;
+  get outputSize(): number { return this.cells[this.cells.length - 1].outputSize; }
+  parameters(): ParamBlock[] { return this.cells.flatMap((c) => c.parameters()); }
+  zeroState(batchSize: number): LSTMState[] { return this.cells.map((c) => c.zeroState(batchSize)); }
+
+  /** inputs [T, B, I] -> outputs [T, B, P_last]; states: one per layer (zeros when omitted). Dropout
+   * applies between layers when `training`. */
+  forward(inputs: FloatArray, { batchSize, initialStates, training = true }:
+    { batchSize: number; initialStates?: LSTMState[]; training?: boolean }) {
+    let x = inputs;
+    const states: LSTMState[] = [];
+    this.#masks.length = 0;
+    this.cells.forEach((cell, l) => {
+      if (l > 0) {
+        x = x.slice();
+        this.#masks.push(training ? dropout(x, this.options.dropout ?? 0, this.#rng) : null);
+      }
+      const r = cell.forward(x, { batchSize, initialState: initialStates?.[l], training });
+      x = r.outputs;
+      states.push(r.state);
+    });
+    return { outputs: x, states };
+  }
+
+  /** Gradient of the outputs (and optionally of the final states) -> gradient of the inputs. */
+  backward(dOutputs: FloatArray, dFinalStates?: LSTMState[]): FloatArray {
+    let d = dOutputs;
+    for (let l = this.cells.length - 1; l >= 0; l--) {
+      d = this.cells[l].backward(d, dFinalStates?.[l]).dInputs;
+      if (l > 0) d = applyMask(d, this.#masks[l - 1]);
+    }
+    return d;
+  }
+
+  /** Random state for dropout (checkpoints). */
+  get rng(): Random { return this.#rng; }
+}

@@ -1,0 +1,177 @@
+// An RNN language model (Zaremba et al. 2014 / char-rnn): embedding -> dropout -> stacked LSTM cells ->
+// dropout -> dense -> softmax, trained by truncated BPTT with the state carried between windows.
+import { addon, FloatArray } from './native';
+import { WeightNormLSTMCell, LSTMState, BackendName } from './cell';
+import { wnlstmError } from './errors';
+import { columnNorms, Random } from './init';
+import { applyMask, Dense, dropout, Embedding, StackedLSTM } from './layers';
+import { HasParameters, ParamBlock } from './optim';
+
+export interface LMConfig {
+  vocabSize: number;
+  embeddingSize: number;
+  hiddenSize: number;
+  layers: number;
+  /** Weight normalisation in every cell (WeightNormLSTMCell) or none (LSTMCell). */
+  norm: boolean;
+  /** Dropout on the non-recurrent connections (embedding output, between layers, before the softmax). */
+  dropout?: number;
+  /** All weights start uniform in ±initScale; with norm, each gain starts at its column's norm, so both
+   * parametrisations start as the same function. */
+  initScale?: number;
+  seed?: number;
+  backend?: BackendName;
+  dtype?: 'float32' | 'float64';
+}
+
+/** B parallel streams of a token sequence (Zaremba's batching): stream b is ids[b*L .. (b+1)*L). */
+export function batchify(ids: Int32Array, batchSize: number): { streams: Int32Array; length: number } {
+  const length = Math.floor(ids.length / batchSize);
+  if (length < 2) throw wnlstmError('ERR_WNLSTM_CONFIG', `${ids.length} tokens are too few for batch size ${batchSize}`);
+  const streams = new Int32Array(length * batchSize); // time-major [length, B]
+  for (let b = 0; b < batchSize; b++) for (let t = 0; t < length; t++) streams[t * batchSize + b] = ids[b * length + t];
+  return { streams, length };
+}
+
+/** The window starting at time t0 of batchified streams: inputs [T, B] and targets (shifted by one). */
+export function window(data: { streams: Int32Array; length: number }, batchSize: number, t0: number, steps: number) {
+  const T = Math.min(steps, data.length - 1 - t0);
+  return {
+    T,
+    inputs: data.streams.subarray(t0 * batchSize, (t0 + T) * batchSize),
+    targets: data.streams.subarray((t0 + 1) * batchSize, (t0 + 1 + T) * batchSize),
+  };
+}
+
+export class LanguageModel implements HasParameters {
+  readonly embedding: Embedding;
+  readonly stack: StackedLSTM;
+  readonly dense: Dense;
+  readonly rng: Random;
+  #masks: (FloatArray | null)[] = [null, null];
+
+  constructor(readonly config: LMConfig) {
+    const { vocabSize, embeddingSize, hiddenSize, layers, norm, seed = 1, initScale = 0.08, dtype = 'float32' } = config;
+    for (const [k, v] of Object.entries({ vocabSize, embeddingSize, hiddenSize, layers })) {
+      if (!Number.isInteger(v) || v < 1) throw wnlstmError('ERR_WNLSTM_CONFIG', `${k} must be a positive integer`);
+    }
+    const d = config.dropout ?? 0;
+    if (!(d >= 0 && d < 1)) throw wnlstmError('ERR_WNLSTM_CONFIG', 'dropout must be in [0, 1)');
+    this.embedding = new Embedding(vocabSize, embeddingSize, { seed, initScale, dtype });
+    const cells = Array.from({ length: layers }, (_, l) => {
+      const cell = new WeightNormLSTMCell(hiddenSize, {
+        inputSize: l === 0 ? embeddingSize : hiddenSize, norm, seed: seed + 101 * (l + 1), dtype,
+        backend: config.backend, name: `lstm_${l}`, initializer: { kind: 'uniform', min: -initScale, max: initScale },
+      });
+      cell.setWeights({ bias: new Float64Array(4 * hiddenSize) });
+      if (norm) { // gains = column norms: W = V at the start, the same function as the plain arm
+        const w = cell.getWeights(), G = 4 * hiddenSize, I = cell.inputSize;
+        cell.setWeights({ norm_0: columnNorms(w.kernel, 0, I, G), norm_1: columnNorms(w.kernel, I, I + hiddenSize, G) });
+      }
+      return cell;
+    });
+    this.stack = new StackedLSTM(cells, { dropout: d, seed: seed + 7 });
+    this.dense = new Dense(hiddenSize, vocabSize, { seed: seed + 13, initScale, dtype });
+    this.rng = new Random(seed + 17);
+  }
+
+  parameters(): ParamBlock[] {
+    return [...this.embedding.parameters(), ...this.stack.parameters(), ...this.dense.parameters()];
+  }
+
+  zeroState(batchSize: number): LSTMState[] { return this.stack.zeroState(batchSize); }
+
+  /** Mean loss (nats per token) of one window; with `train`, also the gradients (accumulated). */
+  step(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[], train: boolean) {
+    const N = inputs.length, rate = this.config.dropout ?? 0;
+    const emb = this.embedding.forward(inputs);
+    this.#masks[0] = train ? dropout(emb, rate, this.rng) : null;
+    const { outputs, states } = this.stack.forward(emb, { batchSize, initialStates: state, training: train });
+    const h = train && rate > 0 ? outputs.slice() : outputs;
+    this.#masks[1] = train ? dropout(h, rate, this.rng) : null;
+    const logits = this.dense.forward(h, N);
+    const loss = addon.softmaxCrossEntropy(logits, Int32Array.from(targets), this.config.vocabSize, 1 / N) / N;
+    if (train) {
+      const dh = applyMask(this.dense.backward(logits), this.#masks[1]);
+      const demb = applyMask(this.stack.backward(dh), this.#masks[0]);
+      this.embedding.backward(demb);
+    }
+    return { loss, state: states };
+  }
+
+  /** Mean loss over a whole token sequence, in windows of `steps`, state carried. */
+  evaluate(ids: Int32Array, { batchSize = 10, steps = 50, maxTokens = Infinity } = {}): number {
+    const data = batchify(maxTokens < ids.length ? ids.subarray(0, maxTokens) : ids, batchSize);
+    let state = this.zeroState(batchSize), total = 0, count = 0;
+    for (let t0 = 0; t0 < data.length - 1; t0 += steps) {
+      const w = window(data, batchSize, t0, steps);
+      const r = this.step(w.inputs, w.targets, batchSize, state, false);
+      state = r.state;
+      total += r.loss * w.inputs.length;
+      count += w.inputs.length;
+    }
+    return total / count;
+  }
+
+  /** Samples `length` tokens after `prefix` (ids) at `temperature`. */
+  sample(prefix: Int32Array, length: number, { temperature = 1, rng = new Random(1) } = {}): Int32Array {
+    if (!(temperature > 0)) throw wnlstmError('ERR_WNLSTM_CONFIG', 'temperature must be positive');
+    if (prefix.length === 0) throw wnlstmError('ERR_WNLSTM_CONFIG', 'sampling needs a prefix of at least one token');
+    const V = this.config.vocabSize, cells = this.stack.cells;
+    let states = this.zeroState(1);
+    const out = new Int32Array(length);
+    let next = 0;
+    const feed = (id: number) => {
+      let x: FloatArray = this.embedding.forward(Int32Array.of(id));
+      states = cells.map((cell, l) => { const s = cell.step(x, states[l]); x = s.h; return s; });
+      return this.dense.forward(x, 1);
+    };
+    let logits = this.dense.forward(new Float32Array(this.config.hiddenSize), 1);
+    for (const id of prefix) logits = feed(id);
+    for (let i = 0; i < length; i++) {
+      let max = -Infinity;
+      for (let v = 0; v < V; v++) max = Math.max(max, logits[v] / temperature);
+      let sum = 0;
+      const p = new Float64Array(V);
+      for (let v = 0; v < V; v++) sum += (p[v] = Math.exp(logits[v] / temperature - max));
+      let u = rng.uniform() * sum;
+      next = V - 1;
+      for (let v = 0; v < V; v++) if ((u -= p[v]) <= 0) { next = v; break; }
+      out[i] = next;
+      logits = feed(next);
+    }
+    return out;
+  }
+
+  /** Salimans & Kingma's data-dependent init, for the input block of each weight-normalised cell:
+   * v ~ N(0, 0.05), t = x·v/‖v‖ over one minibatch, g = 1/sqrt(var(t) + 1e-10), bias = -mean(t)·g.
+   * The recurrent block keeps g = ‖v‖ (not advised there: its input, h, depends on the very weights
+   * being set). Layer by layer, each from its actual input. */
+  dataDependentInit(inputs: Int32Array, batchSize: number): void {
+    if (!this.config.norm) throw wnlstmError('ERR_WNLSTM_CONFIG', 'data-dependent init needs weight normalisation');
+    let x = this.embedding.forward(inputs);
+    const rows = inputs.length, rng = new Random((this.config.seed ?? 1) + 29);
+    for (const cell of this.stack.cells) {
+      const I = cell.inputSize, G = 4 * cell.numUnits, w = cell.getWeights();
+      for (let r = 0; r < I; r++) for (let j = 0; j < G; j++) w.kernel[r * G + j] = 0.05 * rng.normal();
+      const norms = columnNorms(w.kernel, 0, I, G);
+      const vn = new (x.constructor as Float32ArrayConstructor)(I * G);
+      for (let r = 0; r < I; r++) for (let j = 0; j < G; j++) vn[r * G + j] = w.kernel[r * G + j] / norms[j];
+      const t = new (x.constructor as Float32ArrayConstructor)(rows * G);
+      addon.gemm(false, false, rows, G, I, x, vn, t, false);
+      const g = new Float64Array(G), bias = new Float64Array(G);
+      for (let j = 0; j < G; j++) {
+        let mean = 0, sq = 0;
+        for (let r = 0; r < rows; r++) mean += t[r * G + j];
+        mean /= rows;
+        for (let r = 0; r < rows; r++) sq += (t[r * G + j] - mean) ** 2;
+        g[j] = 1 / Math.sqrt(sq / rows + 1e-10);
+        bias[j] = -mean * g[j];
+      }
+      cell.setWeights({ kernel: w.kernel, norm_0: g, bias });
+      x = cell.forward(x, { batchSize, training: false }).outputs;
+    }
+  }
+
+  dispose(): void { for (const c of this.stack.cells) c.dispose(); }
+}
