@@ -94,8 +94,12 @@ abstract class LSTMCellBase {
   /** Why this backend was chosen (e.g. why CUDA was not used). */
   readonly backendReason: string;
   readonly name: string;
-  #native: NativeCell | null;
+  readonly #native: NativeCell;
+  #disposed = false;
   #grad: FloatArray | null = null;
+  /** Async calls run one after another; #pending counts those issued and not yet settled. */
+  #queue: Promise<unknown> = Promise.resolve();
+  #pending = 0;
   readonly #layout: Map<string, NativeParam>;
 
   protected constructor(numUnits: number, options: WeightNormLSTMCellOptions, norm: boolean, names: string[]) {
@@ -151,12 +155,15 @@ abstract class LSTMCellBase {
     this.#initialise(o.initializer);
   }
 
-  get disposed(): boolean { return this.#native === null; }
+  get disposed(): boolean { return this.#disposed; }
 
-  /** Frees the native memory now (otherwise the garbage collector does). Later calls throw ERR_WNLSTM_DISPOSED. */
+  /** Frees the native memory (otherwise the garbage collector does): now, or once the async calls already
+   * issued have settled. Later calls throw ERR_WNLSTM_DISPOSED. */
   dispose(): void {
-    this.#native?.dispose();
-    this.#native = null;
+    if (this.#disposed) return;
+    this.#disposed = true;
+    if (this.#pending === 0) this.#native.dispose();
+    else this.#queue.then(() => this.#native.dispose());
   }
 
   [Symbol.dispose](): void { this.dispose(); }
@@ -222,15 +229,42 @@ abstract class LSTMCellBase {
   /** One step for a batch: x [batch, inputSize]; state zeros when omitted. Returns the new state; h is the
    * output. Inference only: it keeps nothing for backward() (and leaves a forward()'s saved state alone). */
   step(x: FloatArray, state?: LSTMState): LSTMState {
-    const cell = this.#cell();
-    const batch = this.#batchOf(x, 'x', 1);
-    const r = cell.forward(x, 1, batch, state?.c ?? null, state?.h ?? null, null, false);
+    const r = this.#cell().forward(...this.#stepArgs(x, state));
     return { c: r.c, h: r.h };
+  }
+
+  /** step() off the main thread. */
+  stepAsync(x: FloatArray, state?: LSTMState): Promise<LSTMState> {
+    return this.#enqueue(async () => {
+      const r = await this.#native.forwardAsync(...this.#stepArgs(x, state));
+      return { c: r.c, h: r.h };
+    });
   }
 
   /** Runs the cell over time-major inputs [steps, batch, inputSize]. */
   forward(inputs: FloatArray, options: ForwardOptions): ForwardResult {
-    const cell = this.#cell();
+    const args = this.#forwardArgs(inputs, options);
+    const r = this.#cell().forward(...args);
+    return { outputs: r.y, state: { c: r.c, h: r.h }, steps: args[1] };
+  }
+
+  /** forward() off the main thread: the inputs are copied and the work runs on libuv's thread pool, so
+   * the event loop stays free. Async calls on one cell run in order; a sync call meanwhile throws
+   * ERR_WNLSTM_BUSY. */
+  forwardAsync(inputs: FloatArray, options: ForwardOptions): Promise<ForwardResult> {
+    return this.#enqueue(async () => {
+      const args = this.#forwardArgs(inputs, options);
+      const r = await this.#native.forwardAsync(...args);
+      return { outputs: r.y, state: { c: r.c, h: r.h }, steps: args[1] };
+    });
+  }
+
+  #stepArgs(x: FloatArray, state?: LSTMState): Parameters<NativeCell['forward']> {
+    const batch = this.#batchOf(x, 'x', 1);
+    return [x, 1, batch, state?.c ?? null, state?.h ?? null, null, false];
+  }
+
+  #forwardArgs(inputs: FloatArray, options: ForwardOptions): Parameters<NativeCell['forward']> {
     if (options === null || typeof options !== 'object') {
       throw wnlstmError('ERR_WNLSTM_TYPE', 'forward(inputs, { batchSize }) needs an options object');
     }
@@ -244,19 +278,38 @@ abstract class LSTMCellBase {
     if (state !== undefined && (state === null || typeof state !== 'object')) {
       throw wnlstmError('ERR_WNLSTM_TYPE', 'initialState must be { c, h }');
     }
-    const r = cell.forward(inputs, steps, batch, state?.c ?? null, state?.h ?? null, seqLen,
-      options.training ?? true);
-    return { outputs: r.y, state: { c: r.c, h: r.h }, steps };
+    return [inputs, steps, batch, state?.c ?? null, state?.h ?? null, seqLen, options.training ?? true];
+  }
+
+  /** Runs fn after the cell's earlier async calls have settled (whatever their outcome). */
+  #enqueue<R>(fn: () => Promise<R>): Promise<R> {
+    if (this.#disposed) return Promise.reject(wnlstmError('ERR_WNLSTM_DISPOSED', 'this cell has been disposed'));
+    this.#pending++;
+    const run = this.#queue.then(fn, fn).finally(() => { this.#pending--; });
+    this.#queue = run.catch(() => undefined);
+    return run;
   }
 
   /** Gradients of the last training forward(), given the gradient of its outputs [steps, batch, outputSize]
    * and optionally of its final state (zeros when omitted). */
   backward(dOutputs: FloatArray, dFinalState?: Partial<LSTMState>): BackwardResult {
-    const cell = this.#cell();
+    return this.#afterBackward(this.#cell().backward(...this.#backwardArgs(dOutputs, dFinalState)));
+  }
+
+  /** backward() off the main thread (see forwardAsync). */
+  backwardAsync(dOutputs: FloatArray, dFinalState?: Partial<LSTMState>): Promise<BackwardResult> {
+    return this.#enqueue(async () =>
+      this.#afterBackward(await this.#native.backwardAsync(...this.#backwardArgs(dOutputs, dFinalState))));
+  }
+
+  #backwardArgs(dOutputs: FloatArray, dFinalState?: Partial<LSTMState>): Parameters<NativeCell['backward']> {
     if (dFinalState !== undefined && (dFinalState === null || typeof dFinalState !== 'object')) {
       throw wnlstmError('ERR_WNLSTM_TYPE', 'dFinalState must be { c?, h? }');
     }
-    const r = cell.backward(dOutputs, dFinalState?.c ?? null, dFinalState?.h ?? null);
+    return [dOutputs, dFinalState?.c ?? null, dFinalState?.h ?? null];
+  }
+
+  #afterBackward(r: ReturnType<NativeCell['backward']>): BackwardResult {
     // Accumulated for the optimizers until zeroGrad(), as PyTorch does.
     if (this.#grad === null) this.#grad = r.grads.slice();
     else for (let i = 0; i < r.grads.length; i++) this.#grad[i] += r.grads[i];
@@ -282,8 +335,10 @@ abstract class LSTMCellBase {
     }];
   }
 
+  /** The native cell for a sync call: not after dispose(), not while async calls are pending. */
   #cell(): NativeCell {
-    if (this.#native === null) throw wnlstmError('ERR_WNLSTM_DISPOSED', 'this cell has been disposed');
+    if (this.#disposed) throw wnlstmError('ERR_WNLSTM_DISPOSED', 'this cell has been disposed');
+    if (this.#pending > 0) throw wnlstmError('ERR_WNLSTM_BUSY', 'async calls on this cell are in flight: await them first');
     return this.#native;
   }
 

@@ -17,7 +17,43 @@ function typeName(a: AnyArray): TypeName {
   return a instanceof Float64Array ? 'float64' : a instanceof Int32Array ? 'int32' : 'float32';
 }
 
-export function saveCheckpoint(file: string, { meta, arrays }: Checkpoint): void {
+/** saveCheckpoint() with the file I/O off the main thread. */
+export async function saveCheckpointAsync(file: string, checkpoint: Checkpoint): Promise<void> {
+  const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
+  const handle = await fs.promises.open(tmp, 'w');
+  try {
+    await handle.writeFile(encode(checkpoint));
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await fs.promises.rename(tmp, file);
+}
+
+/** loadCheckpoint() with the file I/O off the main thread. */
+export async function loadCheckpointAsync(file: string): Promise<Checkpoint> {
+  let data: Buffer;
+  try {
+    data = await fs.promises.readFile(file);
+  } catch (err) {
+    throw wnlstmError('ERR_WNLSTM_CHECKPOINT', `cannot read checkpoint ${file}: ${(err as Error).message}`);
+  }
+  return decode(file, data);
+}
+
+export function saveCheckpoint(file: string, checkpoint: Checkpoint): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    fs.writeSync(fd, encode(checkpoint));
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+}
+
+function encode({ meta, arrays }: Checkpoint): Buffer {
   const entries: { name: string; type: TypeName; offset: number; length: number }[] = [];
   let offset = 0;
   for (const [name, a] of Object.entries(arrays)) {
@@ -36,15 +72,7 @@ export function saveCheckpoint(file: string, { meta, arrays }: Checkpoint): void
   prefix.writeUInt32LE(VERSION, 8);
   prefix.writeUInt32LE(header.length, 12);
   const pad = Buffer.alloc((8 - ((16 + header.length) % 8)) % 8);
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    for (const part of [prefix, header, pad, payload]) fs.writeSync(fd, part);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
+  return Buffer.concat([prefix, header, pad, payload]);
 }
 
 export function loadCheckpoint(file: string): Checkpoint {
@@ -54,6 +82,10 @@ export function loadCheckpoint(file: string): Checkpoint {
   } catch (err) {
     throw wnlstmError('ERR_WNLSTM_CHECKPOINT', `cannot read checkpoint ${file}: ${(err as Error).message}`);
   }
+  return decode(file, data);
+}
+
+function decode(file: string, data: Buffer): Checkpoint {
   const bad = (why: string) => wnlstmError('ERR_WNLSTM_CHECKPOINT', `${file} is not a valid wnlstm checkpoint: ${why}`);
   if (data.length < 16 || data.toString('latin1', 0, 8) !== MAGIC) throw bad('wrong magic bytes');
   const version = data.readUInt32LE(8), length = data.readUInt32LE(12);

@@ -9,6 +9,7 @@ export type WnlstmErrorCode =
   | 'ERR_WNLSTM_SIZE' // sizes too large to be meant
   | 'ERR_WNLSTM_UNKNOWN_WEIGHT' // setWeights() with a name the cell does not have
   | 'ERR_WNLSTM_DISPOSED' // use after dispose()
+  | 'ERR_WNLSTM_BUSY' // a sync call on a cell while one of its async calls is in flight
   | 'ERR_WNLSTM_NO_FORWARD' // backward() without a training forward()
   | 'ERR_WNLSTM_BACKEND_UNAVAILABLE' // backend 'cuda' asked for but not usable
   | 'ERR_WNLSTM_OUT_OF_MEMORY'

@@ -25,13 +25,15 @@ export class Dense implements HasParameters {
   get bias(): FloatArray { return this.params.values.subarray(this.inSize * this.outSize); }
   parameters(): ParamBlock[] { return [this.params]; }
 
-  /** x [rows, inSize] -> [rows, outSize]; keeps x for backward(). */
-  forward(x: FloatArray, rows: number): FloatArray {
+  /** x [rows, inSize] -> [rows, outSize]; keeps x for backward() unless `keep` is false (inference). */
+  forward(x: FloatArray, rows: number, keep = true): FloatArray {
     const y = new (arrayOf(this.params.dtype))(rows * this.outSize);
     for (let r = 0; r < rows; r++) y.set(this.bias, r * this.outSize);
     addon.gemm(false, false, rows, this.outSize, this.inSize, x, this.weight, y, true);
-    this.#x = x;
-    this.#rows = rows;
+    if (keep) {
+      this.#x = x;
+      this.#rows = rows;
+    }
     return y;
   }
 
@@ -62,7 +64,8 @@ export class Embedding implements HasParameters {
   }
   parameters(): ParamBlock[] { return [this.params]; }
 
-  forward(ids: Int32Array): FloatArray {
+  /** Rows of the table; keeps the ids for backward() unless `keep` is false (inference). */
+  forward(ids: Int32Array, keep = true): FloatArray {
     const D = this.dim, table = this.params.values;
     const out = new (arrayOf(this.params.dtype))(ids.length * D);
     for (let r = 0; r < ids.length; r++) {
@@ -70,7 +73,7 @@ export class Embedding implements HasParameters {
       if (!(id >= 0 && id < this.vocabSize)) throw wnlstmError('ERR_WNLSTM_RANGE', `token id ${id} is outside the vocabulary (${this.vocabSize})`);
       out.set(table.subarray(id * D, id * D + D), r * D);
     }
-    this.#ids = ids;
+    if (keep) this.#ids = ids;
     return out;
   }
 

@@ -122,11 +122,11 @@ export class LanguageModel implements HasParameters {
     const out = new Int32Array(length);
     let next = 0;
     const feed = (id: number) => {
-      let x: FloatArray = this.embedding.forward(Int32Array.of(id));
+      let x: FloatArray = this.embedding.forward(Int32Array.of(id), false);
       states = cells.map((cell, l) => { const s = cell.step(x, states[l]); x = s.h; return s; });
-      return this.dense.forward(x, 1);
+      return this.dense.forward(x, 1, false);
     };
-    let logits = this.dense.forward(new Float32Array(this.config.hiddenSize), 1);
+    let logits = this.dense.forward(new Float32Array(this.config.hiddenSize), 1, false);
     for (const id of prefix) logits = feed(id);
     for (let i = 0; i < length; i++) {
       let max = -Infinity;
@@ -149,7 +149,7 @@ export class LanguageModel implements HasParameters {
    * being set). Layer by layer, each from its actual input. */
   dataDependentInit(inputs: Int32Array, batchSize: number): void {
     if (!this.config.norm) throw wnlstmError('ERR_WNLSTM_CONFIG', 'data-dependent init needs weight normalisation');
-    let x = this.embedding.forward(inputs);
+    let x = this.embedding.forward(inputs, false);
     const rows = inputs.length, rng = new Random((this.config.seed ?? 1) + 29);
     for (const cell of this.stack.cells) {
       const I = cell.inputSize, G = 4 * cell.numUnits, w = cell.getWeights();

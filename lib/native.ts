@@ -1,5 +1,6 @@
 // Loads the addon and types its surface. The addon checks every array it is given; this file only
 // finds it, trying each place a build or a prebuild can be and reporting every failed attempt.
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { wnlstmError } from './errors';
 
@@ -27,6 +28,9 @@ export interface NativeCell {
     seqLen: Int32Array | null, training: boolean): { y: FloatArray; c: FloatArray; h: FloatArray };
   backward(dy: FloatArray, dc: FloatArray | null, dh: FloatArray | null):
     { grads: FloatArray; dx: FloatArray; dc0: FloatArray; dh0: FloatArray };
+  /** The same, off the main thread (inputs copied); the cell is busy until the promise settles. */
+  forwardAsync(...args: Parameters<NativeCell['forward']>): Promise<ReturnType<NativeCell['forward']>>;
+  backwardAsync(...args: Parameters<NativeCell['backward']>): Promise<ReturnType<NativeCell['backward']>>;
   savedShape(): [number, number];
   /** One fused optimizer step on the parameters (see lib/optim.ts for `hyper`). */
   update(grads: FloatArray, s1: FloatArray | null, s2: FloatArray | null, hyper: Float64Array): void;
@@ -52,15 +56,22 @@ interface Addon {
 }
 
 const root = path.join(__dirname, '..');
-const candidates = [
-  path.join(root, 'build', 'Release', 'wnlstm.node'),
-  path.join(root, 'build', 'Debug', 'wnlstm.node'),
-  path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'wnlstm.node'),
-];
+
+/** A local build first, then the prebuilt binary for this platform (prebuildify names it <name>.napi.node). */
+function candidates(): string[] {
+  const prebuilds = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+  let prebuilt: string[] = [];
+  try {
+    prebuilt = fs.readdirSync(prebuilds).filter((f) => f.endsWith('.node')).sort().map((f) => path.join(prebuilds, f));
+  } catch {
+    prebuilt = [path.join(prebuilds, 'wnlstm.napi.node')];
+  }
+  return [path.join(root, 'build', 'Release', 'wnlstm.node'), path.join(root, 'build', 'Debug', 'wnlstm.node'), ...prebuilt];
+}
 
 function load(): Addon {
   const failures: string[] = [];
-  for (const file of candidates) {
+  for (const file of candidates()) {
     try {
       return require(file) as Addon;
     } catch (err) {

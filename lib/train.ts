@@ -213,6 +213,24 @@ export function train(options: Partial<TrainOptions> = {}, onProgress: (p: Progr
   return result;
 }
 
+/** train() in a worker thread: the event loop stays free (progress arrives as messages, throttled to
+ * evaluations and every 50th step). Resolves with the same result. */
+export function trainAsync(options: Partial<TrainOptions> = {}, onProgress: (p: Progress) => void = () => {}): Promise<TrainResult> {
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const { Worker } = require('node:worker_threads') as typeof import('node:worker_threads');
+  const worker = new Worker(path.join(__dirname, '..', 'dist', 'train-worker.js'), { workerData: options });
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    worker.on('message', (m: { progress?: Progress; result?: TrainResult; error?: { message: string; code?: string } }) => {
+      if (m.progress) onProgress(m.progress);
+      else if (m.result) { settled = true; resolve(m.result); }
+      else if (m.error) { settled = true; reject(Object.assign(new Error(m.error.message), { code: m.error.code })); }
+    });
+    worker.on('error', (err) => { settled = true; reject(err); });
+    worker.on('exit', (code) => { if (!settled) reject(wnlstmError('ERR_WNLSTM_NATIVE', `the training worker exited with code ${code}`)); });
+  });
+}
+
 const COLORS: Record<Arm, string> = { wn: '#d62728', plain: '#1f77b4' };
 const LABEL: Record<Arm, string> = { wn: 'weight norm', plain: 'plain LSTM' };
 

@@ -26,8 +26,9 @@ function run(cmd, args) {
   return spawnSync(cmd, args, { cwd: root, stdio: 'inherit' }).status === 0;
 }
 
-const prebuild = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'wnlstm.node');
-if (!force && (loads(path.join(root, 'build', 'Release', 'wnlstm.node')) || loads(prebuild))) {
+const prebuildDir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+const prebuilds = fs.existsSync(prebuildDir) ? fs.readdirSync(prebuildDir).filter((f) => f.endsWith('.node')).map((f) => path.join(prebuildDir, f)) : [];
+if (!force && (loads(path.join(root, 'build', 'Release', 'wnlstm.node')) || prebuilds.some(loads))) {
   console.error('wnlstm: native addon present and loads; skipping the build (npm run build:native forces it)');
   process.exit(0);
 }

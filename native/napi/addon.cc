@@ -3,7 +3,9 @@
 #include <napi.h>
 
 #include <chrono>
+#include <atomic>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <new>
 #include <string>
@@ -21,28 +23,85 @@ using wnlstm::Error;
 
 [[noreturn]] void fail(const char* code, const std::string& message) { throw Error(code, message); }
 
+Napi::Error coded_error(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::Error err = code == "ERR_WNLSTM_TYPE" ? Napi::TypeError::New(env, message)
+                    : (code == "ERR_WNLSTM_RANGE" || code == "ERR_WNLSTM_SHAPE") ? Napi::RangeError::New(env, message)
+                                                                                 : Napi::Error::New(env, message);
+  err.Set("code", Napi::String::New(env, code));
+  return err;
+}
+
 // Runs body and converts exceptions into coded JS errors.
 template <typename F>
 Napi::Value guarded(Napi::Env env, F&& body) {
-  auto throw_js = [&](const std::string& code, const std::string& message) -> Napi::Value {
-    Napi::Error err = code == "ERR_WNLSTM_TYPE" ? Napi::TypeError::New(env, message)
-                      : (code == "ERR_WNLSTM_RANGE" || code == "ERR_WNLSTM_SHAPE")
-                          ? Napi::RangeError::New(env, message)
-                          : Napi::Error::New(env, message);
-    err.Set("code", Napi::String::New(env, code));
-    throw err;  // node-addon-api rethrows it into JavaScript
-  };
   try {
     return body();
   } catch (const Napi::Error&) {
     throw;  // already a JS exception
   } catch (const Error& e) {
-    return throw_js(e.code, e.what());
+    throw coded_error(env, e.code, e.what());  // node-addon-api rethrows it into JavaScript
   } catch (const std::bad_alloc&) {
-    return throw_js("ERR_WNLSTM_OUT_OF_MEMORY", "out of memory");
+    throw coded_error(env, "ERR_WNLSTM_OUT_OF_MEMORY", "out of memory");
   } catch (const std::exception& e) {
-    return throw_js("ERR_WNLSTM_NATIVE", std::string("internal error: ") + e.what());
+    throw coded_error(env, "ERR_WNLSTM_NATIVE", std::string("internal error: ") + e.what());
   }
+}
+
+// The async form of a call: work() runs on the libuv thread pool (it must not touch JS values), then
+// result(env) on the main thread resolves the promise; an exception rejects it with a coded error.
+class Task : public Napi::AsyncWorker {
+ public:
+  Task(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> result,
+       std::function<void()> done)
+      : Napi::AsyncWorker(env, "wnlstm"), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)),
+        result_(std::move(result)), done_(std::move(done)) {}
+
+  static Napi::Value Run(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> result,
+                         std::function<void()> done = [] {}) {
+    auto* task = new Task(env, std::move(work), std::move(result), std::move(done));
+    Napi::Promise promise = task->deferred_.Promise();
+    task->Queue();  // the worker deletes itself after OnOK / OnError
+    return promise;
+  }
+
+ protected:
+  void Execute() override {
+    try {
+      work_();
+    } catch (const Error& e) {
+      code_ = e.code, SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      code_ = "ERR_WNLSTM_OUT_OF_MEMORY", SetError("out of memory");
+    } catch (const std::exception& e) {
+      code_ = "ERR_WNLSTM_NATIVE", SetError(std::string("internal error: ") + e.what());
+    }
+  }
+  void OnOK() override {
+    done_();
+    try {
+      deferred_.Resolve(result_(Env()));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override {
+    done_();
+    deferred_.Reject(coded_error(Env(), code_, e.Message()).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::function<void()> work_;
+  std::function<Napi::Value(Napi::Env)> result_;
+  std::function<void()> done_;
+  std::string code_ = "ERR_WNLSTM_NATIVE";
+};
+
+template <typename T>
+Napi::TypedArrayOf<T> to_js(Napi::Env env, const std::vector<T>& v) {
+  auto out = Napi::TypedArrayOf<T>::New(env, v.size());
+  std::copy(v.begin(), v.end(), out.Data());
+  return out;
 }
 
 int64_t int_arg(const Napi::Value& v, const char* name, int64_t lo, int64_t hi) {
@@ -166,8 +225,10 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
                        {InstanceMethod("layout", &NativeCell::Layout),
                         InstanceMethod("getParams", &NativeCell::GetParams),
                         InstanceMethod("setParams", &NativeCell::SetParams),
-                        InstanceMethod("forward", &NativeCell::Forward),
-                        InstanceMethod("backward", &NativeCell::Backward),
+                        InstanceMethod("forward", &NativeCell::Forward<false>),
+                        InstanceMethod("backward", &NativeCell::Backward<false>),
+                        InstanceMethod("forwardAsync", &NativeCell::Forward<true>),
+                        InstanceMethod("backwardAsync", &NativeCell::Backward<true>),
                         InstanceMethod("savedShape", &NativeCell::SavedShape),
                         InstanceMethod("update", &NativeCell::Update),
                         InstanceMethod("dispose", &NativeCell::Dispose)});
@@ -187,20 +248,30 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
   }
 
  private:
-  // Calls fn(cell) with the live cell of either precision; throws ERR_WNLSTM_DISPOSED after dispose().
+  // Calls fn(cell) with the live cell of either precision (a shared_ptr: an async call keeps its cell
+  // alive past dispose()). Throws ERR_WNLSTM_DISPOSED after dispose(), ERR_WNLSTM_BUSY while an async
+  // call on this cell is in flight.
   template <typename F>
   Napi::Value with_cell(const Napi::CallbackInfo& info, F&& fn) {
     return guarded(info.Env(), [&]() -> Napi::Value {
-      if (f32_) return fn(*f32_);
-      if (f64_) return fn(*f64_);
-      fail("ERR_WNLSTM_DISPOSED", "this cell has been disposed");
+      if (!f32_ && !f64_) fail("ERR_WNLSTM_DISPOSED", "this cell has been disposed");
+      if (busy_->load() > 0) fail("ERR_WNLSTM_BUSY", "an async call on this cell is in flight: await it first");
+      if (f32_) return fn(f32_);
+      return fn(f64_);
     });
   }
 
+  // Runs work on the thread pool with this cell marked busy until the promise settles.
+  Napi::Value run_async(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> result) {
+    auto busy = busy_;
+    busy->fetch_add(1);
+    return Task::Run(env, std::move(work), std::move(result), [busy] { busy->fetch_sub(1); });
+  }
+
   Napi::Value Layout(const Napi::CallbackInfo& info) {
-    return with_cell(info, [&](auto& cell) -> Napi::Value {
+    return with_cell(info, [&](auto cell) -> Napi::Value {
       Napi::Env env = info.Env();
-      auto layout = wnlstm::param_layout(cell.config());
+      auto layout = wnlstm::param_layout(cell->config());
       Napi::Array out = Napi::Array::New(env, layout.size());
       for (size_t i = 0; i < layout.size(); ++i) {
         Napi::Object p = Napi::Object::New(env);
@@ -215,35 +286,37 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
   }
 
   Napi::Value GetParams(const Napi::CallbackInfo& info) {
-    return with_cell(info, [&](auto& cell) -> Napi::Value {
-      using T = typename std::remove_reference_t<decltype(cell)>::value_type;
-      auto out = new_array<T>(info.Env(), wnlstm::param_count(cell.config()));
-      cell.get_params(out.Data());
+    return with_cell(info, [&](auto cell) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(*cell)>::value_type;
+      auto out = new_array<T>(info.Env(), wnlstm::param_count(cell->config()));
+      cell->get_params(out.Data());
       return out;
     });
   }
 
   // setParams(values, offset): writes values at [offset, offset + values.length) of the flat buffer.
   Napi::Value SetParams(const Napi::CallbackInfo& info) {
-    return with_cell(info, [&](auto& cell) -> Napi::Value {
-      using T = typename std::remove_reference_t<decltype(cell)>::value_type;
-      const int64_t total = wnlstm::param_count(cell.config());
+    return with_cell(info, [&](auto cell) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(*cell)>::value_type;
+      const int64_t total = wnlstm::param_count(cell->config());
       const int64_t offset = int_arg(info[1], "offset", 0, total);
       if (!info[0].IsTypedArray()) fail("ERR_WNLSTM_TYPE", std::string("values must be a ") + array_name<T>());
       const size_t n = info[0].As<Napi::TypedArray>().ElementLength();
       if (int64_t(n) > total - offset) fail("ERR_WNLSTM_SHAPE", "values run past the end of the parameters");
       const T* values = array_arg<T>(info[0], "values", n, false);
-      cell.set_params(values, offset, int64_t(n));
+      cell->set_params(values, offset, int64_t(n));
       return info.Env().Undefined();
     });
   }
 
-  // forward(x, steps, batch, c0?, h0?, seqLen?, training) -> { y, c, h }
+  // forward(x, steps, batch, c0?, h0?, seqLen?, training) -> { y, c, h }; forwardAsync: a promise of it.
+  // The sync form works in place on the JS arrays; the async one copies the inputs first.
+  template <bool Async>
   Napi::Value Forward(const Napi::CallbackInfo& info) {
-    return with_cell(info, [&](auto& cell) -> Napi::Value {
-      using T = typename std::remove_reference_t<decltype(cell)>::value_type;
+    return with_cell(info, [&](auto cell) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(*cell)>::value_type;
       Napi::Env env = info.Env();
-      const CellConfig& c = cell.config();
+      const CellConfig& c = cell->config();
       const int64_t steps = int_arg(info[1], "steps", 1, wnlstm::kMaxElements);
       const int64_t batch = int_arg(info[2], "batchSize", 1, wnlstm::kMaxElements);
       if (double(steps) * double(batch) * double(std::max(c.input_size, 4 * c.num_units)) > double(wnlstm::kMaxElements))
@@ -261,64 +334,109 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
           fail("ERR_WNLSTM_SHAPE", "sequenceLength must have batchSize (" + std::to_string(batch) + ") elements");
         seq_len = lens.Data();
       }
-      auto y = new_array<T>(env, steps * batch * P);
-      auto c_out = new_array<T>(env, batch * H);
-      auto h_out = new_array<T>(env, batch * P);
-      cell.forward(steps, batch, x, c0, h0, seq_len, y.Data(), c_out.Data(), h_out.Data(), info[6].ToBoolean());
-      Napi::Object out = Napi::Object::New(env);
-      out.Set("y", y);
-      out.Set("c", c_out);
-      out.Set("h", h_out);
-      return out;
+      const bool training = info[6].ToBoolean();
+      auto pack = [](Napi::Env env, Napi::Value y, Napi::Value c, Napi::Value h) {
+        Napi::Object out = Napi::Object::New(env);
+        out.Set("y", y);
+        out.Set("c", c);
+        out.Set("h", h);
+        return out;
+      };
+      if constexpr (!Async) {
+        auto y = new_array<T>(env, steps * batch * P);
+        auto c_out = new_array<T>(env, batch * H);
+        auto h_out = new_array<T>(env, batch * P);
+        cell->forward(steps, batch, x, c0, h0, seq_len, y.Data(), c_out.Data(), h_out.Data(), training);
+        return pack(env, y, c_out, h_out);
+      } else {
+        struct Job {
+          std::vector<T> x, c0, h0, y, c, h;
+          std::vector<int32_t> len;
+        };
+        auto job = std::make_shared<Job>();
+        job->x.assign(x, x + steps * batch * c.input_size);
+        if (c0) job->c0.assign(c0, c0 + batch * H);
+        if (h0) job->h0.assign(h0, h0 + batch * P);
+        if (seq_len) job->len.assign(seq_len, seq_len + batch);
+        return run_async(env, [=] {
+          job->y.resize(steps * batch * P), job->c.resize(batch * H), job->h.resize(batch * P);
+          cell->forward(steps, batch, job->x.data(), job->c0.empty() ? nullptr : job->c0.data(),
+                        job->h0.empty() ? nullptr : job->h0.data(), job->len.empty() ? nullptr : job->len.data(),
+                        job->y.data(), job->c.data(), job->h.data(), training);
+        }, [=](Napi::Env env) -> Napi::Value { return pack(env, to_js(env, job->y), to_js(env, job->c), to_js(env, job->h)); });
+      }
     });
   }
 
-  // backward(dy, dc?, dh?) -> { grads, dx, dc0, dh0 }
+  // backward(dy, dc?, dh?) -> { grads, dx, dc0, dh0 }; backwardAsync: a promise of it.
+  template <bool Async>
   Napi::Value Backward(const Napi::CallbackInfo& info) {
-    return with_cell(info, [&](auto& cell) -> Napi::Value {
-      using T = typename std::remove_reference_t<decltype(cell)>::value_type;
+    return with_cell(info, [&](auto cell) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(*cell)>::value_type;
       Napi::Env env = info.Env();
-      const CellConfig& c = cell.config();
-      const int64_t steps = cell.saved_steps(), batch = cell.saved_batch();
+      const CellConfig& c = cell->config();
+      const int64_t steps = cell->saved_steps(), batch = cell->saved_batch();
       if (steps == 0)
         fail("ERR_WNLSTM_NO_FORWARD", "backward needs a training forward first (and the weights unchanged since)");
-      const int64_t H = c.num_units, P = c.output_size();
+      const int64_t H = c.num_units, P = c.output_size(), n = wnlstm::param_count(c);
       const T* dy = array_arg<T>(info[0], "dOutputs", size_t(steps * batch * P), false);
       const T* dc = array_arg<T>(info[1], "dFinalState.c", size_t(batch * H), true);
       const T* dh = array_arg<T>(info[2], "dFinalState.h", size_t(batch * P), true);
-      auto grads = new_array<T>(env, wnlstm::param_count(c));
-      auto dx = new_array<T>(env, steps * batch * c.input_size);
-      auto dc0 = new_array<T>(env, batch * H);
-      auto dh0 = new_array<T>(env, batch * P);
-      cell.backward(dy, dc, dh, grads.Data(), dx.Data(), dc0.Data(), dh0.Data());
-      Napi::Object out = Napi::Object::New(env);
-      out.Set("grads", grads);
-      out.Set("dx", dx);
-      out.Set("dc0", dc0);
-      out.Set("dh0", dh0);
-      return out;
+      auto pack = [](Napi::Env env, Napi::Value grads, Napi::Value dx, Napi::Value dc0, Napi::Value dh0) {
+        Napi::Object out = Napi::Object::New(env);
+        out.Set("grads", grads);
+        out.Set("dx", dx);
+        out.Set("dc0", dc0);
+        out.Set("dh0", dh0);
+        return out;
+      };
+      if constexpr (!Async) {
+        auto grads = new_array<T>(env, n);
+        auto dx = new_array<T>(env, steps * batch * c.input_size);
+        auto dc0 = new_array<T>(env, batch * H);
+        auto dh0 = new_array<T>(env, batch * P);
+        cell->backward(dy, dc, dh, grads.Data(), dx.Data(), dc0.Data(), dh0.Data());
+        return pack(env, grads, dx, dc0, dh0);
+      } else {
+        struct Job {
+          std::vector<T> dy, dc, dh, grads, dx, dc0, dh0;
+        };
+        auto job = std::make_shared<Job>();
+        job->dy.assign(dy, dy + steps * batch * P);
+        if (dc) job->dc.assign(dc, dc + batch * H);
+        if (dh) job->dh.assign(dh, dh + batch * P);
+        const int64_t I = c.input_size;
+        return run_async(env, [=] {
+          job->grads.resize(n), job->dx.resize(steps * batch * I), job->dc0.resize(batch * H), job->dh0.resize(batch * P);
+          cell->backward(job->dy.data(), job->dc.empty() ? nullptr : job->dc.data(),
+                         job->dh.empty() ? nullptr : job->dh.data(), job->grads.data(), job->dx.data(), job->dc0.data(),
+                         job->dh0.data());
+        }, [=](Napi::Env env) -> Napi::Value {
+          return pack(env, to_js(env, job->grads), to_js(env, job->dx), to_js(env, job->dc0), to_js(env, job->dh0));
+        });
+      }
     });
   }
 
   // update(grads, s1?, s2?, hyper): one fused optimizer step on the parameters.
   Napi::Value Update(const Napi::CallbackInfo& info) {
-    return with_cell(info, [&](auto& cell) -> Napi::Value {
-      using T = typename std::remove_reference_t<decltype(cell)>::value_type;
-      const size_t n = size_t(wnlstm::param_count(cell.config()));
+    return with_cell(info, [&](auto cell) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(*cell)>::value_type;
+      const size_t n = size_t(wnlstm::param_count(cell->config()));
       const wnlstm::OptimizerStep step = parse_step(info[3]);
       const T* grads = array_arg<T>(info[0], "grads", n, false);
       T* s1 = state_arg<T>(info[1], "optimizer state 1", n, needs_s1(step));
       T* s2 = state_arg<T>(info[2], "optimizer state 2", n, needs_s2(step));
-      cell.apply_update(step, grads, s1, s2);
+      cell->apply_update(step, grads, s1, s2);
       return info.Env().Undefined();
     });
   }
 
   Napi::Value SavedShape(const Napi::CallbackInfo& info) {
-    return with_cell(info, [&](auto& cell) -> Napi::Value {
+    return with_cell(info, [&](auto cell) -> Napi::Value {
       Napi::Array out = Napi::Array::New(info.Env(), 2);
-      out.Set(0u, double(cell.saved_steps()));
-      out.Set(1u, double(cell.saved_batch()));
+      out.Set(0u, double(cell->saved_steps()));
+      out.Set(1u, double(cell->saved_batch()));
       return out;
     });
   }
@@ -329,8 +447,9 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
     return info.Env().Undefined();
   }
 
-  std::unique_ptr<Cell<float>> f32_;
-  std::unique_ptr<Cell<double>> f64_;
+  std::shared_ptr<Cell<float>> f32_;
+  std::shared_ptr<Cell<double>> f64_;
+  std::shared_ptr<std::atomic<int>> busy_ = std::make_shared<std::atomic<int>>(0);  // async calls in flight
 };
 
 Napi::Value Info(const Napi::CallbackInfo& info) {

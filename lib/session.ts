@@ -1,0 +1,101 @@
+// Streaming inference: a session holds the recurrent state of its streams and steps them one token (or
+// one frame) at a time. Sessions share the model's cells: any number of them serve one model without
+// copying weights, and they never disturb a training forward's saved activations.
+import type { FloatArray, LSTMCell, LSTMState, WeightNormLSTMCell } from './cell';
+import { wnlstmError } from './errors';
+import { StackedLSTM } from './layers';
+import type { LanguageModel } from './lm';
+
+type AnyCell = LSTMCell | WeightNormLSTMCell;
+
+export class StreamingSession {
+  readonly cells: AnyCell[];
+  #state: LSTMState[];
+  #busy = false;
+
+  /** `batchSize` streams (rows) advance together at each step. */
+  constructor(model: AnyCell | AnyCell[] | StackedLSTM, readonly batchSize = 1) {
+    this.cells = model instanceof StackedLSTM ? model.cells : Array.isArray(model) ? model : [model];
+    if (this.cells.length === 0) throw wnlstmError('ERR_WNLSTM_CONFIG', 'a session needs at least one cell');
+    if (!Number.isInteger(batchSize) || batchSize < 1) throw wnlstmError('ERR_WNLSTM_RANGE', 'batchSize must be a positive integer');
+    this.#state = this.cells.map((c) => c.zeroState(batchSize));
+  }
+
+  /** The state of every layer (copies). */
+  get state(): LSTMState[] { return this.#state.map((s) => ({ c: s.c.slice(), h: s.h.slice() })); }
+
+  /** Zeroes the state of one stream, or of all. */
+  reset(stream?: number): void {
+    if (stream === undefined) { this.#state = this.cells.map((c) => c.zeroState(this.batchSize)); return; }
+    if (!Number.isInteger(stream) || stream < 0 || stream >= this.batchSize) throw wnlstmError('ERR_WNLSTM_RANGE', `no stream ${stream}`);
+    this.cells.forEach((cell, l) => {
+      this.#state[l].c.fill(0, stream * cell.numUnits, (stream + 1) * cell.numUnits);
+      this.#state[l].h.fill(0, stream * cell.outputSize, (stream + 1) * cell.outputSize);
+    });
+  }
+
+  /** One step for every stream: x [batchSize, inputSize] -> the last layer's h [batchSize, outputSize]. */
+  step(x: FloatArray): FloatArray {
+    this.#idle();
+    let input = x;
+    const next = this.cells.map((cell, l) => { const s = cell.step(input, this.#state[l]); input = s.h; return s; });
+    this.#state = next;
+    return input;
+  }
+
+  /** step() off the main thread. The state advances when the promise resolves. */
+  async stepAsync(x: FloatArray): Promise<FloatArray> {
+    this.#idle();
+    this.#busy = true;
+    try {
+      let input = x;
+      const next: LSTMState[] = [];
+      for (let l = 0; l < this.cells.length; l++) {
+        const s = await this.cells[l].stepAsync(input, this.#state[l]);
+        next.push(s);
+        input = s.h;
+      }
+      this.#state = next;
+      return input;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  #idle(): void {
+    if (this.#busy) throw wnlstmError('ERR_WNLSTM_BUSY', 'this session has a step in flight: await it first');
+  }
+}
+
+/** A language model's streams: feed token ids, get the next-token distribution. */
+export class LanguageModelSession {
+  readonly #lm: LanguageModel;
+  readonly #session: StreamingSession;
+  constructor(lm: LanguageModel, batchSize = 1) {
+    this.#lm = lm;
+    this.#session = new StreamingSession(lm.stack, batchSize);
+  }
+  get batchSize(): number { return this.#session.batchSize; }
+  reset(stream?: number): void { this.#session.reset(stream); }
+
+  /** One token per stream (ids [batchSize]) -> next-token probabilities [batchSize, vocabSize]. */
+  next(ids: ArrayLike<number>): Float32Array { return this.#softmax(this.#session.step(this.#embed(ids))); }
+  async nextAsync(ids: ArrayLike<number>): Promise<Float32Array> { return this.#softmax(await this.#session.stepAsync(this.#embed(ids))); }
+
+  #embed(ids: ArrayLike<number>): FloatArray {
+    if (ids.length !== this.batchSize) throw wnlstmError('ERR_WNLSTM_SHAPE', `need ${this.batchSize} token ids, got ${ids.length}`);
+    return this.#lm.embedding.forward(Int32Array.from(ids), false);
+  }
+
+  #softmax(h: FloatArray): Float32Array {
+    const V = this.#lm.config.vocabSize, B = this.batchSize;
+    const logits = this.#lm.dense.forward(h, B, false), p = new Float32Array(B * V);
+    for (let b = 0; b < B; b++) {
+      let max = -Infinity, sum = 0;
+      for (let v = 0; v < V; v++) max = Math.max(max, logits[b * V + v]);
+      for (let v = 0; v < V; v++) sum += (p[b * V + v] = Math.exp(logits[b * V + v] - max));
+      for (let v = 0; v < V; v++) p[b * V + v] /= sum;
+    }
+    return p;
+  }
+}
