@@ -87,7 +87,7 @@ export function main(argv = process.argv.slice(2)): number {
       const prefix = vocab.encode(typeof options.prefix === 'string' ? options.prefix : 'The ').subarray(0, -1);
       const ids = lm.sample(prefix.length ? prefix : Int32Array.of(vocab.id('\n')), Number(options.length ?? 300),
         { temperature: Number(options.temperature ?? 0.8), rng: new Random(Number(options.seed ?? 1)) });
-      console.log(vocab.decode(prefix) + vocab.decode(ids));
+      console.log(vocab.decode(prefix) + (vocab.level === 'word' ? ' ' : '') + vocab.decode(ids));
       return 0;
     }
     console.log(HELP);

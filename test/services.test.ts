@@ -198,31 +198,38 @@ t.test('fuzz: thousands of random and malformed calls give coded errors, never a
     new Float32Array(6).fill(0.5), { batchSize: pick([1, 2, -1, 'a']) }, { c: new Float32Array(3), h: null }]);
   const codes = new Map<string, number>();
   let calls = 0, ok = 0, unexpected = 0;
-  const start = Date.now();
-  while (Date.now() - start < 4000) {
-    const options = pick([{ inputSize: 3 }, { inputSize: junk() }, { inputSize: 3, numProj: junk() }, { inputSize: 3, cellClip: junk() }, junk()]);
-    const run = () => {
-      const cell = new WeightNormLSTMCell(pick<unknown>([2, 3, junk()]) as number, options as never);
-      for (let k = 0; k < 8; k++) {
-        const op = pick(['step', 'forward', 'backward', 'setWeights', 'getWeights', 'dispose', 'zeroState']);
-        if (op === 'step') cell.step(junk() as never, junk() as never);
-        else if (op === 'forward') cell.forward(junk() as never, junk() as never);
-        else if (op === 'backward') cell.backward(junk() as never, junk() as never);
-        else if (op === 'setWeights') cell.setWeights(pick<unknown>([junk(), { kernel: junk() }, { bias: junk(), nope: junk() }]) as never);
-        else if (op === 'getWeights') cell.getWeights();
-        else if (op === 'zeroState') cell.zeroState(junk() as never);
-        else cell.dispose();
-      }
-    };
+  const attempt = (fn: () => unknown) => {
     calls++;
-    try { run(); ok++; } catch (err) {
+    try { fn(); ok++; } catch (err) {
       if (isWnlstmError(err)) codes.set(err.code, (codes.get(err.code) ?? 0) + 1);
       else { unexpected++; if (unexpected < 5) t.fail(`not a coded error: ${String(err)}`); }
     }
+  };
+  const valid = () => new Float32Array(pick([3, 6, 12])).map(() => rng.uniform() - 0.5);
+  const start = Date.now();
+  while (Date.now() - start < 4000) {
+    // Mostly a valid cell (so the calls reach deep), sometimes junk options.
+    const options = rng.uniform() < 0.8 ? pick([{ inputSize: 3 }, { inputSize: 3, numProj: 2, projClip: 0.5 }, { inputSize: 3, usePeepholes: true, cellClip: 1 }])
+      : pick([{ inputSize: junk() }, { inputSize: 3, numProj: junk() }, { inputSize: 3, cellClip: junk() }, junk()]);
+    let cell: WeightNormLSTMCell | null = null;
+    attempt(() => { cell = new WeightNormLSTMCell(rng.uniform() < 0.8 ? 2 : (junk() as number), options as never); });
+    if (!cell) continue;
+    const c: WeightNormLSTMCell = cell;
+    for (let k = 0; k < 12; k++) {
+      const arg = () => (rng.uniform() < 0.5 ? valid() : junk());
+      const op = pick(['step', 'forward', 'backward', 'setWeights', 'getWeights', 'dispose', 'zeroState']);
+      if (op === 'step') attempt(() => c.step(arg() as never, pick([undefined, junk(), c.zeroState(pick([1, 2, 4]))]) as never));
+      else if (op === 'forward') attempt(() => c.forward(arg() as never, pick([{ batchSize: pick([1, 2, 3]) }, junk()]) as never));
+      else if (op === 'backward') attempt(() => c.backward(arg() as never, junk() as never));
+      else if (op === 'setWeights') attempt(() => c.setWeights(pick<unknown>([junk(), { kernel: junk() }, { bias: valid() }, { bias: junk(), nope: junk() }]) as never));
+      else if (op === 'getWeights') attempt(() => c.getWeights());
+      else if (op === 'zeroState') attempt(() => c.zeroState(junk() as never));
+      else if (rng.uniform() < 0.2) attempt(() => c.dispose());
+    }
   }
-  t.equal(unexpected, 0, `${calls} random call sequences: ${ok} went through, the rest failed with codes ` +
+  t.equal(unexpected, 0, `${calls} random calls: ${ok} went through, the rest failed with codes ` +
     [...codes.entries()].map(([c, n]) => `${c} ${n}`).join(', '));
-  t.ok(calls > 500, `enough calls (${calls})`);
+  t.ok(calls > 1000 && ok > 100, `enough calls (${calls}), and enough that went through (${ok})`);
 });
 
 t.test('soak: memory stays flat over many steps and many cells', async (t) => {
