@@ -7,6 +7,7 @@ import { ArrayParams, HasParameters, ParamBlock } from './optim';
 import type { DType, LSTMCell, LSTMState, WeightNormLSTMCell } from './cell';
 
 type AnyCell = LSTMCell | WeightNormLSTMCell;
+interface StackOptions { batchSize: number; initialStates?: LSTMState[]; training?: boolean }
 const arrayOf = (dtype: DType) => (dtype === 'float64' ? Float64Array : Float32Array);
 
 /** y = x W + b with W [inSize, outSize]; uniform ±initScale init (bias 0). */
@@ -121,32 +122,54 @@ export class StackedLSTM implements HasParameters {
 
   /** inputs [T, B, I] -> outputs [T, B, P_last]; states: one per layer (zeros when omitted). Dropout
    * applies between layers when `training`. */
-  forward(inputs: FloatArray, { batchSize, initialStates, training = true }:
-    { batchSize: number; initialStates?: LSTMState[]; training?: boolean }) {
+  forward(inputs: FloatArray, { batchSize, initialStates, training = true }: StackOptions) {
     let x = inputs;
     const states: LSTMState[] = [];
     this.#masks.length = 0;
     this.cells.forEach((cell, l) => {
-      if (l > 0) {
-        x = x.slice();
-        this.#masks.push(training ? dropout(x, this.options.dropout ?? 0, this.#rng) : null);
-      }
-      const r = cell.forward(x, { batchSize, initialState: initialStates?.[l], training });
+      const r = cell.forward(this.#layerInput(x, l, training), { batchSize, initialState: initialStates?.[l], training });
       x = r.outputs;
       states.push(r.state);
     });
     return { outputs: x, states };
   }
 
+  /** forward() with each layer off the main thread (see WeightNormLSTMCell.forwardAsync). */
+  async forwardAsync(inputs: FloatArray, { batchSize, initialStates, training = true }: StackOptions) {
+    let x = inputs;
+    const states: LSTMState[] = [];
+    this.#masks.length = 0;
+    for (let l = 0; l < this.cells.length; l++) {
+      const r = await this.cells[l].forwardAsync(this.#layerInput(x, l, training), { batchSize, initialState: initialStates?.[l], training });
+      x = r.outputs;
+      states.push(r.state);
+    }
+    return { outputs: x, states };
+  }
+
   /** Gradient of the outputs (and optionally of the final states) -> gradient of the inputs. */
   backward(dOutputs: FloatArray, dFinalStates?: LSTMState[]): FloatArray {
     let d = dOutputs;
-    for (let l = this.cells.length - 1; l >= 0; l--) {
-      d = this.cells[l].backward(d, dFinalStates?.[l]).dInputs;
-      if (l > 0) d = applyMask(d, this.#masks[l - 1]);
-    }
+    for (let l = this.cells.length - 1; l >= 0; l--) d = this.#layerGrad(this.cells[l].backward(d, dFinalStates?.[l]).dInputs, l);
     return d;
   }
+
+  /** backward() with each layer off the main thread. */
+  async backwardAsync(dOutputs: FloatArray, dFinalStates?: LSTMState[]): Promise<FloatArray> {
+    let d = dOutputs;
+    for (let l = this.cells.length - 1; l >= 0; l--) d = this.#layerGrad((await this.cells[l].backwardAsync(d, dFinalStates?.[l])).dInputs, l);
+    return d;
+  }
+
+  /** Layer l's input: the previous layer's output, with dropout between layers when training. */
+  #layerInput(x: FloatArray, l: number, training: boolean): FloatArray {
+    if (l === 0) return x;
+    const y = x.slice();
+    this.#masks.push(training ? dropout(y, this.options.dropout ?? 0, this.#rng) : null);
+    return y;
+  }
+
+  #layerGrad(d: FloatArray, l: number): FloatArray { return l > 0 ? applyMask(d, this.#masks[l - 1]) : d; }
 
   /** Random state for dropout (checkpoints). */
   get rng(): Random { return this.#rng; }

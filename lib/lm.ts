@@ -83,20 +83,38 @@ export class LanguageModel implements HasParameters {
 
   /** Mean loss (nats per token) of one window; with `train`, also the gradients (accumulated). */
   step(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[], train: boolean) {
-    const N = inputs.length, rate = this.config.dropout ?? 0;
-    const emb = this.embedding.forward(inputs);
-    this.#masks[0] = train ? dropout(emb, rate, this.rng) : null;
+    const emb = this.#embed(inputs, train);
     const { outputs, states } = this.stack.forward(emb, { batchSize, initialStates: state, training: train });
+    const { loss, dh } = this.#head(outputs, targets, train);
+    if (dh) this.embedding.backward(applyMask(this.stack.backward(dh), this.#masks[0]));
+    return { loss, state: states };
+  }
+
+  /** step() with the recurrent layers off the main thread (the embedding, softmax layer and loss stay on
+   * it: they are a small part of a step). */
+  async stepAsync(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[], train: boolean) {
+    const emb = this.#embed(inputs, train);
+    const { outputs, states } = await this.stack.forwardAsync(emb, { batchSize, initialStates: state, training: train });
+    const { loss, dh } = this.#head(outputs, targets, train);
+    if (dh) this.embedding.backward(applyMask(await this.stack.backwardAsync(dh), this.#masks[0]));
+    return { loss, state: states };
+  }
+
+  /** Embedding and its dropout. */
+  #embed(inputs: Int32Array, train: boolean): FloatArray {
+    const emb = this.embedding.forward(inputs);
+    this.#masks[0] = train ? dropout(emb, this.config.dropout ?? 0, this.rng) : null;
+    return emb;
+  }
+
+  /** Dropout, softmax layer and loss on the stack's outputs; with `train`, the gradient into the stack. */
+  #head(outputs: FloatArray, targets: Int32Array, train: boolean): { loss: number; dh: FloatArray | null } {
+    const N = targets.length, rate = this.config.dropout ?? 0;
     const h = train && rate > 0 ? outputs.slice() : outputs;
     this.#masks[1] = train ? dropout(h, rate, this.rng) : null;
     const logits = this.dense.forward(h, N);
     const loss = addon.softmaxCrossEntropy(logits, Int32Array.from(targets), this.config.vocabSize, 1 / N) / N;
-    if (train) {
-      const dh = applyMask(this.dense.backward(logits), this.#masks[1]);
-      const demb = applyMask(this.stack.backward(dh), this.#masks[0]);
-      this.embedding.backward(demb);
-    }
-    return { loss, state: states };
+    return { loss, dh: train ? applyMask(this.dense.backward(logits), this.#masks[1]) : null };
   }
 
   /** Mean loss over a whole token sequence, in windows of `steps`, state carried. */

@@ -106,7 +106,11 @@ interface ArmState { step: number; curve: CurvePoint[]; seconds: number; state: 
 
 function writeCheckpoint(file: string, o: TrainOptions, arm: Arm, vocab: Vocabulary, lm: LanguageModel, opt: Optimizer, s: ArmState) {
   const arrays: Record<string, Float32Array | Float64Array | Int32Array> = {};
-  for (const b of lm.parameters()) arrays[`param/${b.name}`] = b.getValues();
+  // Weights by TF name (the cells' variables under their scope), then the embedding and softmax layer.
+  for (const cell of lm.stack.cells) for (const [name, v] of Object.entries(cell.getWeights())) arrays[`weights/${cell.name}/${name}`] = v;
+  arrays['weights/embedding'] = lm.embedding.params.getValues();
+  arrays['weights/softmax/kernel'] = lm.dense.weight.slice();
+  arrays['weights/softmax/bias'] = lm.dense.bias.slice();
   const optState = opt.getState();
   for (const [name, [s1, s2]] of Object.entries(optState.buffers)) {
     if (s1) arrays[`opt/${name}/1`] = s1;
@@ -128,11 +132,21 @@ export function readCheckpoint(file: string) {
   const vocab = Vocabulary.fromJSON(m.vocab);
   const lm = model(m.options, vocab, m.arm);
   const opt = makeOptimizer(m.options, lm);
+  const need = (name: string) => {
+    const v = arrays[name];
+    if (!(v instanceof Float32Array)) throw wnlstmError('ERR_WNLSTM_CHECKPOINT', `${file}: '${name}' is missing`);
+    return v;
+  };
+  for (const cell of lm.stack.cells) {
+    cell.setWeights(Object.fromEntries(Object.keys(cell.weightShapes).map((name) => [name, need(`weights/${cell.name}/${name}`)])));
+  }
+  lm.embedding.params.setValues(need('weights/embedding'));
+  const kernel = need('weights/softmax/kernel'), bias = need('weights/softmax/bias'), dense = new Float32Array(kernel.length + bias.length);
+  dense.set(kernel);
+  dense.set(bias, kernel.length);
+  lm.dense.params.setValues(dense);
   const buffers: OptimizerState['buffers'] = {};
   for (const b of lm.parameters()) {
-    const values = arrays[`param/${b.name}`];
-    if (!values || values.length !== b.size) throw wnlstmError('ERR_WNLSTM_CHECKPOINT', `${file}: parameters '${b.name}' missing or of the wrong size`);
-    b.setValues(values as Float32Array);
     buffers[b.name] = [(arrays[`opt/${b.name}/1`] as Float32Array) ?? null, (arrays[`opt/${b.name}/2`] as Float32Array) ?? null];
   }
   opt.setState({ ...m.optimizer, buffers });

@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { isWnlstmError, LSTMCell, Random, WeightNormLSTMCell } from '../lib/index';
-import { loadCheckpointAsync, saveCheckpointAsync } from '../lib/checkpoint';
+import { loadCheckpoint as loadCheckpointSync, loadCheckpointAsync, saveCheckpointAsync } from '../lib/checkpoint';
 import { fromPyTorch, fromTensorFlow, toPyTorch, toTensorFlow } from '../lib/interop';
 import { LanguageModel } from '../lib/lm';
 import { LanguageModelSession, StreamingSession } from '../lib/session';
@@ -70,6 +70,30 @@ t.test('the event loop stays responsive during async work and async training', a
   t.ok(seen.includes(60), 'progress arrives from the worker');
   t.ok(d2.max / 1e6 < 60, `event-loop delay max ${(d2.max / 1e6).toFixed(1)} ms during trainAsync`);
   await t.rejects(trainAsync({ ...options, steps: 0 }), { code: 'ERR_WNLSTM_CONFIG' }, 'errors in the worker reject with their code');
+});
+
+t.test('a language-model training step off the main thread equals the sync one', async (t) => {
+  const make = () => new LanguageModel({ vocabSize: 9, embeddingSize: 5, hiddenSize: 7, layers: 2, norm: true, dropout: 0.3, seed: 3 });
+  const a = make(), b = make();
+  const inputs = Int32Array.from({ length: 12 }, (_, i) => i % 9), targets = Int32Array.from({ length: 12 }, (_, i) => (i + 1) % 9);
+  const ra = a.step(inputs, targets, 3, a.zeroState(3), true);
+  const rb = await b.stepAsync(inputs, targets, 3, b.zeroState(3), true);
+  t.equal(rb.loss, ra.loss, 'same loss (same dropout masks from the same seed)');
+  const ga = a.parameters(), gb = b.parameters();
+  ga.forEach((block, i) => assertClose(t, gb[i].grad, block.grad, EXACT, `same gradient of ${block.name}`));
+  assertClose(t, rb.state[1].h, ra.state[1].h, EXACT, 'same carried state');
+});
+
+t.test('training checkpoints keep the weights by TF name', async (t) => {
+  const corpus = path.join(tmp, 'ck.txt');
+  fs.writeFileSync(corpus, Array.from({ length: 200 }, (_, i) => `line ${i % 9} of text`).join('\n'));
+  const prefix = path.join(tmp, 'named');
+  train({ corpus, layers: 2, hidden: 8, embedding: 6, bptt: 10, batch: 4, steps: 10, evalEvery: 10, evalTokens: 500, arms: ['wn'], out: '', checkpoint: prefix });
+  const names = Object.keys(loadCheckpointSync(`${prefix}.wn.ckpt`).arrays);
+  for (const name of ['weights/lstm_0/kernel', 'weights/lstm_0/bias', 'weights/lstm_0/norm_0', 'weights/lstm_1/norm_1', 'weights/embedding', 'weights/softmax/kernel', 'weights/softmax/bias']) {
+    t.ok(names.includes(name), name);
+  }
+  t.ok(names.some((n) => n.startsWith('opt/')) && names.some((n) => n.startsWith('state/')), 'optimizer state and carried LSTM state');
 });
 
 t.test('streaming sessions', async (t) => {
