@@ -3,6 +3,7 @@
 //   bytes 0-7 "WNLSTMCK" | uint32 LE version | uint32 LE header length | header JSON | arrays (8-aligned)
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { wnlstmError } from './errors';
 
 const MAGIC = 'WNLSTMCK';
@@ -19,6 +20,7 @@ function typeName(a: AnyArray): TypeName {
 
 /** saveCheckpoint() with the file I/O off the main thread. */
 export async function saveCheckpointAsync(file: string, checkpoint: Checkpoint): Promise<void> {
+  await fs.promises.mkdir(path.dirname(file), { recursive: true });
   const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
   const handle = await fs.promises.open(tmp, 'w');
   try {
@@ -42,6 +44,7 @@ export async function loadCheckpointAsync(file: string): Promise<Checkpoint> {
 }
 
 export function saveCheckpoint(file: string, checkpoint: Checkpoint): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
   const tmp = `${file}.tmp-${process.pid}`;
   const fd = fs.openSync(tmp, 'w');
   try {

@@ -171,7 +171,7 @@ t.test('a fixed-seed tiny run learns', async (t) => {
 });
 
 t.test('resume from a checkpoint gives the same next losses', async (t) => {
-  const prefix = path.join(tmp, 'ck');
+  const prefix = path.join(tmp, 'not', 'yet', 'there', 'ck'); // saving creates the folders
   const uninterrupted = train({ ...tiny, steps: 120, arms: ['wn'], dropout: 0.2 });
   train({ ...tiny, steps: 40, arms: ['wn'], dropout: 0.2, checkpoint: prefix });
   const resumed = train({ resume: `${prefix}.wn.ckpt`, steps: 120, checkpoint: '' });
