@@ -64,10 +64,9 @@ function encode({ meta, arrays }: Checkpoint): Buffer {
     offset += Math.ceil(a.byteLength / 8) * 8;
   }
   const payload = Buffer.alloc(offset);
-  entries.forEach((e, i) => {
-    const a = Object.values(arrays)[i];
-    Buffer.from(a.buffer, a.byteOffset, a.byteLength).copy(payload, e.offset);
-  });
+  for (const [i, a] of Object.values(arrays).entries()) {
+    Buffer.from(a.buffer, a.byteOffset, a.byteLength).copy(payload, entries[i].offset);
+  }
   const sha256 = crypto.createHash('sha256').update(payload).digest('hex');
   const header = Buffer.from(JSON.stringify({ format: 'wnlstm-checkpoint', version: VERSION, sha256, meta, arrays: entries }));
   const prefix = Buffer.alloc(16);
