@@ -99,7 +99,8 @@ void gemm(bool trans_a, int64_t M, const T* A, int64_t lda, const PackedMatrix<T
   parallel_for(tasks, [&](int task) {
     const int64_t p0 = panels * task / tasks, p1 = panels * (task + 1) / tasks;
     const int64_t j0 = p0 * k.nr, j1 = std::min(B.N, p1 * k.nr);
-    k.gemm_prepacked(trans_a, M, B.N, B.K, A, lda, B.data(), j0, j1 - j0, accumulate, C, ldc);
+    const T* packed = B.data();
+    k.gemm_prepacked(trans_a, M, B.N, B.K, A, lda, 1, &packed, j0, j1 - j0, accumulate, &C, ldc);
   });
 }
 template void gemm<float>(bool, int64_t, const float*, int64_t, const PackedMatrix<float>&, bool, float*, int64_t);

@@ -55,9 +55,10 @@ struct Kernels {
   int nr;
   int64_t (*packed_size)(int64_t K, int64_t N);
   void (*pack_b)(bool trans_b, const T* B, int64_t ldb, int64_t K, int64_t N, T* packed);
-  // Columns [j0, j0 + n) of C (+)= op(A) op(B), with op(B) [K,N] prepacked; j0 a multiple of nr.
-  void (*gemm_prepacked)(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
-                         const T* packed, int64_t j0, int64_t n, bool accumulate, T* C, int64_t ldc);
+  // For b < count: columns [j0, j0 + n) of C[b] (+)= op(A) op(B_b), each B_b [K,N] prepacked in packed[b];
+  // j0 a multiple of nr. op(A) is packed once for all of them.
+  void (*gemm_prepacked)(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, int count,
+                         const T* const* packed, int64_t j0, int64_t n, bool accumulate, T* const* C, int64_t ldc);
   PointwiseForward<T> forward[kActivations];
   PointwiseBackward<T> backward[kActivations];
 };

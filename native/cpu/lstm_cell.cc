@@ -174,9 +174,10 @@ class CpuCell final : public Cell<T> {
         // h.Vh from the packed gate blocks, then their pointwise work. One dispatch per step.
         parallel_for(unit_tasks, [&](int task) {
           const int64_t u0 = unit_panels * task / unit_tasks * nr, u1 = std::min(H, unit_panels * (task + 1) / unit_tasks * nr);
-          for (int gate = 0; gate < 4; ++gate)
-            kern.gemm_prepacked(false, B, H, P, h_prev, P, packed_gates_[gate].data(), u0, u1 - u0, false,
-                             q_.data() + gate * H, G);
+          const T* packed[4] = {packed_gates_[0].data(), packed_gates_[1].data(), packed_gates_[2].data(),
+                                packed_gates_[3].data()};
+          T* q[4] = {q_.data(), q_.data() + H, q_.data() + 2 * H, q_.data() + 3 * H};
+          kern.gemm_prepacked(false, B, H, P, h_prev, P, 4, packed, u0, u1 - u0, false, q, G);
           pointwise(pw, 0, B, u0, u1, z, q_.data(), c_prev, c_raw, c_next, hh);
         });
         if (proj) {
