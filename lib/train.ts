@@ -2,6 +2,7 @@
 // hyper-parameters) and record both learning curves.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint';
 import { Document, Level, loadBrown, loadTextFile, splitDocuments, Vocabulary } from './corpus';
 import { wnlstmError } from './errors';
@@ -230,8 +231,6 @@ export function train(options: Partial<TrainOptions> = {}, onProgress: (p: Progr
 /** train() in a worker thread: the event loop stays free (progress arrives as messages, throttled to
  * evaluations and every 50th step). Resolves with the same result. */
 export function trainAsync(options: Partial<TrainOptions> = {}, onProgress: (p: Progress) => void = () => {}): Promise<TrainResult> {
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
-  const { Worker } = require('node:worker_threads') as typeof import('node:worker_threads');
   const worker = new Worker(path.join(__dirname, '..', 'dist', 'train-worker.js'), { workerData: options });
   return new Promise((resolve, reject) => {
     let settled = false;
