@@ -31,7 +31,6 @@ export interface NativeCell {
   /** The same, off the main thread (inputs copied); the cell is busy until the promise settles. */
   forwardAsync(...args: Parameters<NativeCell['forward']>): Promise<ReturnType<NativeCell['forward']>>;
   backwardAsync(...args: Parameters<NativeCell['backward']>): Promise<ReturnType<NativeCell['backward']>>;
-  savedShape(): [number, number];
   /** One fused optimizer step on the parameters (see lib/optim.ts for `hyper`). */
   update(grads: FloatArray, s1: FloatArray | null, s2: FloatArray | null, hyper: Float64Array): void;
   dispose(): void;

@@ -229,7 +229,6 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
                         InstanceMethod("backward", &NativeCell::Backward<false>),
                         InstanceMethod("forwardAsync", &NativeCell::Forward<true>),
                         InstanceMethod("backwardAsync", &NativeCell::Backward<true>),
-                        InstanceMethod("savedShape", &NativeCell::SavedShape),
                         InstanceMethod("update", &NativeCell::Update),
                         InstanceMethod("dispose", &NativeCell::Dispose)});
   }
@@ -429,15 +428,6 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
       T* s2 = state_arg<T>(info[2], "optimizer state 2", n, needs_s2(step));
       cell->apply_update(step, grads, s1, s2);
       return info.Env().Undefined();
-    });
-  }
-
-  Napi::Value SavedShape(const Napi::CallbackInfo& info) {
-    return with_cell(info, [&](auto cell) -> Napi::Value {
-      Napi::Array out = Napi::Array::New(info.Env(), 2);
-      out.Set(0u, double(cell->saved_steps()));
-      out.Set(1u, double(cell->saved_batch()));
-      return out;
     });
   }
 
