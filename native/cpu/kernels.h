@@ -23,18 +23,16 @@ template <typename T>
 struct Pointwise {
   int64_t H;
   const T *wi, *wf, *wo;     // [H] peepholes (zeros when absent)
-  const T* s0;               // [G] input column scale g/|v| (ones without norm)
-  const T* s1;               // [G] recurrent column scale (ones without norm)
   const T* bias;             // [G]
   T forget_bias, cell_clip;  // cell_clip = +inf when absent
 };
 
-// For rows [b0, b1) and units [u0, u1): z [B,G] in: x.Vx (unscaled), out: gate activations (i, j, f, o);
-// q [B,G] in: h.Vh (unscaled); c_prev [B,H] in; c_raw [B,H] out: c before the clip; c_next [B,H] out;
-// hh [B,H] out: sigma(o) * act(c_next). Pre-activations are z*s0 + q*s1 + bias.
+// For rows [b0, b1) and units [u0, u1): z [B,G] in: x.Wx + h.Wh, out: gate activations (i, j, f, o);
+// c_prev [B,H] in; c_raw [B,H] out: c before the clip; c_next [B,H] out; hh [B,H] out: sigma(o) * act(c_next).
+// Pre-activations are z + bias (+ forget bias, peepholes).
 template <typename T>
 using PointwiseForward = void (*)(const Pointwise<T>& p, int64_t b0, int64_t b1, int64_t u0, int64_t u1, T* z,
-                                  const T* q, const T* c_prev, T* c_raw, T* c_next, T* hh);
+                                  const T* c_prev, T* c_raw, T* c_next, T* hh);
 // gates [B,G], c_prev, c_raw, c_next [B,H] in (saved by the forward); dhh [B,H] in: dL/d hh;
 // dc [B,H] in: dL/d c_next from later steps; dz [B,G] out: dL/d pre-activations; dc_prev [B,H] out.
 template <typename T>

@@ -1,8 +1,9 @@
 // The CPU backend: TF's (WeightNorm)LSTMCell over a sequence, forward and backward.
 //
-// Weight norm never builds a normalised kernel in the forward pass: z = (x.V) * s with the column scale
-// s = g / |v| applied after the GEMM (s = 1 without norm, so both cells share one path). Backward
-// multiplies by W = V * s, built once per call, and turns dW into dV and dg per column (SPEC section 2).
+// Weight norm: W = V * s with the column scale s = g / |v| (s = 1 without norm, so both cells share one
+// path), built and packed once whenever the parameters change, never per step or per call. The GEMMs
+// multiply by W directly, so the pointwise pass only adds the bias. Backward turns dW into dV and dg per
+// column (SPEC section 2).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -35,15 +36,20 @@ void check_memory(double bytes) {
 }
 
 // Column scales of one kernel block V[rows, cols]: sumsq[j] = sum_r V[r,j]^2, s[j] = g[j] / |v_j|.
+// Sums in double; the columns are split between the pool's threads.
 template <typename T>
 void column_scales(const T* V, int64_t rows, int64_t cols, const T* g, T* sumsq, T* s) {
-  std::vector<double> acc(cols, 0.0);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) acc[j] += double(V[r * cols + j]) * double(V[r * cols + j]);
-  for (int64_t j = 0; j < cols; ++j) {
-    sumsq[j] = T(acc[j]);
-    s[j] = T(double(g[j]) / std::sqrt(std::max(acc[j], kNormEpsilon)));
-  }
+  parallel_rows(cols, [&](int64_t j0, int64_t j1) {
+    std::vector<double> acc(j1 - j0, 0.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* v = V + r * cols + j0;
+      for (int64_t j = 0; j < j1 - j0; ++j) acc[j] += double(v[j]) * double(v[j]);
+    }
+    for (int64_t j = j0; j < j1; ++j) {
+      sumsq[j] = T(acc[j - j0]);
+      s[j] = T(double(g[j]) / std::sqrt(std::max(acc[j - j0], kNormEpsilon)));
+    }
+  });
 }
 
 // Turns dW (gradient of the normalised block, in place in dV) into dV, and writes dg:
@@ -51,17 +57,24 @@ void column_scales(const T* V, int64_t rows, int64_t cols, const T* g, T* sumsq,
 template <typename T>
 void weight_norm_grad(const T* V, int64_t rows, int64_t cols, const T* g, const T* sumsq, const T* s, T* dV,
                       T* dg) {
-  std::vector<double> dot(cols, 0.0), coef(cols);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j) dot[j] += double(dV[r * cols + j]) * double(V[r * cols + j]);
-  for (int64_t j = 0; j < cols; ++j) {
-    const double ss = double(sumsq[j]), n = std::sqrt(std::max(ss, kNormEpsilon));
-    dg[j] = T(dot[j] / n);
-    coef[j] = ss >= kNormEpsilon ? double(g[j]) * dot[j] / (n * n * n) : 0.0;  // below eps, |v| is a constant
-  }
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < cols; ++j)
-      dV[r * cols + j] = T(double(s[j]) * dV[r * cols + j] - coef[j] * double(V[r * cols + j]));
+  parallel_rows(cols, [&](int64_t j0, int64_t j1) {
+    const int64_t n = j1 - j0;
+    std::vector<double> dot(n, 0.0), coef(n);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T *v = V + r * cols + j0, *d = dV + r * cols + j0;
+      for (int64_t j = 0; j < n; ++j) dot[j] += double(d[j]) * double(v[j]);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const double ss = double(sumsq[j0 + j]), norm = std::sqrt(std::max(ss, kNormEpsilon));
+      dg[j0 + j] = T(dot[j] / norm);
+      coef[j] = ss >= kNormEpsilon ? double(g[j0 + j]) * dot[j] / (norm * norm * norm) : 0.0;  // below eps, |v| is a constant
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* v = V + r * cols + j0;
+      T* d = dV + r * cols + j0;
+      for (int64_t j = 0; j < n; ++j) d[j] = T(double(s[j0 + j]) * d[j] - coef[j] * double(v[j]));
+    }
+  });
 }
 
 template <typename T>
@@ -140,68 +153,71 @@ class CpuCell final : public Cell<T> {
     a.c_raw.resize(kept * B * H);
     a.hh.resize(proj ? kept * B * H : 0);
     a.pre.resize(proj ? kept * B * P : 0);
-    q_.resize(B * G);
     if (training) {
       x_.assign(x, x + steps * B * I_);
       len_.assign(seq_len ? seq_len : nullptr, seq_len ? seq_len + B : nullptr);
     }
 
-    const T* kernel = params_.data() + off_kernel_;
     const Pointwise<T> pw = pointwise_params();
     const Kernels<T>& kern = kernels<T>();
     const PointwiseForward<T> pointwise = kern.forward[int(cfg_.activation)];
-    // Units are split between tasks in whole packed panels (nr columns).
-    const int64_t nr = kern.nr, unit_panels = (H + nr - 1) / nr;
-    const bool small = double(B) * G * P < 64.0 * 64 * 64;
-    const int unit_tasks = small ? 1 : int(std::min<int64_t>(num_threads(), unit_panels));
     const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
-
-    for (int64_t t0 = 0; t0 < steps; t0 += chunk) {
-      const int64_t n = std::min(chunk, steps - t0);
-      // Input part of every step in the chunk: one GEMM (its column scale and the bias are applied in
-      // the pointwise pass).
-      gemm<T>(false, false, n * B, G, I_, x + t0 * B * I_, I_, kernel, G, false, a.gates.data(), G);
-      for (int64_t t = t0; t < t0 + n; ++t) {
-        T* z = a.gates.data() + (t - t0) * B * G;
-        const T* c_prev = a.cs.data() + slot(t) * B * H;
-        const T* h_prev = a.hs.data() + slot(t) * B * P;
-        T* c_next = a.cs.data() + slot(t + 1) * B * H;
-        T* h_next = a.hs.data() + slot(t + 1) * B * P;
-        const int64_t k = training ? t : 0;
-        T* c_raw = a.c_raw.data() + k * B * H;
-        T* hh = proj ? a.hh.data() + k * B * H : h_next;
-        // Fused step: each task takes a range of units, computes their columns of all four gates of
-        // h.Vh from the packed gate blocks, then their pointwise work. One dispatch per step.
-        parallel_for(unit_tasks, [&](int task) {
-          const int64_t u0 = unit_panels * task / unit_tasks * nr, u1 = std::min(H, unit_panels * (task + 1) / unit_tasks * nr);
-          const T* packed[4] = {packed_gates_[0].data(), packed_gates_[1].data(), packed_gates_[2].data(),
-                                packed_gates_[3].data()};
-          T* q[4] = {q_.data(), q_.data() + H, q_.data() + 2 * H, q_.data() + 3 * H};
-          kern.gemm_prepacked(false, B, H, P, h_prev, P, 4, packed, u0, u1 - u0, false, q, G);
-          pointwise(pw, 0, B, u0, u1, z, q_.data(), c_prev, c_raw, c_next, hh);
-        });
-        if (proj) {
-          T* pre = a.pre.data() + k * B * P;
-          gemm<T>(false, B, hh, H, packed_vp_, false, pre, P);
-          for (int64_t b = 0; b < B; ++b)
-            for (int64_t j = 0; j < P; ++j) {
-              T v = pre[b * P + j] * sp_[j];
-              pre[b * P + j] = v;
-              h_next[b * P + j] = std::min(std::max(v, -proj_clip), proj_clip);
+    const T* wx[4] = {packed_xgates_[0].data(), packed_xgates_[1].data(), packed_xgates_[2].data(),
+                      packed_xgates_[3].data()};
+    const T* wh[4] = {packed_gates_[0].data(), packed_gates_[1].data(), packed_gates_[2].data(),
+                      packed_gates_[3].data()};
+    const T* wp = packed_wp_.data();
+    // One team for the whole sequence. Each member owns a range of units (whole packed panels of nr
+    // columns): their columns of all four gates, their c, and their h (or, with a projection, a range
+    // of its output columns), so the only waits are for the complete h (and hh) of each step.
+    const int64_t nr = kern.nr, unit_panels = (H + nr - 1) / nr, out_panels = (P + nr - 1) / nr;
+    const bool small = double(B) * G * P < 64.0 * 64 * 64;
+    parallel_team(small ? 1 : int(std::min<int64_t>(num_threads(), unit_panels)), [&](Team& team) {
+      auto share = [&](int64_t panels, int64_t limit) {
+        return std::pair<int64_t, int64_t>{std::min(limit, panels * team.rank / team.size * nr),
+                                           std::min(limit, panels * (team.rank + 1) / team.size * nr)};
+      };
+      const auto [u0, u1] = share(unit_panels, H);
+      const auto [p0, p1] = proj ? share(out_panels, P) : std::pair<int64_t, int64_t>{u0, u1};
+      for (int64_t t0 = 0; t0 < steps; t0 += chunk) {
+        const int64_t n = std::min(chunk, steps - t0);
+        // Input part of every step in the chunk, this member's columns (the bias comes in the pointwise).
+        T* zc[4] = {a.gates.data(), a.gates.data() + H, a.gates.data() + 2 * H, a.gates.data() + 3 * H};
+        kern.gemm_prepacked(false, n * B, H, I_, x + t0 * B * I_, I_, 4, wx, u0, u1 - u0, false, zc, G);
+        for (int64_t t = t0; t < t0 + n; ++t) {
+          T* z = a.gates.data() + (t - t0) * B * G;
+          const T* c_prev = a.cs.data() + slot(t) * B * H;
+          const T* h_prev = a.hs.data() + slot(t) * B * P;
+          T* c_next = a.cs.data() + slot(t + 1) * B * H;
+          T* h_next = a.hs.data() + slot(t + 1) * B * P;
+          const int64_t k = training ? t : 0;
+          T* c_raw = a.c_raw.data() + k * B * H;
+          T* hh = proj ? a.hh.data() + k * B * H : h_next;
+          team.sync();  // h_prev is complete
+          T* zg[4] = {z, z + H, z + 2 * H, z + 3 * H};
+          kern.gemm_prepacked(false, B, H, P, h_prev, P, 4, wh, u0, u1 - u0, true, zg, G);
+          pointwise(pw, 0, B, u0, u1, z, c_prev, c_raw, c_next, hh);
+          if (proj) {
+            team.sync();  // hh is complete
+            T* pre = a.pre.data() + k * B * P;
+            kern.gemm_prepacked(false, B, P, H, hh, H, 1, &wp, p0, p1 - p0, false, &pre, P);
+            for (int64_t b = 0; b < B; ++b)
+              for (int64_t j = p0; j < p1; ++j)
+                h_next[b * P + j] = std::min(std::max(pre[b * P + j], -proj_clip), proj_clip);
+          }
+          T* yt = y + t * B * P;
+          for (int64_t b = 0; b < B; ++b) {
+            if (seq_len && t >= seq_len[b]) {  // finished row: zero output, state carried through
+              std::copy(c_prev + b * H + u0, c_prev + b * H + u1, c_next + b * H + u0);
+              std::copy(h_prev + b * P + p0, h_prev + b * P + p1, h_next + b * P + p0);
+              std::fill(yt + b * P + p0, yt + b * P + p1, T(0));
+            } else {
+              std::copy(h_next + b * P + p0, h_next + b * P + p1, yt + b * P + p0);
             }
-        }
-        T* yt = y + t * B * P;
-        for (int64_t b = 0; b < B; ++b) {
-          if (seq_len && t >= seq_len[b]) {  // finished row: zero output, state carried through
-            std::copy(c_prev + b * H, c_prev + (b + 1) * H, c_next + b * H);
-            std::copy(h_prev + b * P, h_prev + (b + 1) * P, h_next + b * P);
-            std::fill(yt + b * P, yt + (b + 1) * P, T(0));
-          } else {
-            std::copy(h_next + b * P, h_next + (b + 1) * P, yt + b * P);
           }
         }
       }
-    }
+    });
     std::copy_n(a.cs.begin() + slot(steps) * B * H, B * H, c_out);
     std::copy_n(a.hs.begin() + slot(steps) * B * P, B * P, h_out);
     if (training) saved_steps_ = steps, saved_batch_ = batch;
@@ -217,20 +233,11 @@ class CpuCell final : public Cell<T> {
     const Activations& a = saved_;
     check_memory(sizeof(T) * (double(steps) * B * (G + P) + K_ * G + H * P));
 
-    // Normalised weights, once per call: dh = dz . Wh^T, dx = dz . Wx^T, dhh = dpre . Wp^T.
+    // With the normalised weights: dh = dz . Wh^T, dx = dz . Wx^T, dhh = dpre . Wp^T. The transposes
+    // used every step are packed once per call.
     const T* kernel = params_.data() + off_kernel_;
-    w_.resize(K_ * G + (proj ? H * P : 0));
-    for (int64_t r = 0; r < K_; ++r) {
-      const T* s = r < I ? s0_.data() : s1_.data();
-      for (int64_t g = 0; g < G; ++g) w_[r * G + g] = kernel[r * G + g] * s[g];
-    }
-    T* Wp = w_.data() + K_ * G;
-    if (proj)
-      for (int64_t r = 0; r < H; ++r)
-        for (int64_t j = 0; j < P; ++j) Wp[r * P + j] = params_[off_pk_ + r * P + j] * sp_[j];
-    // Per step: dh = dz . Wh^T and dhh = dpre . Wp^T, with the transposed weights packed once.
     packed_wht_.pack(true, w_.data() + I * G, G, G, P);
-    if (proj) packed_wpt_.pack(true, Wp, P, P, H);
+    if (proj) packed_wpt_.pack(true, wp_.data(), P, P, H);
 
     dz_.resize(steps * B * G);
     dpre_.resize(proj ? steps * B * P : 0);
@@ -307,19 +314,29 @@ class CpuCell final : public Cell<T> {
   }
 
  private:
-  // Weight-norm scales and the packed recurrent and projection kernels, rebuilt when params change.
+  // Weight-norm scales, the normalised kernels W = V * s and their packed forms, rebuilt when params change.
   void refresh_weights() {
     if (!scales_dirty_) return;
-    for (int gate = 0; gate < 4; ++gate)  // Vh's columns of one gate: [P, H] inside [P, G]
-      packed_gates_[gate].pack(false, params_.data() + off_kernel_ + I_ * G_ + gate * H_, G_, P_, H_);
-    if (cfg_.num_proj > 0) packed_vp_.pack(false, params_.data() + off_pk_, P_, H_, P_);
+    const T* kernel = params_.data() + off_kernel_;
+    const bool proj = cfg_.num_proj > 0;
     if (cfg_.norm) {
-      const T* kernel = params_.data() + off_kernel_;
       column_scales(kernel, I_, G_, params_.data() + off_g0_, sumsq0_.data(), s0_.data());
       column_scales(kernel + I_ * G_, P_, G_, params_.data() + off_g1_, sumsq1_.data(), s1_.data());
-      if (cfg_.num_proj > 0)
-        column_scales(params_.data() + off_pk_, H_, P_, params_.data() + off_pg_, sumsqp_.data(), sp_.data());
+      if (proj) column_scales(params_.data() + off_pk_, H_, P_, params_.data() + off_pg_, sumsqp_.data(), sp_.data());
     }
+    w_.resize(K_ * G_);
+    for (int64_t r = 0; r < K_; ++r) {
+      const T* s = r < I_ ? s0_.data() : s1_.data();
+      for (int64_t g = 0; g < G_; ++g) w_[r * G_ + g] = kernel[r * G_ + g] * s[g];
+    }
+    for (int gate = 0; gate < 4; ++gate) {  // one gate's columns: [I, H] or [P, H] inside [., G]
+      packed_xgates_[gate].pack(false, w_.data() + gate * H_, G_, I_, H_);
+      packed_gates_[gate].pack(false, w_.data() + I_ * G_ + gate * H_, G_, P_, H_);
+    }
+    wp_.resize(proj ? H_ * P_ : 0);
+    for (int64_t r = 0; proj && r < H_; ++r)
+      for (int64_t j = 0; j < P_; ++j) wp_[r * P_ + j] = params_[off_pk_ + r * P_ + j] * sp_[j];
+    if (proj) packed_wp_.pack(false, wp_.data(), P_, H_, P_);
     scales_dirty_ = false;
   }
 
@@ -329,8 +346,6 @@ class CpuCell final : public Cell<T> {
             peep ? params_.data() + off_wi_ : zeros_.data(),
             peep ? params_.data() + off_wf_ : zeros_.data(),
             peep ? params_.data() + off_wo_ : zeros_.data(),
-            s0_.data(),
-            s1_.data(),
             params_.data() + off_bias_,
             T(cfg_.forget_bias),
             cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity()};
@@ -349,11 +364,12 @@ class CpuCell final : public Cell<T> {
   std::vector<T> params_;
   std::vector<T> zeros_;  // [H]: the peepholes of a cell without them
 
-  // Weight-norm scales (ones without norm), column sums of squares and the packed Vh and Vp, rebuilt
-  // when params change.
+  // Weight-norm scales (ones without norm), column sums of squares, the normalised kernels and their
+  // packed forms, rebuilt when params change.
   bool scales_dirty_ = true;
   std::vector<T> s0_, s1_, sp_, sumsq0_, sumsq1_, sumsqp_;
-  PackedMatrix<T> packed_gates_[4], packed_vp_;  // Vh by gate (i, j, f, o), Vp
+  std::vector<T> w_, wp_;  // W = V * s: [K,G] (input rows, then recurrent rows) and projection [H,P]
+  PackedMatrix<T> packed_xgates_[4], packed_gates_[4], packed_wp_;  // Wx and Wh by gate (i, j, f, o), Wp
   PackedMatrix<T> packed_wht_, packed_wpt_;  // backward: Wh^T, Wp^T
 
   // What a training forward keeps for backward (shapes for T steps; inference keeps 1 or 2 steps).
@@ -370,7 +386,7 @@ class CpuCell final : public Cell<T> {
   std::vector<T> x_;          // [T,B,I] inputs of the training forward
   std::vector<int32_t> len_;  // [B] its sequence lengths, or empty
   // Scratch.
-  std::vector<T> q_, w_, dz_, dpre_;
+  std::vector<T> dz_, dpre_;
 };
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <exception>
@@ -10,6 +11,58 @@
 #include <vector>
 
 namespace wnlstm::cpu {
+
+struct Team::Shared {
+  explicit Shared(int size) : size(size) {}
+  const int size;
+  std::atomic<int> arrived{0}, sleepers{0};
+  std::atomic<uint64_t> phase{0};
+  std::atomic<bool> broken{false};
+  std::mutex mutex;  // for sleepers, and for the first error
+  std::condition_variable wake;
+  std::exception_ptr error;
+
+  void wake_sleepers() {
+    if (sleepers.load() == 0) return;
+    std::lock_guard<std::mutex> lock(mutex);
+    wake.notify_all();
+  }
+};
+
+namespace {
+constexpr int kSpinMicros = 200;  // longer than a typical imbalance between members, shorter than a step of M
+struct TeamAborted {};  // thrown in members waiting on a team whose other member failed
+}  // namespace
+
+void Team::sync() {
+  if (!shared_ || size == 1) return;
+  Shared& s = *shared_;
+  const uint64_t phase = s.phase.load();
+  if (s.arrived.fetch_add(1) == size - 1) {
+    s.arrived.store(0);
+    s.phase.fetch_add(1);
+    s.wake_sleepers();
+    return;
+  }
+  // Spin first: a partner that is running arrives within microseconds. Then sleep, so that a partner
+  // the OS has descheduled (more threads than free cores) gets the core instead of waiting for a spinner.
+  auto done = [&] { return s.phase.load() != phase || s.broken.load(); };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+  for (int spin = 1; !done(); ++spin) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (spin % 64 == 0 && std::chrono::steady_clock::now() > deadline) break;
+  }
+  if (!done()) {
+    std::unique_lock<std::mutex> lock(s.mutex);
+    s.sleepers.fetch_add(1);  // before the check in wait(): the last arrival then sees it and notifies
+    s.wake.wait(lock, done);
+    s.sleepers.fetch_sub(1);
+  }
+  if (s.phase.load() == phase) throw TeamAborted{};  // woken by a failed member
+}
+
 namespace {
 
 class Pool {
@@ -25,6 +78,38 @@ class Pool {
       for (int t = 0; t < tasks; ++t) fn(t);
       return;
     }
+    dispatch(tasks, fn);
+  }
+
+  void team(int wanted, const std::function<void(Team&)>& fn) {
+    std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);
+    const int size = busy.owns_lock() ? std::min(wanted, threads_) : 1;
+    if (size <= 1) {
+      Team alone(0, 1, nullptr);
+      return fn(alone);
+    }
+    // Each member needs its own thread (they wait for each other): size <= threads_, and a thread
+    // that claimed a member cannot claim another before every member has started.
+    Team::Shared shared(size);
+    dispatch(size, [&](int rank) {
+      Team member(rank, size, &shared);
+      try {
+        fn(member);
+      } catch (TeamAborted&) {
+      } catch (...) {
+        {
+          std::lock_guard<std::mutex> lock(shared.mutex);
+          if (!shared.error) shared.error = std::current_exception();
+          shared.broken.store(true);
+        }
+        shared.wake.notify_all();
+      }
+    });
+    if (shared.error) std::rethrow_exception(shared.error);
+  }
+
+ private:
+  void dispatch(int tasks, const std::function<void(int)>& fn) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       fn_ = &fn;
@@ -46,7 +131,6 @@ class Pool {
     if (error_) std::rethrow_exception(error_);
   }
 
- private:
   void drain() {
     for (int t; (t = next_.fetch_add(1)) < tasks_;) {
       try {
@@ -107,5 +191,6 @@ int num_threads() { return pool().threads(); }
 void parallel_for(int tasks, const std::function<void(int)>& fn) {
   if (tasks > 0) pool().run(tasks, fn);
 }
+void parallel_team(int wanted, const std::function<void(Team&)>& fn) { pool().team(std::max(wanted, 1), fn); }
 
 }  // namespace wnlstm::cpu
