@@ -7,8 +7,9 @@
 //   npm run bench:cpu [-- --repeats N] [-- --no-write]
 //
 // Method: float32, one layer, inputs re-randomised before every run, each implementation timed in its own
-// block (wnlstm's norm on and off interleaved run by run), warm-up runs first, then the median. A peer whose
-// single run takes seconds gets fewer runs (at most ~30 s per cell) and the count is reported.
+// block (wnlstm's norm on and off interleaved run by run), the blocks taking turns over 3 rounds, warm-up
+// runs first, then the median. A peer whose single run takes seconds gets fewer runs (at most ~30 s per
+// cell) and the count is reported.
 'use strict';
 const fs = require('node:fs');
 const os = require('node:os');
@@ -19,7 +20,9 @@ const { addon } = require('../dist/native');
 const args = process.argv.slice(2);
 const repeats = Number(args[args.indexOf('--repeats') + 1]) || 15;
 const write = !args.includes('--no-write');
-const WARMUP = 3, CELL_BUDGET_MS = 30000;
+const WARMUP = 3, ROUNDS = 3, CELL_BUDGET_MS = 30000;
+// A pause between blocks lets a peer's spinning pool threads go idle before the next one is timed.
+const settle = () => new Promise((resolve) => setTimeout(resolve, 100));
 const MACHINE_CEILING = 320; // GFLOP/s on 2 threads, SPEC section 5 (onnxruntime's MLAS)
 
 const workloads = { S: { B: 32, T: 64, I: 256, H: 256 }, M: { B: 64, T: 64, I: 512, H: 512 } };
@@ -142,17 +145,23 @@ async function main() {
         block.runners.push({ impl, ...run, times: [], spent: 0 });
       }
       const runners = blocks.flatMap((b) => b.runners);
-      for (const block of blocks) {
-        for (let r = 0; r < WARMUP + repeats; r++) {
-          for (const x of block.runners) {
-            if (r >= 1 && x.spent > CELL_BUDGET_MS && x.times.length >= 1) continue;
-            x.prepare();
-            const start = now();
-            await x.run();
-            const ms = now() - start;
-            x.spent += ms;
-            // Slow peers: one warm-up run is enough when a run takes seconds.
-            if (r >= WARMUP || (ms > 2000 && r >= 1)) x.times.push(ms);
+      // The blocks take turns over several rounds, so that a drift in the machine's speed (a shared host)
+      // falls on every implementation alike; each block's first run of a round is a warm-up.
+      for (let round = 0; round < ROUNDS; round++) {
+        for (const block of blocks) {
+          await settle();
+          const warmups = round === 0 ? WARMUP : 1;
+          for (let r = 0; r < warmups + Math.ceil(repeats / ROUNDS); r++) {
+            for (const x of block.runners) {
+              if (x.times.length >= 1 && x.spent > CELL_BUDGET_MS) continue;
+              x.prepare();
+              const start = now();
+              await x.run();
+              const ms = now() - start;
+              x.spent += ms;
+              // Slow peers: one warm-up run is enough when a run takes seconds.
+              if (r >= warmups || (ms > 2000 && (round > 0 || r >= 1))) x.times.push(ms);
+            }
           }
         }
       }
@@ -179,7 +188,9 @@ async function main() {
     `Date: ${new Date().toISOString().slice(0, 10)}.\nMachine: ${os.cpus()[0].model}, ${os.cpus().length} cores, ` +
     `${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; Node ${process.version}; wnlstm kernels ${info.cpu.isa}, ${info.cpu.threads} threads.\n` +
     `Method: float32, one layer; all implementations in this one process, each in its own block (wnlstm's norm on and ` +
-    `off interleaved run by run), inputs re-randomised before each run, ${WARMUP} warm-up runs (1 for runs over 2 s), then the median of up to ${repeats} runs ` +
+    `off interleaved run by run), the blocks taking turns over ${ROUNDS} rounds (a 100 ms pause between blocks) so that a drift in the ` +
+    `shared machine's speed falls on all alike; inputs re-randomised before each run; ${WARMUP} warm-up runs in the first round and 1 in each later one ` +
+    `(1 in all for runs over 2 s), then the median of up to ${repeats} runs ` +
     `(at most ~${CELL_BUDGET_MS / 1000} s per cell). GFLOP/s counts 2·T·B·(I+H)·4H per forward, 3x for forward+backward.\n` +
     (notes.length ? `\nNotes: ${notes.join('; ')}.\n` : '') +
     `\n| workload | pass | implementation | ms | runs | GFLOP/s | x slower than wnlstm (norm on) |\n|---|---|---|---|---|---|---|\n`;

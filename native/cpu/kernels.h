@@ -57,6 +57,11 @@ struct Kernels {
   // j0 a multiple of nr. op(A) is packed once for all of them.
   void (*gemm_prepacked)(bool trans_a, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, int count,
                          const T* const* packed, int64_t j0, int64_t n, bool accumulate, T* const* C, int64_t ldc);
+  // Weight norm over columns [j0, j1) of row-major [rows, ld] blocks, in double:
+  // column_dots: out[j - j0] = sum_r A[r,j] B[r,j]; column_axpby: D[r,j] = a[j - j0] D[r,j] - b[j - j0] V[r,j].
+  void (*column_dots)(const T* A, const T* B, int64_t rows, int64_t ld, int64_t j0, int64_t j1, double* out);
+  void (*column_axpby)(T* D, const T* V, int64_t rows, int64_t ld, int64_t j0, int64_t j1, const double* a,
+                       const double* b);
   PointwiseForward<T> forward[kActivations];
   PointwiseBackward<T> backward[kActivations];
 };

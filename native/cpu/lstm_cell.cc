@@ -40,11 +40,8 @@ void check_memory(double bytes) {
 template <typename T>
 void column_scales(const T* V, int64_t rows, int64_t cols, const T* g, T* sumsq, T* s) {
   parallel_rows(cols, [&](int64_t j0, int64_t j1) {
-    std::vector<double> acc(j1 - j0, 0.0);
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* v = V + r * cols + j0;
-      for (int64_t j = 0; j < j1 - j0; ++j) acc[j] += double(v[j]) * double(v[j]);
-    }
+    std::vector<double> acc(j1 - j0);
+    kernels<T>().column_dots(V, V, rows, cols, j0, j1, acc.data());
     for (int64_t j = j0; j < j1; ++j) {
       sumsq[j] = T(acc[j - j0]);
       s[j] = T(double(g[j]) / std::sqrt(std::max(acc[j - j0], kNormEpsilon)));
@@ -59,21 +56,15 @@ void weight_norm_grad(const T* V, int64_t rows, int64_t cols, const T* g, const 
                       T* dg) {
   parallel_rows(cols, [&](int64_t j0, int64_t j1) {
     const int64_t n = j1 - j0;
-    std::vector<double> dot(n, 0.0), coef(n);
-    for (int64_t r = 0; r < rows; ++r) {
-      const T *v = V + r * cols + j0, *d = dV + r * cols + j0;
-      for (int64_t j = 0; j < n; ++j) dot[j] += double(d[j]) * double(v[j]);
-    }
+    std::vector<double> dot(n), scale(n), coef(n);
+    kernels<T>().column_dots(dV, V, rows, cols, j0, j1, dot.data());
     for (int64_t j = 0; j < n; ++j) {
       const double ss = double(sumsq[j0 + j]), norm = std::sqrt(std::max(ss, kNormEpsilon));
       dg[j0 + j] = T(dot[j] / norm);
+      scale[j] = double(s[j0 + j]);
       coef[j] = ss >= kNormEpsilon ? double(g[j0 + j]) * dot[j] / (norm * norm * norm) : 0.0;  // below eps, |v| is a constant
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* v = V + r * cols + j0;
-      T* d = dV + r * cols + j0;
-      for (int64_t j = 0; j < n; ++j) d[j] = T(double(s[j0 + j]) * d[j] - coef[j] * double(v[j]));
-    }
+    kernels<T>().column_axpby(dV, V, rows, cols, j0, j1, scale.data(), coef.data());
   });
 }
 
