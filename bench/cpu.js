@@ -152,7 +152,8 @@ async function main() {
           await settle();
           const warmups = round === 0 ? WARMUP : 1;
           for (let r = 0; r < warmups + Math.ceil(repeats / ROUNDS); r++) {
-            for (const x of block.runners) {
+            // Alternate the order too: the first run after a pause pays for waking the threads.
+            for (const x of r % 2 ? [...block.runners].reverse() : block.runners) {
               if (x.times.length >= 1 && x.spent > CELL_BUDGET_MS) continue;
               x.prepare();
               const start = now();
@@ -188,7 +189,7 @@ async function main() {
     `Date: ${new Date().toISOString().slice(0, 10)}.\nMachine: ${os.cpus()[0].model}, ${os.cpus().length} cores, ` +
     `${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; Node ${process.version}; wnlstm kernels ${info.cpu.isa}, ${info.cpu.threads} threads.\n` +
     `Method: float32, one layer; all implementations in this one process, each in its own block (wnlstm's norm on and ` +
-    `off interleaved run by run), the blocks taking turns over ${ROUNDS} rounds (a 100 ms pause between blocks) so that a drift in the ` +
+    `off interleaved run by run, in alternating order), the blocks taking turns over ${ROUNDS} rounds (a 100 ms pause between blocks) so that a drift in the ` +
     `shared machine's speed falls on all alike; inputs re-randomised before each run; ${WARMUP} warm-up runs in the first round and 1 in each later one ` +
     `(1 in all for runs over 2 s), then the median of up to ${repeats} runs ` +
     `(at most ~${CELL_BUDGET_MS / 1000} s per cell). GFLOP/s counts 2·T·B·(I+H)·4H per forward, 3x for forward+backward.\n` +

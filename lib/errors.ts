@@ -13,6 +13,7 @@ export type WnlstmErrorCode =
   | 'ERR_WNLSTM_NO_FORWARD' // backward() without a training forward()
   | 'ERR_WNLSTM_BACKEND_UNAVAILABLE' // backend 'cuda' asked for but not usable
   | 'ERR_WNLSTM_OUT_OF_MEMORY'
+  | 'ERR_WNLSTM_CUDA' // a CUDA runtime call or kernel launch failed (the message names the call and error)
   | 'ERR_WNLSTM_LOAD' // the native addon could not be loaded
   | 'ERR_WNLSTM_CHECKPOINT' // a checkpoint file that cannot be read, or is truncated or corrupted
   | 'ERR_WNLSTM_NATIVE'; // unexpected internal error

@@ -42,7 +42,7 @@ export interface BackendInfo {
 }
 
 interface Addon {
-  NativeCell: new (config: NativeConfig, dtype: 'float32' | 'float64') => NativeCell;
+  NativeCell: new (config: NativeConfig, dtype: 'float32' | 'float64', backend: 'cpu' | 'cuda') => NativeCell;
   info(): BackendInfo;
   optimizerUpdate(params: FloatArray, grads: FloatArray, s1: FloatArray | null, s2: FloatArray | null, hyper: Float64Array): void;
   sumSquares(a: FloatArray): number;

@@ -1,4 +1,4 @@
-// cuda_status() for builds without nvcc (CMake without CUDA, or node-gyp).
+// cuda_status() and make_cuda_cell() for builds without nvcc (CMake without CUDA, or node-gyp).
 #include "wnlstm/cell.h"
 
 namespace wnlstm {
@@ -7,4 +7,11 @@ CudaStatus cuda_status() {
   s.reason = "this addon was built without CUDA (no nvcc at build time, or WNLSTM_CUDA=OFF)";
   return s;
 }
+
+template <typename T>
+std::unique_ptr<Cell<T>> make_cuda_cell(const CellConfig&) {
+  throw Error("ERR_WNLSTM_BACKEND_UNAVAILABLE", "backend 'cuda' is not available: " + cuda_status().reason);
+}
+template std::unique_ptr<Cell<float>> make_cuda_cell<float>(const CellConfig&);
+template std::unique_ptr<Cell<double>> make_cuda_cell<double>(const CellConfig&);
 }  // namespace wnlstm

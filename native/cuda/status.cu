@@ -1,5 +1,5 @@
-// Device detection for the loader's report. Built only when nvcc exists; cudart is linked statically,
-// so this needs nothing but the NVIDIA driver at run time.
+// Device detection for the loader's report and the backend choice. Built only when nvcc exists; cudart is
+// linked statically, so this needs nothing but the NVIDIA driver at run time.
 #include <cuda_runtime_api.h>
 
 #include <string>
@@ -31,10 +31,8 @@ CudaStatus cuda_status() {
       s.devices.push_back(std::string(prop.name) + " (sm_" + std::to_string(prop.major) +
                           std::to_string(prop.minor) + ")");
   }
-  // Devices answer, but this build has no CUDA kernels yet: the CPU backend serves every cell.
-  s.available = false;
-  s.reason = "CUDA device found (" + (s.devices.empty() ? std::string("?") : s.devices[0]) +
-             ") but the CUDA kernels are not implemented in this version";
+  s.available = true;
+  s.reason = "CUDA device found: " + (s.devices.empty() ? std::string("?") : s.devices[0]);
   return s;
 }
 

@@ -233,14 +233,17 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
                         InstanceMethod("dispose", &NativeCell::Dispose)});
   }
 
-  // new NativeCell(config, dtype: 'float32' | 'float64')
+  // new NativeCell(config, dtype: 'float32' | 'float64', backend: 'cpu' | 'cuda')
   NativeCell(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeCell>(info) {
     guarded(info.Env(), [&] {
       if (!info[0].IsObject()) fail("ERR_WNLSTM_TYPE", "config must be an object");
       CellConfig config = parse_config(info[0].As<Napi::Object>());
       std::string dtype = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "float32";
-      if (dtype == "float32") f32_ = wnlstm::make_cpu_cell<float>(config);
-      else if (dtype == "float64") f64_ = wnlstm::make_cpu_cell<double>(config);
+      std::string backend = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu";
+      if (backend != "cpu" && backend != "cuda") fail("ERR_WNLSTM_CONFIG", "backend must be 'cpu' or 'cuda'");
+      const bool cuda = backend == "cuda";
+      if (dtype == "float32") f32_ = cuda ? wnlstm::make_cuda_cell<float>(config) : wnlstm::make_cpu_cell<float>(config);
+      else if (dtype == "float64") f64_ = cuda ? wnlstm::make_cuda_cell<double>(config) : wnlstm::make_cpu_cell<double>(config);
       else fail("ERR_WNLSTM_CONFIG", "dtype must be 'float32' or 'float64'");
       return info.Env().Undefined();
     });

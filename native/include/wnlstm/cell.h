@@ -98,6 +98,9 @@ class Cell {
 
 template <typename T>
 std::unique_ptr<Cell<T>> make_cpu_cell(const CellConfig& config);
+// Throws Error("ERR_WNLSTM_BACKEND_UNAVAILABLE") when the build has no CUDA or no device answers.
+template <typename T>
+std::unique_ptr<Cell<T>> make_cuda_cell(const CellConfig& config);
 
 // What the build and the machine offer, for the loader's report.
 struct CudaStatus {

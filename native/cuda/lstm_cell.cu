@@ -1,0 +1,657 @@
+// The CUDA backend: TF's (WeightNorm)LSTMCell over a sequence, forward and backward, with the same
+// contract (cell.h) and results as the CPU backend. Handwritten kernels only (no cuBLAS or cuDNN).
+//
+// Forward: the input part x.Vx of all T steps is one GEMM; then one fused kernel per step computes h.Vh
+// for a tile of rows and units (all four gates), applies the weight-norm column scales s = g/|v| after the
+// products, and does the gates, cell, clipping, peepholes and output in its epilogue. No normalised copy
+// of the weights is ever built. Backward runs the steps in reverse with fused pointwise kernels and GEMMs
+// that scale by s on the fly, then computes the weight gradients as large GEMMs over all T*B rows, and
+// turns them into dV and dg in a per-column kernel (SPEC section 2).
+//
+// Weights, gradients, saved activations and states live on the device across steps and calls; the host
+// keeps a mirror of the parameters (for get_params and the optimizer update) and sees activations only
+// through the inputs and outputs of each call.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "device.h"
+#include "gemm.cuh"
+#include "wnlstm/cell.h"
+
+namespace wnlstm::cuda {
+namespace {
+
+constexpr double kNormEpsilon = 1e-12;  // TF's l2_normalize: rsqrt(max(sum v^2, eps))
+
+// ---- Activations (precise library functions: the CPU backend's float approximations are within a few ulp).
+
+__device__ inline float exp_(float x) { return expf(x); }
+__device__ inline double exp_(double x) { return exp(x); }
+__device__ inline float tanh_(float x) { return tanhf(x); }
+__device__ inline double tanh_(double x) { return tanh(x); }
+
+template <typename T>
+__device__ inline T sigmoid(T x) { return T(1) / (T(1) + exp_(-x)); }
+
+template <Activation A, typename T>
+__device__ inline T activate(T x) {
+  if constexpr (A == Activation::Tanh) return tanh_(x);
+  if constexpr (A == Activation::Sigmoid) return sigmoid(x);
+  if constexpr (A == Activation::Relu) return x > T(0) ? x : T(0);
+  if constexpr (A == Activation::Softsign) return x / (T(1) + (x < T(0) ? -x : x));
+  if constexpr (A == Activation::Linear) return x;
+}
+
+// The derivative in terms of the activation's output y = act(x).
+template <Activation A, typename T>
+__device__ inline T activate_grad(T y) {
+  if constexpr (A == Activation::Tanh) return T(1) - y * y;
+  if constexpr (A == Activation::Sigmoid) return y * (T(1) - y);
+  if constexpr (A == Activation::Relu) return y > T(0) ? T(1) : T(0);
+  if constexpr (A == Activation::Softsign) {
+    const T m = T(1) - (y < T(0) ? -y : y);
+    return m * m;
+  }
+  if constexpr (A == Activation::Linear) return T(1);
+}
+
+template <typename T>
+__device__ inline T clip(T x, T c) { return x < -c ? -c : (x > c ? c : x); }
+
+__device__ inline bool finished(const int32_t* seq_len, int64_t t, int64_t b) { return seq_len && t >= seq_len[b]; }
+
+// ---- Small kernels.
+
+template <typename T>
+__global__ void fill_kernel(T* p, int64_t n, T value) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) p[i] = value;
+}
+
+// One thread per column of V [rows, cols]: sumsq[j] = sum_r V[r,j]^2 (in double), s[j] = g[j] / |v_j|.
+template <typename T>
+__global__ void column_norms_kernel(const T* V, int64_t rows, int64_t cols, const T* g, T* sumsq, T* s) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (j >= cols) return;
+  double acc = 0;
+  for (int64_t r = 0; r < rows; ++r) acc += double(V[r * cols + j]) * double(V[r * cols + j]);
+  sumsq[j] = T(acc);
+  s[j] = T(double(g[j]) / sqrt(acc > kNormEpsilon ? acc : kNormEpsilon));
+}
+
+// dW (in place in dV) -> dV, and dg, one thread per column: dg = (dW . v)/|v|, dV = s dW - (g dg/|v|^2) v.
+template <typename T>
+__global__ void weight_norm_grad_kernel(const T* V, int64_t rows, int64_t cols, const T* g, const T* sumsq,
+                                        const T* s, T* dV, T* dg) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (j >= cols) return;
+  double dot = 0;
+  for (int64_t r = 0; r < rows; ++r) dot += double(dV[r * cols + j]) * double(V[r * cols + j]);
+  const double ss = double(sumsq[j]), norm = sqrt(ss > kNormEpsilon ? ss : kNormEpsilon);
+  dg[j] = T(dot / norm);
+  const double coef = ss >= kNormEpsilon ? double(g[j]) * dot / (norm * norm * norm) : 0.0;  // below eps |v| is constant
+  const double sj = double(s[j]);
+  for (int64_t r = 0; r < rows; ++r) dV[r * cols + j] = T(sj * double(dV[r * cols + j]) - coef * double(V[r * cols + j]));
+}
+
+// out[j] = sum_r M[r, j] (in double), one thread per column.
+template <typename T>
+__global__ void column_sums_kernel(const T* M, int64_t rows, int64_t cols, T* out) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (j >= cols) return;
+  double acc = 0;
+  for (int64_t r = 0; r < rows; ++r) acc += double(M[r * cols + j]);
+  out[j] = T(acc);
+}
+
+// Peephole gradients over all T*B rows: dwi = sum dz_i c_prev, dwf = sum dz_f c_prev, dwo = sum dz_o c_next.
+template <typename T>
+__global__ void peephole_grads_kernel(const T* dz, const T* cs, int64_t rows, int64_t B, int64_t H, T* dwi, T* dwf,
+                                      T* dwo) {
+  const int64_t u = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (u >= H) return;
+  const int64_t G = 4 * H;
+  double si = 0, sf = 0, so = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const double cp = double(cs[r * H + u]), cn = double(cs[(r + B) * H + u]);
+    si += double(dz[r * G + u]) * cp;
+    sf += double(dz[r * G + 2 * H + u]) * cp;
+    so += double(dz[r * G + 3 * H + u]) * cn;
+  }
+  dwi[u] = T(si), dwf[u] = T(sf), dwo[u] = T(so);
+}
+
+// ---- The fused forward step.
+
+template <typename T>
+struct StepForward {
+  int64_t B, H, P, t;
+  T* z;                       // [B,G] in: x.Vx of this step (unscaled); out: gate activations (in place)
+  const T *h_prev, *c_prev;   // [B,P], [B,H]
+  const T* vh;                // [P,G] recurrent block of the kernel (unnormalised)
+  const T *s0, *s1, *bias;    // [G]
+  const T *wi, *wf, *wo;      // [H] peepholes, or null
+  T forget_bias, cell_clip;   // cell_clip = +inf when none
+  const int32_t* seq_len;     // [B] or null
+  T *c_raw, *c_next;          // [B,H] out
+  T* hh;                      // [B,H] out: sigma(o) act(c); without a projection this is h_next
+  T* y;                       // [B,P] out (this step's outputs), only without a projection
+  bool proj;
+};
+
+constexpr int kRows = 16, kUnits = 32, kDepth = 32, kStepThreads = 256;  // tile: 16 rows x 32 units x 4 gates
+
+// Block (bx, by): batch rows [bx*16, +16), units [by*32, +32). Thread: unit lane = tid % 32, rows
+// tid/32 and tid/32 + 8; it accumulates h.Vh for its two rows and four gates, then does their pointwise.
+template <typename T, Activation A>
+__global__ void __launch_bounds__(kStepThreads) step_forward_kernel(StepForward<T> p) {
+  __shared__ T hs[kRows][kDepth];
+  __shared__ T ws[kDepth][4][kUnits];
+  const int tid = threadIdx.x, lane = tid % kUnits, wrow = tid / kUnits;
+  const int64_t r0 = int64_t(blockIdx.x) * kRows, u0 = int64_t(blockIdx.y) * kUnits;
+  const int64_t H = p.H, G = 4 * H, P = p.P;
+  T acc[2][4];
+#pragma unroll
+  for (int q = 0; q < 2; ++q)
+#pragma unroll
+    for (int g = 0; g < 4; ++g) acc[q][g] = T(0);
+
+  for (int64_t k0 = 0; k0 < P; k0 += kDepth) {
+    for (int i = tid; i < kRows * kDepth; i += kStepThreads) {
+      const int r = i / kDepth, k = i % kDepth;
+      const int64_t gr = r0 + r, gk = k0 + k;
+      hs[r][k] = (gr < p.B && gk < P) ? p.h_prev[gr * P + gk] : T(0);
+    }
+    for (int i = tid; i < kDepth * 4 * kUnits; i += kStepThreads) {
+      const int u = i % kUnits, g = (i / kUnits) % 4, k = i / (4 * kUnits);
+      const int64_t gu = u0 + u, gk = k0 + k;
+      ws[k][g][u] = (gu < H && gk < P) ? p.vh[gk * G + g * H + gu] : T(0);
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int k = 0; k < kDepth; ++k) {
+      const T h0 = hs[wrow][k], h1 = hs[wrow + 8][k];
+#pragma unroll
+      for (int g = 0; g < 4; ++g) {
+        const T w = ws[k][g][lane];
+        acc[0][g] += h0 * w;
+        acc[1][g] += h1 * w;
+      }
+    }
+    __syncthreads();
+  }
+
+  const int64_t u = u0 + lane;
+  if (u >= H) return;
+  const T wi = p.wi ? p.wi[u] : T(0), wf = p.wf ? p.wf[u] : T(0), wo = p.wo ? p.wo[u] : T(0);
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    const int64_t b = r0 + wrow + 8 * q;
+    if (b >= p.B) continue;
+    T* zr = p.z + b * G;
+    T pre[4];
+#pragma unroll
+    for (int g = 0; g < 4; ++g) {
+      const int64_t col = g * H + u;
+      pre[g] = zr[col] * p.s0[col] + acc[q][g] * p.s1[col] + p.bias[col];
+    }
+    const T c = p.c_prev[b * H + u];
+    const T gi = sigmoid(pre[0] + wi * c);
+    const T aj = activate<A>(pre[1]);
+    const T gf = sigmoid(pre[2] + p.forget_bias + wf * c);
+    const T raw = c * gf + gi * aj;
+    const T clipped = clip(raw, p.cell_clip);
+    const T go = sigmoid(pre[3] + wo * clipped);
+    const T out = go * activate<A>(clipped);
+    zr[u] = gi, zr[H + u] = aj, zr[2 * H + u] = gf, zr[3 * H + u] = go;
+    if (p.c_raw) p.c_raw[b * H + u] = raw;
+    const bool done = finished(p.seq_len, p.t, b);  // past its length: state carried, output zero
+    p.c_next[b * H + u] = done ? c : clipped;
+    if (p.proj) {
+      p.hh[b * H + u] = out;
+    } else {
+      const T h = done ? p.h_prev[b * P + u] : out;
+      p.hh[b * H + u] = h;
+      p.y[b * P + u] = done ? T(0) : h;
+    }
+  }
+}
+
+// With a projection: pre = (hh.Vp) * sp in place, h_next = clip(pre) (or h_prev past the row's length), y.
+template <typename T>
+__global__ void projection_output_kernel(int64_t B, int64_t P, int64_t t, T* pre, const T* sp, T proj_clip,
+                                         const int32_t* seq_len, const T* h_prev, T* h_next, T* y) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < B * P; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / P, j = i % P;
+    const T v = pre[i] * sp[j];
+    pre[i] = v;
+    const bool done = finished(seq_len, t, b);
+    h_next[i] = done ? h_prev[i] : clip(v, proj_clip);
+    y[i] = done ? T(0) : h_next[i];
+  }
+}
+
+// ---- Backward step kernels.
+
+// dtot = dh + dy for live rows, 0 for finished ones.
+template <typename T>
+__global__ void output_grad_kernel(int64_t B, int64_t P, int64_t t, const int32_t* seq_len, const T* dh, const T* dy,
+                                   T* dtot) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < B * P; i += int64_t(gridDim.x) * blockDim.x)
+    dtot[i] = finished(seq_len, t, i / P) ? T(0) : dh[i] + dy[i];
+}
+
+// The projection clip passes the gradient where -clip <= pre <= clip (TF's clip_by_value).
+template <typename T>
+__global__ void projection_clip_grad_kernel(int64_t n, const T* pre, T proj_clip, const T* dtot, T* dpre) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dpre[i] = (pre[i] >= -proj_clip && pre[i] <= proj_clip) ? dtot[i] : T(0);
+}
+
+template <typename T>
+struct StepBackward {
+  int64_t B, H, t;
+  const T* gates;                     // [B,G] activations i, j, f, o
+  const T *c_prev, *c_raw, *c_next;   // [B,H]
+  const T *dhh, *dc;                  // [B,H]: dL/d hh of this step, dL/d c_next from later steps
+  const T *wi, *wf, *wo;              // [H] or null
+  T cell_clip;
+  const int32_t* seq_len;
+  T* dz;                              // [B,G] out: dL/d pre-activations
+  T* dc_prev;                         // [B,H] out
+};
+
+template <typename T, Activation A>
+__global__ void step_backward_kernel(StepBackward<T> p) {
+  const int64_t H = p.H, G = 4 * H;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < p.B * H; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / H, u = i % H;
+    T* dzr = p.dz + b * G;
+    if (finished(p.seq_len, p.t, b)) {  // the step is the identity on the state
+      dzr[u] = dzr[H + u] = dzr[2 * H + u] = dzr[3 * H + u] = T(0);
+      p.dc_prev[i] = p.dc[i];
+      continue;
+    }
+    const T* gr = p.gates + b * G;
+    const T gi = gr[u], aj = gr[H + u], gf = gr[2 * H + u], go = gr[3 * H + u];
+    const T wi = p.wi ? p.wi[u] : T(0), wf = p.wf ? p.wf[u] : T(0), wo = p.wo ? p.wo[u] : T(0);
+    const T ac = activate<A>(p.c_next[i]);
+    const T dh = p.dhh[i];
+    const T d_o = dh * ac * go * (T(1) - go);
+    const T d_c = p.dc[i] + dh * go * activate_grad<A>(ac) + d_o * wo;
+    const T d_raw = (p.c_raw[i] >= -p.cell_clip && p.c_raw[i] <= p.cell_clip) ? d_c : T(0);
+    const T d_i = d_raw * aj * gi * (T(1) - gi);
+    const T d_j = d_raw * gi * activate_grad<A>(aj);
+    const T d_f = d_raw * p.c_prev[i] * gf * (T(1) - gf);
+    dzr[u] = d_i, dzr[H + u] = d_j, dzr[2 * H + u] = d_f, dzr[3 * H + u] = d_o;
+    p.dc_prev[i] = d_raw * gf + d_i * wi + d_f * wf;
+  }
+}
+
+// Past a row's length dh passes through unchanged (the GEMM gave 0 there, from dz = 0).
+template <typename T>
+__global__ void carry_state_grad_kernel(int64_t B, int64_t P, int64_t t, const int32_t* seq_len, const T* dh,
+                                        T* dh_prev) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < B * P; i += int64_t(gridDim.x) * blockDim.x)
+    if (finished(seq_len, t, i / P)) dh_prev[i] = dh[i];
+}
+
+// ---- The cell.
+
+template <typename T>
+class CudaCell final : public Cell<T> {
+ public:
+  explicit CudaCell(const CellConfig& config) : cfg_(config) {
+    validate_config(cfg_);
+    I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), K_ = I_ + P_, G_ = 4 * H_;
+    for (const ParamInfo& p : param_layout(cfg_)) {
+      if (p.name == "kernel") off_kernel_ = p.offset;
+      else if (p.name == "bias") off_bias_ = p.offset;
+      else if (p.name == "norm_0") off_g0_ = p.offset;
+      else if (p.name == "norm_1") off_g1_ = p.offset;
+      else if (p.name == "w_i_diag") off_wi_ = p.offset;
+      else if (p.name == "w_f_diag") off_wf_ = p.offset;
+      else if (p.name == "w_o_diag") off_wo_ = p.offset;
+      else if (p.name == "projection/kernel") off_pk_ = p.offset;
+      else if (p.name == "projection/norm_0") off_pg_ = p.offset;
+    }
+    const int64_t n = param_count(cfg_);
+    host_params_.assign(n, T(0));
+    params_.resize(n);
+    grads_.resize(n);
+    check(cudaMemsetAsync(params_.data(), 0, n * sizeof(T), stream_), "zero parameters");
+    // Without norm the scales stay 1 and the GEMMs multiply by V itself.
+    for (auto* s : {&s0_, &s1_}) fill(s->resize(G_), G_, T(1));
+    fill(sp_.resize(P_), P_, T(1));
+    sumsq0_.resize(G_), sumsq1_.resize(G_), sumsqp_.resize(P_);
+    sync("cell setup");
+  }
+
+  const CellConfig& config() const override { return cfg_; }
+
+  void get_params(T* out) const override { std::copy(host_params_.begin(), host_params_.end(), out); }
+
+  void set_params(const T* in, int64_t offset, int64_t count) override {
+    if (offset < 0 || count < 0 || offset + count > int64_t(host_params_.size()))
+      throw Error("ERR_WNLSTM_SHAPE", "parameter range out of bounds");
+    use_device();
+    std::copy(in, in + count, host_params_.begin() + offset);
+    upload(params_.data() + offset, host_params_.data() + offset, count);
+    sync("set parameters");
+    scales_dirty_ = true;
+    saved_steps_ = saved_batch_ = 0;  // a backward must see the weights its forward used
+  }
+
+  void apply_update(const OptimizerStep& step, const T* grads, T* s1, T* s2) override {
+    // The optimizer's state lives in the caller's (host) arrays, so the update runs on the host mirror and
+    // the parameters go up once.
+    use_device();
+    optimizer_update(step, host_params_.data(), grads, s1, s2, int64_t(host_params_.size()));
+    upload(params_.data(), host_params_.data(), int64_t(host_params_.size()));
+    sync("upload parameters");
+    scales_dirty_ = true;
+    saved_steps_ = saved_batch_ = 0;
+  }
+
+  int64_t saved_steps() const override { return saved_steps_; }
+  int64_t saved_batch() const override { return saved_batch_; }
+
+  void forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0, const int32_t* seq_len, T* y,
+               T* c_out, T* h_out, bool training) override {
+    if (steps < 1 || batch < 1) throw Error("ERR_WNLSTM_SHAPE", "steps and batch must be at least 1");
+    const double rows = double(steps) * double(batch);
+    if (rows * double(std::max({I_, P_, G_})) > double(kMaxElements))
+      throw Error("ERR_WNLSTM_SIZE", "steps x batch x width exceeds " + std::to_string(kMaxElements));
+    if (seq_len)
+      for (int64_t b = 0; b < batch; ++b)
+        if (seq_len[b] < 0 || seq_len[b] > steps)
+          throw Error("ERR_WNLSTM_RANGE", "sequenceLength values must be in [0, steps]");
+    const int64_t B = batch, H = H_, P = P_, G = G_;
+    const bool proj = cfg_.num_proj > 0;
+    use_device();
+    check_memory(sizeof(T) * rows * (I_ + G + P + (training ? 3 * H + 2 * P : 0)));
+    if (training) saved_steps_ = saved_batch_ = 0;  // a failed forward leaves nothing to differentiate
+    refresh_scales();
+
+    // Training keeps every step (cs[t] is c before step t); inference uses two slots, in its own
+    // buffers, so a step() between forward() and backward() changes nothing.
+    Activations& a = training ? saved_ : scratch_;
+    const int64_t slots = training ? steps + 1 : 2;
+    auto slot = [&](int64_t t) { return training ? t : (t & 1); };
+    T* xs = a.x.resize(steps * B * I_);
+    T* cs = a.cs.resize(slots * B * H);
+    T* hs = a.hs.resize(slots * B * P);
+    T* z = a.gates.resize(steps * B * G);
+    T* c_raw = training ? a.c_raw.resize(steps * B * H) : nullptr;
+    T* hh_all = proj ? a.hh.resize((training ? steps : 1) * B * H) : nullptr;
+    T* pre_all = proj ? a.pre.resize((training ? steps : 1) * B * P) : nullptr;
+    T* ys = y_.resize(steps * B * P);
+    int32_t* lens = nullptr;
+    if (seq_len) {
+      lens = a.len.resize(B);
+      check(cudaMemcpyAsync(lens, seq_len, B * sizeof(int32_t), cudaMemcpyHostToDevice, stream_), "upload lengths");
+    }
+    upload(xs, x, steps * B * I_);
+    if (c0) upload(cs, c0, B * H);
+    else check(cudaMemsetAsync(cs, 0, B * H * sizeof(T), stream_), "zero c0");
+    if (h0) upload(hs, h0, B * P);
+    else check(cudaMemsetAsync(hs, 0, B * P * sizeof(T), stream_), "zero h0");
+
+    const T* kernel = params_.data() + off_kernel_;
+    // Input part of every step: one GEMM (its column scale and the bias come in the step kernel).
+    gemm<T>(stream_, false, false, steps * B, G, I_, xs, I_, kernel, G, nullptr, false, z, G);
+
+    StepForward<T> sp{};
+    sp.B = B, sp.H = H, sp.P = P;
+    sp.vh = kernel + I_ * G;
+    sp.s0 = s0_.data(), sp.s1 = s1_.data(), sp.bias = params_.data() + off_bias_;
+    if (cfg_.use_peepholes)
+      sp.wi = params_.data() + off_wi_, sp.wf = params_.data() + off_wf_, sp.wo = params_.data() + off_wo_;
+    sp.forget_bias = T(cfg_.forget_bias);
+    sp.cell_clip = cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity();
+    sp.seq_len = lens;
+    sp.proj = proj;
+    const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
+    const dim3 grid{unsigned((B + kRows - 1) / kRows), unsigned((H + kUnits - 1) / kUnits), 1};
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t k = training ? t : 0;
+      sp.t = t;
+      sp.z = z + t * B * G;
+      sp.h_prev = hs + slot(t) * B * P, sp.c_prev = cs + slot(t) * B * H;
+      sp.c_raw = c_raw ? c_raw + t * B * H : nullptr;
+      sp.c_next = cs + slot(t + 1) * B * H;
+      T* h_next = hs + slot(t + 1) * B * P;
+      sp.hh = proj ? hh_all + k * B * H : h_next;
+      sp.y = ys + t * B * P;
+      launch_step_forward(grid, sp);
+      if (proj) {
+        T* pre = pre_all + k * B * P;
+        gemm<T>(stream_, false, false, B, P, H, sp.hh, H, params_.data() + off_pk_, P, nullptr, false, pre, P);
+        projection_output_kernel<<<grid_for(B * P), 256, 0, stream_>>>(B, P, t, pre, sp_.data(), proj_clip, lens,
+                                                                      sp.h_prev, h_next, sp.y);
+        check_launch("projection output kernel");
+      }
+    }
+    download(y, ys, steps * B * P);
+    download(c_out, cs + slot(steps) * B * H, B * H);
+    download(h_out, hs + slot(steps) * B * P, B * P);
+    sync("forward");
+    if (training) saved_steps_ = steps, saved_batch_ = batch, has_lengths_ = seq_len != nullptr;
+  }
+
+  void backward(const T* dy, const T* dc_in, const T* dh_in, T* grads, T* dx, T* dc0, T* dh0) override {
+    if (saved_steps_ == 0)
+      throw Error("ERR_WNLSTM_NO_FORWARD", "backward needs a training forward first (and the weights unchanged since)");
+    const int64_t steps = saved_steps_, B = saved_batch_, H = H_, P = P_, G = G_, I = I_, rows = steps * B;
+    const bool proj = cfg_.num_proj > 0;
+    use_device();
+    check_memory(sizeof(T) * (double(rows) * (G + 2 * P + I) + 6.0 * B * (H + P)));
+    const Activations& a = saved_;
+    const int32_t* lens = has_lengths_ ? a.len.data() : nullptr;
+    const T* kernel = params_.data() + off_kernel_;
+    const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
+
+    T* dys = dy_.resize(rows * P);
+    upload(dys, dy, rows * P);
+    T* dz = dz_.resize(rows * G);
+    T* dpre = proj ? dpre_.resize(rows * P) : nullptr;
+    T *dc = dc_.resize(B * H), *dc_prev = dc_prev_.resize(B * H);
+    T *dh = dh_.resize(B * P), *dh_prev = dh_prev_.resize(B * P);
+    T* dtot = dtot_.resize(B * P);
+    T* dhh = proj ? dhh_.resize(B * H) : nullptr;
+    if (dc_in) upload(dc, dc_in, B * H);
+    else check(cudaMemsetAsync(dc, 0, B * H * sizeof(T), stream_), "zero dc");
+    if (dh_in) upload(dh, dh_in, B * P);
+    else check(cudaMemsetAsync(dh, 0, B * P * sizeof(T), stream_), "zero dh");
+
+    StepBackward<T> sb{};
+    sb.B = B, sb.H = H;
+    if (cfg_.use_peepholes)
+      sb.wi = params_.data() + off_wi_, sb.wf = params_.data() + off_wf_, sb.wo = params_.data() + off_wo_;
+    sb.cell_clip = cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity();
+    sb.seq_len = lens;
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      output_grad_kernel<<<grid_for(B * P), 256, 0, stream_>>>(B, P, t, lens, dh, dys + t * B * P, dtot);
+      check_launch("output gradient kernel");
+      if (proj) {  // dhh = dpre . Wp^T = (dpre * sp) . Vp^T
+        T* dpre_t = dpre + t * B * P;
+        projection_clip_grad_kernel<<<grid_for(B * P), 256, 0, stream_>>>(B * P, a.pre.data() + t * B * P, proj_clip,
+                                                                          dtot, dpre_t);
+        check_launch("projection clip gradient kernel");
+        gemm<T>(stream_, false, true, B, H, P, dpre_t, P, params_.data() + off_pk_, P, sp_.data(), false, dhh, H);
+      }
+      sb.t = t;
+      sb.gates = a.gates.data() + t * B * G;
+      sb.c_prev = a.cs.data() + t * B * H, sb.c_raw = a.c_raw.data() + t * B * H, sb.c_next = a.cs.data() + (t + 1) * B * H;
+      sb.dhh = proj ? dhh : dtot;
+      sb.dc = dc, sb.dz = dz + t * B * G, sb.dc_prev = dc_prev;
+      launch_step_backward(sb);
+      // dh_prev = dz . Wh^T = (dz * s1) . Vh^T
+      gemm<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, s1_.data(), false, dh_prev, P);
+      if (lens) {
+        carry_state_grad_kernel<<<grid_for(B * P), 256, 0, stream_>>>(B, P, t, lens, dh, dh_prev);
+        check_launch("state gradient carry kernel");
+      }
+      std::swap(dc, dc_prev);
+      std::swap(dh, dh_prev);
+    }
+
+    // Everything that sums over steps: large GEMMs over all T*B rows at once.
+    T* g = grads_.data();
+    check(cudaMemsetAsync(g, 0, grads_.size() * sizeof(T), stream_), "zero gradients");
+    T* dkernel = g + off_kernel_;
+    gemm<T>(stream_, true, false, I, G, rows, a.x.data(), I, dz, G, nullptr, false, dkernel, G);
+    gemm<T>(stream_, true, false, P, G, rows, a.hs.data(), P, dz, G, nullptr, false, dkernel + I * G, G);
+    T* dxs = dx_.resize(rows * I);
+    gemm<T>(stream_, false, true, rows, I, G, dz, G, kernel, G, s0_.data(), false, dxs, I);  // (dz * s0) . Vx^T
+    column_sums_kernel<<<unsigned((G + 255) / 256), 256, 0, stream_>>>(dz, rows, G, g + off_bias_);
+    check_launch("bias gradient kernel");
+    if (cfg_.use_peepholes) {
+      peephole_grads_kernel<<<unsigned((H + 255) / 256), 256, 0, stream_>>>(dz, a.cs.data(), rows, B, H, g + off_wi_,
+                                                                            g + off_wf_, g + off_wo_);
+      check_launch("peephole gradient kernel");
+    }
+    if (proj) gemm<T>(stream_, true, false, H, P, rows, a.hh.data(), H, dpre, P, nullptr, false, g + off_pk_, P);
+    if (cfg_.norm) {
+      weight_norm_grad(kernel, I, G, off_g0_, sumsq0_.data(), s0_.data(), dkernel, g + off_g0_);
+      weight_norm_grad(kernel + I * G, P, G, off_g1_, sumsq1_.data(), s1_.data(), dkernel + I * G, g + off_g1_);
+      if (proj)
+        weight_norm_grad(params_.data() + off_pk_, H, P, off_pg_, sumsqp_.data(), sp_.data(), g + off_pk_, g + off_pg_);
+    }
+    download(grads, g, grads_.size());
+    download(dx, dxs, rows * I);
+    download(dc0, dc, B * H);
+    download(dh0, dh, B * P);
+    sync("backward");
+  }
+
+ private:
+  static int current_device() {
+    int device = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    return device;
+  }
+  void use_device() { check(cudaSetDevice(device_), "cudaSetDevice"); }
+  void sync(const char* what) { check(cudaStreamSynchronize(stream_), what); }
+  void upload(T* device, const T* host, int64_t n) {
+    if (n > 0) check(cudaMemcpyAsync(device, host, n * sizeof(T), cudaMemcpyHostToDevice, stream_), "copy to device");
+  }
+  void download(T* host, const T* device, int64_t n) {
+    if (n > 0) check(cudaMemcpyAsync(host, device, n * sizeof(T), cudaMemcpyDeviceToHost, stream_), "copy to host");
+  }
+  void fill(T* p, int64_t n, T value) {
+    fill_kernel<<<grid_for(n), 256, 0, stream_>>>(p, n, value);
+    check_launch("fill kernel");
+  }
+
+  // Refuses a call whose buffers cannot fit in the device's free memory (plus what this cell holds).
+  void check_memory(double bytes) {
+    size_t free = 0, total = 0;
+    check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    if (bytes > double(free) + double(held_bytes()))
+      throw Error("ERR_WNLSTM_OUT_OF_MEMORY", "this call needs " + std::to_string(int64_t(bytes / 1048576)) +
+                                                  " MiB of device memory; " + std::to_string(free >> 20) + " MiB are free");
+  }
+  double held_bytes() const {
+    double n = 0;
+    for (const Activations* a : {&saved_, &scratch_})
+      for (const DeviceBuffer<T>* b : {&a->x, &a->cs, &a->hs, &a->gates, &a->c_raw, &a->hh, &a->pre}) n += double(b->size());
+    for (const DeviceBuffer<T>* b : {&y_, &dy_, &dz_, &dpre_, &dx_}) n += double(b->size());
+    return n * sizeof(T);
+  }
+
+  void refresh_scales() {
+    if (!scales_dirty_) return;
+    if (cfg_.norm) {
+      const T* kernel = params_.data() + off_kernel_;
+      auto norms = [&](const T* V, int64_t rows, int64_t cols, int64_t off_g, T* sumsq, T* s) {
+        column_norms_kernel<<<unsigned((cols + 255) / 256), 256, 0, stream_>>>(V, rows, cols, params_.data() + off_g,
+                                                                                sumsq, s);
+        check_launch("column norms kernel");
+      };
+      norms(kernel, I_, G_, off_g0_, sumsq0_.data(), s0_.data());
+      norms(kernel + I_ * G_, P_, G_, off_g1_, sumsq1_.data(), s1_.data());
+      if (cfg_.num_proj > 0) norms(params_.data() + off_pk_, H_, P_, off_pg_, sumsqp_.data(), sp_.data());
+    }
+    scales_dirty_ = false;
+  }
+
+  void weight_norm_grad(const T* V, int64_t rows, int64_t cols, int64_t off_g, const T* sumsq, const T* s, T* dV,
+                        T* dg) {
+    weight_norm_grad_kernel<<<unsigned((cols + 255) / 256), 256, 0, stream_>>>(V, rows, cols, params_.data() + off_g,
+                                                                               sumsq, s, dV, dg);
+    check_launch("weight norm gradient kernel");
+  }
+
+  void launch_step_forward(dim3 grid, const StepForward<T>& p) {
+    switch (cfg_.activation) {
+      case Activation::Tanh: step_forward_kernel<T, Activation::Tanh><<<grid, kStepThreads, 0, stream_>>>(p); break;
+      case Activation::Sigmoid: step_forward_kernel<T, Activation::Sigmoid><<<grid, kStepThreads, 0, stream_>>>(p); break;
+      case Activation::Relu: step_forward_kernel<T, Activation::Relu><<<grid, kStepThreads, 0, stream_>>>(p); break;
+      case Activation::Softsign: step_forward_kernel<T, Activation::Softsign><<<grid, kStepThreads, 0, stream_>>>(p); break;
+      case Activation::Linear: step_forward_kernel<T, Activation::Linear><<<grid, kStepThreads, 0, stream_>>>(p); break;
+    }
+    check_launch("step forward kernel");
+  }
+
+  void launch_step_backward(const StepBackward<T>& p) {
+    const unsigned grid = grid_for(p.B * p.H);
+    switch (cfg_.activation) {
+      case Activation::Tanh: step_backward_kernel<T, Activation::Tanh><<<grid, 256, 0, stream_>>>(p); break;
+      case Activation::Sigmoid: step_backward_kernel<T, Activation::Sigmoid><<<grid, 256, 0, stream_>>>(p); break;
+      case Activation::Relu: step_backward_kernel<T, Activation::Relu><<<grid, 256, 0, stream_>>>(p); break;
+      case Activation::Softsign: step_backward_kernel<T, Activation::Softsign><<<grid, 256, 0, stream_>>>(p); break;
+      case Activation::Linear: step_backward_kernel<T, Activation::Linear><<<grid, 256, 0, stream_>>>(p); break;
+    }
+    check_launch("step backward kernel");
+  }
+
+  CellConfig cfg_;
+  int64_t I_, H_, P_, K_, G_;
+  int64_t off_kernel_ = 0, off_bias_ = 0, off_g0_ = 0, off_g1_ = 0, off_wi_ = 0, off_wf_ = 0, off_wo_ = 0, off_pk_ = 0,
+          off_pg_ = 0;
+  int device_ = current_device();  // the device of the thread that made the cell; every call uses it
+  std::vector<T> host_params_;  // the mirror that get_params reads and the optimizer updates
+
+  DeviceBuffer<T> params_, grads_;
+  bool scales_dirty_ = true;
+  DeviceBuffer<T> s0_, s1_, sp_, sumsq0_, sumsq1_, sumsqp_;  // weight-norm scales (ones without norm)
+
+  // What a training forward keeps for backward (shapes for T steps; inference keeps 1 or 2 steps of state).
+  struct Activations {
+    DeviceBuffer<T> x;      // [T,B,I]
+    DeviceBuffer<T> cs;     // [T+1,B,H] c before each step, then the last
+    DeviceBuffer<T> hs;     // [T+1,B,P]
+    DeviceBuffer<T> gates;  // [T,B,G] x.Vx, then the gate activations
+    DeviceBuffer<T> c_raw;  // [T,B,H] c before the cell clip
+    DeviceBuffer<T> hh;     // [T,B,H] before the projection (num_proj only)
+    DeviceBuffer<T> pre;    // [T,B,P] projection output before its clip (num_proj only)
+    DeviceBuffer<int32_t> len;
+  };
+  Activations saved_, scratch_;
+  bool has_lengths_ = false;
+  int64_t saved_steps_ = 0, saved_batch_ = 0;
+
+  // Scratch.
+  DeviceBuffer<T> y_, dy_, dz_, dpre_, dx_, dc_, dc_prev_, dh_, dh_prev_, dtot_, dhh_;
+
+  Stream stream_;  // declared last, so destroyed first: its queued work ends before the buffers are freed
+};
+
+}  // namespace
+}  // namespace wnlstm::cuda
+
+namespace wnlstm {
+template <typename T>
+std::unique_ptr<Cell<T>> make_cuda_cell(const CellConfig& config) {
+  const CudaStatus status = cuda_status();
+  if (!status.available) throw Error("ERR_WNLSTM_BACKEND_UNAVAILABLE", "backend 'cuda' is not available: " + status.reason);
+  return std::make_unique<cuda::CudaCell<T>>(config);
+}
+template std::unique_ptr<Cell<float>> make_cuda_cell<float>(const CellConfig&);
+template std::unique_ptr<Cell<double>> make_cuda_cell<double>(const CellConfig&);
+}  // namespace wnlstm
