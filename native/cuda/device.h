@@ -2,10 +2,15 @@
 // wnlstm::Error (so a JS error with a code, never an abort), and device memory is owned by RAII buffers.
 #pragma once
 
+#ifdef WNLSTM_CUDA_EMULATION
+#include "cuda_emulation.h"  // the tests' CPU stand-in for the runtime and for launch() (test/native/)
+#else
 #include <cuda_runtime_api.h>
+#endif
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "wnlstm/cell.h"
 
@@ -21,6 +26,17 @@ inline void check(cudaError_t err, const char* what) {
 
 // After a <<<...>>> launch: a bad configuration shows up here, not at the launch.
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+#ifndef WNLSTM_CUDA_EMULATION
+// Every kernel launch goes through here (one place, which the tests' CPU emulation also implements):
+// kernel<<<grid, block, 0, stream>>>(args...), then the check.
+template <typename... Params, typename... Args>
+void launch(const char* name, void (*kernel)(Params...), dim3 grid, unsigned block, cudaStream_t stream,
+            Args&&... args) {
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+  check_launch(name);
+}
+#endif
 
 // Grid size for a grid-stride loop over n items with 256-thread blocks.
 inline unsigned grid_for(int64_t n) {

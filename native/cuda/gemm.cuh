@@ -88,15 +88,10 @@ void gemm(cudaStream_t stream, bool trans_a, bool trans_b, int64_t M, int64_t N,
   if (grid_n > 65535 || grid_m > 0x7fffffff)
     throw Error("ERR_WNLSTM_SIZE", "GEMM of " + std::to_string(M) + " x " + std::to_string(N) + " is too large");
   const dim3 grid{unsigned(grid_m), unsigned(grid_n), 1};
-  if (!trans_a && !trans_b)
-    gemm_kernel<T, false, false><<<grid, THREADS, 0, stream>>>(M, N, K, A, lda, B, ldb, scale_k, accumulate, C, ldc);
-  else if (trans_a && !trans_b)
-    gemm_kernel<T, true, false><<<grid, THREADS, 0, stream>>>(M, N, K, A, lda, B, ldb, scale_k, accumulate, C, ldc);
-  else if (!trans_a && trans_b)
-    gemm_kernel<T, false, true><<<grid, THREADS, 0, stream>>>(M, N, K, A, lda, B, ldb, scale_k, accumulate, C, ldc);
-  else
-    gemm_kernel<T, true, true><<<grid, THREADS, 0, stream>>>(M, N, K, A, lda, B, ldb, scale_k, accumulate, C, ldc);
-  check_launch("gemm kernel");
+  void (*kernel)(int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, const T*, bool, T*, int64_t) =
+      trans_a ? (trans_b ? gemm_kernel<T, true, true> : gemm_kernel<T, true, false>)
+              : (trans_b ? gemm_kernel<T, false, true> : gemm_kernel<T, false, false>);
+  launch("gemm kernel", kernel, grid, THREADS, stream, M, N, K, A, lda, B, ldb, scale_k, accumulate, C, ldc);
 }
 
 }  // namespace wnlstm::cuda

@@ -11,8 +11,6 @@
 // Weights, gradients, saved activations and states live on the device across steps and calls; the host
 // keeps a mirror of the parameters (for get_params and the optimizer update) and sees activations only
 // through the inputs and outputs of each call.
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -69,7 +67,8 @@ __device__ inline bool finished(const int32_t* seq_len, int64_t t, int64_t b) { 
 
 template <typename T>
 __global__ void fill_kernel(T* p, int64_t n, T value) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) p[i] = value;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    p[i] = value;
 }
 
 // One thread per column of V [rows, cols]: sumsq[j] = sum_r V[r,j]^2 (in double), s[j] = g[j] / |v_j|.
@@ -93,9 +92,10 @@ __global__ void weight_norm_grad_kernel(const T* V, int64_t rows, int64_t cols, 
   for (int64_t r = 0; r < rows; ++r) dot += double(dV[r * cols + j]) * double(V[r * cols + j]);
   const double ss = double(sumsq[j]), norm = sqrt(ss > kNormEpsilon ? ss : kNormEpsilon);
   dg[j] = T(dot / norm);
-  const double coef = ss >= kNormEpsilon ? double(g[j]) * dot / (norm * norm * norm) : 0.0;  // below eps |v| is constant
-  const double sj = double(s[j]);
-  for (int64_t r = 0; r < rows; ++r) dV[r * cols + j] = T(sj * double(dV[r * cols + j]) - coef * double(V[r * cols + j]));
+  // Below eps, |v| is a constant.
+  const double coef = ss >= kNormEpsilon ? double(g[j]) * dot / (norm * norm * norm) : 0.0, sj = double(s[j]);
+  for (int64_t r = 0; r < rows; ++r)
+    dV[r * cols + j] = T(sj * double(dV[r * cols + j]) - coef * double(V[r * cols + j]));
 }
 
 // out[j] = sum_r M[r, j] (in double), one thread per column.
@@ -431,9 +431,8 @@ class CudaCell final : public Cell<T> {
       if (proj) {
         T* pre = pre_all + k * B * P;
         gemm<T>(stream_, false, false, B, P, H, sp.hh, H, params_.data() + off_pk_, P, nullptr, false, pre, P);
-        projection_output_kernel<<<grid_for(B * P), 256, 0, stream_>>>(B, P, t, pre, sp_.data(), proj_clip, lens,
-                                                                      sp.h_prev, h_next, sp.y);
-        check_launch("projection output kernel");
+        launch("projection output kernel", projection_output_kernel<T>, grid_for(B * P), 256, stream_, B, P, t, pre,
+               sp_.data(), proj_clip, lens, sp.h_prev, h_next, sp.y);
       }
     }
     download(y, ys, steps * B * P);
@@ -475,26 +474,26 @@ class CudaCell final : public Cell<T> {
     sb.cell_clip = cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity();
     sb.seq_len = lens;
     for (int64_t t = steps - 1; t >= 0; --t) {
-      output_grad_kernel<<<grid_for(B * P), 256, 0, stream_>>>(B, P, t, lens, dh, dys + t * B * P, dtot);
-      check_launch("output gradient kernel");
+      launch("output gradient kernel", output_grad_kernel<T>, grid_for(B * P), 256, stream_, B, P, t, lens, dh,
+             dys + t * B * P, dtot);
       if (proj) {  // dhh = dpre . Wp^T = (dpre * sp) . Vp^T
         T* dpre_t = dpre + t * B * P;
-        projection_clip_grad_kernel<<<grid_for(B * P), 256, 0, stream_>>>(B * P, a.pre.data() + t * B * P, proj_clip,
-                                                                          dtot, dpre_t);
-        check_launch("projection clip gradient kernel");
+        launch("projection clip gradient kernel", projection_clip_grad_kernel<T>, grid_for(B * P), 256, stream_,
+               B * P, a.pre.data() + t * B * P, proj_clip, dtot, dpre_t);
         gemm<T>(stream_, false, true, B, H, P, dpre_t, P, params_.data() + off_pk_, P, sp_.data(), false, dhh, H);
       }
       sb.t = t;
       sb.gates = a.gates.data() + t * B * G;
-      sb.c_prev = a.cs.data() + t * B * H, sb.c_raw = a.c_raw.data() + t * B * H, sb.c_next = a.cs.data() + (t + 1) * B * H;
+      sb.c_prev = a.cs.data() + t * B * H, sb.c_next = a.cs.data() + (t + 1) * B * H;
+      sb.c_raw = a.c_raw.data() + t * B * H;
       sb.dhh = proj ? dhh : dtot;
       sb.dc = dc, sb.dz = dz + t * B * G, sb.dc_prev = dc_prev;
       launch_step_backward(sb);
       // dh_prev = dz . Wh^T = (dz * s1) . Vh^T
       gemm<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, s1_.data(), false, dh_prev, P);
       if (lens) {
-        carry_state_grad_kernel<<<grid_for(B * P), 256, 0, stream_>>>(B, P, t, lens, dh, dh_prev);
-        check_launch("state gradient carry kernel");
+        launch("state gradient carry kernel", carry_state_grad_kernel<T>, grid_for(B * P), 256, stream_, B, P, t,
+               lens, dh, dh_prev);
       }
       std::swap(dc, dc_prev);
       std::swap(dh, dh_prev);
@@ -508,12 +507,11 @@ class CudaCell final : public Cell<T> {
     gemm<T>(stream_, true, false, P, G, rows, a.hs.data(), P, dz, G, nullptr, false, dkernel + I * G, G);
     T* dxs = dx_.resize(rows * I);
     gemm<T>(stream_, false, true, rows, I, G, dz, G, kernel, G, s0_.data(), false, dxs, I);  // (dz * s0) . Vx^T
-    column_sums_kernel<<<unsigned((G + 255) / 256), 256, 0, stream_>>>(dz, rows, G, g + off_bias_);
-    check_launch("bias gradient kernel");
+    launch("bias gradient kernel", column_sums_kernel<T>, unsigned((G + 255) / 256), 256, stream_, dz, rows, G,
+           g + off_bias_);
     if (cfg_.use_peepholes) {
-      peephole_grads_kernel<<<unsigned((H + 255) / 256), 256, 0, stream_>>>(dz, a.cs.data(), rows, B, H, g + off_wi_,
-                                                                            g + off_wf_, g + off_wo_);
-      check_launch("peephole gradient kernel");
+      launch("peephole gradient kernel", peephole_grads_kernel<T>, unsigned((H + 255) / 256), 256, stream_, dz,
+             a.cs.data(), rows, B, H, g + off_wi_, g + off_wf_, g + off_wo_);
     }
     if (proj) gemm<T>(stream_, true, false, H, P, rows, a.hh.data(), H, dpre, P, nullptr, false, g + off_pk_, P);
     if (cfg_.norm) {
@@ -544,8 +542,7 @@ class CudaCell final : public Cell<T> {
     if (n > 0) check(cudaMemcpyAsync(host, device, n * sizeof(T), cudaMemcpyDeviceToHost, stream_), "copy to host");
   }
   void fill(T* p, int64_t n, T value) {
-    fill_kernel<<<grid_for(n), 256, 0, stream_>>>(p, n, value);
-    check_launch("fill kernel");
+    launch("fill kernel", fill_kernel<T>, grid_for(n), 256, stream_, p, n, value);
   }
 
   // Refuses a call whose buffers cannot fit in the device's free memory (plus what this cell holds).
@@ -554,12 +551,14 @@ class CudaCell final : public Cell<T> {
     check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
     if (bytes > double(free) + double(held_bytes()))
       throw Error("ERR_WNLSTM_OUT_OF_MEMORY", "this call needs " + std::to_string(int64_t(bytes / 1048576)) +
-                                                  " MiB of device memory; " + std::to_string(free >> 20) + " MiB are free");
+                                                  " MiB of device memory; " + std::to_string(free >> 20) +
+                                                  " MiB are free");
   }
   double held_bytes() const {
     double n = 0;
     for (const Activations* a : {&saved_, &scratch_})
-      for (const DeviceBuffer<T>* b : {&a->x, &a->cs, &a->hs, &a->gates, &a->c_raw, &a->hh, &a->pre}) n += double(b->size());
+      for (const DeviceBuffer<T>* b : {&a->x, &a->cs, &a->hs, &a->gates, &a->c_raw, &a->hh, &a->pre})
+        n += double(b->size());
     for (const DeviceBuffer<T>* b : {&y_, &dy_, &dz_, &dpre_, &dx_}) n += double(b->size());
     return n * sizeof(T);
   }
@@ -569,9 +568,8 @@ class CudaCell final : public Cell<T> {
     if (cfg_.norm) {
       const T* kernel = params_.data() + off_kernel_;
       auto norms = [&](const T* V, int64_t rows, int64_t cols, int64_t off_g, T* sumsq, T* s) {
-        column_norms_kernel<<<unsigned((cols + 255) / 256), 256, 0, stream_>>>(V, rows, cols, params_.data() + off_g,
-                                                                                sumsq, s);
-        check_launch("column norms kernel");
+        launch("column norms kernel", column_norms_kernel<T>, unsigned((cols + 255) / 256), 256, stream_, V, rows,
+               cols, params_.data() + off_g, sumsq, s);
       };
       norms(kernel, I_, G_, off_g0_, sumsq0_.data(), s0_.data());
       norms(kernel + I_ * G_, P_, G_, off_g1_, sumsq1_.data(), s1_.data());
@@ -582,32 +580,33 @@ class CudaCell final : public Cell<T> {
 
   void weight_norm_grad(const T* V, int64_t rows, int64_t cols, int64_t off_g, const T* sumsq, const T* s, T* dV,
                         T* dg) {
-    weight_norm_grad_kernel<<<unsigned((cols + 255) / 256), 256, 0, stream_>>>(V, rows, cols, params_.data() + off_g,
-                                                                               sumsq, s, dV, dg);
-    check_launch("weight norm gradient kernel");
+    launch("weight norm gradient kernel", weight_norm_grad_kernel<T>, unsigned((cols + 255) / 256), 256, stream_, V,
+           rows, cols, params_.data() + off_g, sumsq, s, dV, dg);
   }
 
+  // The step kernels are instantiated per activation; these pick the one of this cell.
   void launch_step_forward(dim3 grid, const StepForward<T>& p) {
+    void (*kernel)(StepForward<T>) = step_forward_kernel<T, Activation::Tanh>;
     switch (cfg_.activation) {
-      case Activation::Tanh: step_forward_kernel<T, Activation::Tanh><<<grid, kStepThreads, 0, stream_>>>(p); break;
-      case Activation::Sigmoid: step_forward_kernel<T, Activation::Sigmoid><<<grid, kStepThreads, 0, stream_>>>(p); break;
-      case Activation::Relu: step_forward_kernel<T, Activation::Relu><<<grid, kStepThreads, 0, stream_>>>(p); break;
-      case Activation::Softsign: step_forward_kernel<T, Activation::Softsign><<<grid, kStepThreads, 0, stream_>>>(p); break;
-      case Activation::Linear: step_forward_kernel<T, Activation::Linear><<<grid, kStepThreads, 0, stream_>>>(p); break;
+      case Activation::Tanh: break;
+      case Activation::Sigmoid: kernel = step_forward_kernel<T, Activation::Sigmoid>; break;
+      case Activation::Relu: kernel = step_forward_kernel<T, Activation::Relu>; break;
+      case Activation::Softsign: kernel = step_forward_kernel<T, Activation::Softsign>; break;
+      case Activation::Linear: kernel = step_forward_kernel<T, Activation::Linear>; break;
     }
-    check_launch("step forward kernel");
+    launch("step forward kernel", kernel, grid, kStepThreads, stream_, p);
   }
 
   void launch_step_backward(const StepBackward<T>& p) {
-    const unsigned grid = grid_for(p.B * p.H);
+    void (*kernel)(StepBackward<T>) = step_backward_kernel<T, Activation::Tanh>;
     switch (cfg_.activation) {
-      case Activation::Tanh: step_backward_kernel<T, Activation::Tanh><<<grid, 256, 0, stream_>>>(p); break;
-      case Activation::Sigmoid: step_backward_kernel<T, Activation::Sigmoid><<<grid, 256, 0, stream_>>>(p); break;
-      case Activation::Relu: step_backward_kernel<T, Activation::Relu><<<grid, 256, 0, stream_>>>(p); break;
-      case Activation::Softsign: step_backward_kernel<T, Activation::Softsign><<<grid, 256, 0, stream_>>>(p); break;
-      case Activation::Linear: step_backward_kernel<T, Activation::Linear><<<grid, 256, 0, stream_>>>(p); break;
+      case Activation::Tanh: break;
+      case Activation::Sigmoid: kernel = step_backward_kernel<T, Activation::Sigmoid>; break;
+      case Activation::Relu: kernel = step_backward_kernel<T, Activation::Relu>; break;
+      case Activation::Softsign: kernel = step_backward_kernel<T, Activation::Softsign>; break;
+      case Activation::Linear: kernel = step_backward_kernel<T, Activation::Linear>; break;
     }
-    check_launch("step backward kernel");
+    launch("step backward kernel", kernel, grid_for(p.B * p.H), 256, stream_, p);
   }
 
   CellConfig cfg_;
@@ -649,7 +648,8 @@ namespace wnlstm {
 template <typename T>
 std::unique_ptr<Cell<T>> make_cuda_cell(const CellConfig& config) {
   const CudaStatus status = cuda_status();
-  if (!status.available) throw Error("ERR_WNLSTM_BACKEND_UNAVAILABLE", "backend 'cuda' is not available: " + status.reason);
+  if (!status.available)
+    throw Error("ERR_WNLSTM_BACKEND_UNAVAILABLE", "backend 'cuda' is not available: " + status.reason);
   return std::make_unique<cuda::CudaCell<T>>(config);
 }
 template std::unique_ptr<Cell<float>> make_cuda_cell<float>(const CellConfig&);

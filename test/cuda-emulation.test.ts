@@ -1,0 +1,40 @@
+// The CUDA backend's own code (native/cuda/, compiled as C++ over test/native/cuda_emulation.h) run on
+// the CPU and checked against the CPU backend by test/native/cuda_vs_cpu.cc. This checks the kernels'
+// indexing, tiling, masking and barriers, and the cell's host logic, on machines without a GPU; what it
+// cannot check (real concurrency, the memory model, speed) is left to test/cuda.test.ts on a GPU.
+import t from 'tap';
+import { execFile, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+const root = path.join(__dirname, '..');
+const compiler = process.env.CXX ?? 'g++';
+const hasCompiler = spawnSync(compiler, ['--version']).status === 0;
+
+t.test('CUDA kernels, emulated on the CPU, = the CPU backend', { skip: hasCompiler ? false : `no C++ compiler (${compiler})` }, async (t) => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'wnlstm-cuda-emulation-'));
+  t.teardown(() => fs.rmSync(out, { recursive: true, force: true }));
+  const flags = ['-O2', '-std=c++17', '-DWNLSTM_CUDA_EMULATION', '-fno-trapping-math', '-ffp-contract=fast',
+    ...['test/native', 'native/include', 'native/cpu', 'native/cuda'].map((d) => `-I${path.join(root, d)}`)];
+  const units: [string, string[]][] = [
+    ['native/cuda/lstm_cell.cu', ['-x', 'c++']], ['test/native/cuda_vs_cpu.cc', []], ['native/common/config.cc', []],
+    ['native/cpu/lstm_cell.cc', []], ['native/cpu/kernels.cc', []], ['native/cpu/thread_pool.cc', []],
+    ['native/cpu/training_ops.cc', []], ['native/cpu/kernels_generic.cc', []],
+    ['native/cpu/kernels_avx2.cc', ['-mavx2', '-mfma']], ['native/cpu/kernels_avx512.cc', ['-mavx512f', '-mfma']],
+  ];
+  const objects = await Promise.all(units.map(async ([source, extra], i) => {
+    const object = path.join(out, `${i}.o`);
+    await run(compiler, [...flags, ...extra, '-c', path.join(root, source), '-o', object]);
+    return object;
+  }));
+  const binary = path.join(out, 'cuda_vs_cpu');
+  await run(compiler, [...objects, '-o', binary, '-lpthread']);
+  const { stdout } = await run(binary, [], { maxBuffer: 1 << 24 });
+  const report = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { cases: number; checks: number; failures: string[] };
+  t.equal(report.cases, 26, '13 configurations in float64 and float32');
+  t.ok(report.checks >= 400, `${report.checks} comparisons ran`);
+  t.same(report.failures, [], 'every output, gradient and state matches the CPU backend');
+});

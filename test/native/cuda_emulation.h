@@ -1,0 +1,150 @@
+// A CPU stand-in for the CUDA runtime and for kernel launches, so that the CUDA backend's own code
+// (native/cuda/, compiled as C++ with WNLSTM_CUDA_EMULATION) runs where there is no GPU and can be
+// checked against the CPU backend (test/native/cuda_vs_cpu.cc, run by test/cuda-emulation.test.ts).
+//
+// Each block runs its threads as fibers (ucontext) on one OS thread: a fiber runs until it reaches
+// __syncthreads() or returns, and the block's next round starts when every live fiber has arrived, which
+// is exactly the barrier's meaning. __shared__ becomes a function-local static, shared by the fibers of
+// the block (blocks run one after another). Device memory is host memory filled with NaN bytes when
+// allocated, so a kernel that reads what nobody wrote poisons the results instead of passing by luck.
+// What this cannot check: real concurrency between blocks and threads, the GPU's memory model, and speed.
+#pragma once
+
+#include <math.h>
+#include <ucontext.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __launch_bounds__(...)
+#define __syncthreads() ::emu::sync_threads()
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+inline dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+enum cudaError_t { cudaSuccess = 0, cudaErrorMemoryAllocation = 2 };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2 };
+using cudaStream_t = struct EmulatedStream*;
+constexpr unsigned cudaStreamNonBlocking = 1;
+
+inline const char* cudaGetErrorName(cudaError_t e) { return e == cudaSuccess ? "cudaSuccess" : "cudaErrorMemoryAllocation"; }
+inline const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "out of memory"; }
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* device) { return *device = 0, cudaSuccess; }
+inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return *s = nullptr, cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaMemGetInfo(size_t* free, size_t* total) { return *free = *total = size_t(1) << 34, cudaSuccess; }
+template <typename T>
+cudaError_t cudaMalloc(T** p, size_t bytes) {
+  *p = static_cast<T*>(std::malloc(bytes ? bytes : 1));
+  if (!*p) return cudaErrorMemoryAllocation;
+  std::memset(static_cast<void*>(*p), 0xff, bytes);  // NaN in float and double, -1 in int32
+  return cudaSuccess;
+}
+inline cudaError_t cudaFree(void* p) { return std::free(p), cudaSuccess; }
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
+  return std::memcpy(dst, src, bytes), cudaSuccess;
+}
+inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
+  return std::memset(dst, value, bytes), cudaSuccess;
+}
+inline cudaError_t cudaMemset2DAsync(void* dst, size_t pitch, int value, size_t width, size_t height, cudaStream_t) {
+  for (size_t r = 0; r < height; ++r) std::memset(static_cast<char*>(dst) + r * pitch, value, width);
+  return cudaSuccess;
+}
+
+namespace emu {
+
+struct Fiber {
+  ucontext_t context;
+  std::vector<char> stack = std::vector<char>(256 * 1024);
+  dim3 thread;
+  bool done = false, waiting = false;
+};
+
+struct Scheduler {
+  ucontext_t main;
+  std::vector<Fiber> fibers;
+  Fiber* current = nullptr;
+  const std::function<void()>* body = nullptr;
+};
+inline Scheduler& scheduler() {
+  static Scheduler s;
+  return s;
+}
+
+inline void fiber_entry() {
+  Scheduler& s = scheduler();
+  (*s.body)();
+  s.current->done = true;  // returning resumes uc_link: the scheduler
+}
+
+inline void sync_threads() {
+  Scheduler& s = scheduler();
+  Fiber* self = s.current;
+  self->waiting = true;
+  swapcontext(&self->context, &s.main);
+}
+
+// Runs body once per thread of every block of the grid, with CUDA's barrier semantics inside a block.
+inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
+  Scheduler& s = scheduler();
+  const unsigned threads = block.x * block.y * block.z;
+  if (s.fibers.size() < threads) s.fibers.resize(threads);
+  s.body = &body;
+  gridDim = grid, blockDim = block;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        blockIdx = dim3(bx, by, bz);
+        for (unsigned i = 0; i < threads; ++i) {
+          Fiber& f = s.fibers[i];
+          f.thread = dim3(i % block.x, (i / block.x) % block.y, i / (block.x * block.y));
+          f.done = f.waiting = false;
+          getcontext(&f.context);
+          f.context.uc_stack.ss_sp = f.stack.data();
+          f.context.uc_stack.ss_size = f.stack.size();
+          f.context.uc_link = &s.main;
+          makecontext(&f.context, fiber_entry, 0);
+        }
+        for (bool live = true; live;) {  // one round per barrier phase
+          live = false;
+          unsigned finished = 0, waiting = 0;
+          for (unsigned i = 0; i < threads; ++i) {
+            Fiber& f = s.fibers[i];
+            if (f.done) continue;
+            f.waiting = false;
+            threadIdx = f.thread;
+            s.current = &f;
+            swapcontext(&s.main, &f.context);
+            if (f.done) ++finished;
+            else ++waiting, live = true;
+          }
+          if (finished && waiting) throw std::logic_error("__syncthreads() not reached by every thread of a block");
+        }
+      }
+}
+
+}  // namespace emu
+
+namespace wnlstm::cuda {
+// The emulated launch: arguments are converted to the kernel's parameter types, as <<<...>>> does.
+template <typename... Params, typename... Args>
+void launch(const char*, void (*kernel)(Params...), dim3 grid, unsigned block, cudaStream_t, Args&&... args) {
+  const std::function<void()> body = [&] { kernel(Params(args)...); };
+  emu::run_grid(grid, dim3(block), body);
+}
+}  // namespace wnlstm::cuda
