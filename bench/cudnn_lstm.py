@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""PyTorch's nn.LSTM (cuDNN) on the GPU machine, for bench/cuda.js, which runs it in the same session.
+
+  python3 bench/cudnn_lstm.py '[{"B": 64, "T": 100, "I": 512, "H": 512}]' REPEATS
+
+Times forward (no grad) and forward+backward of one fp32 layer, plain and with weight norm on both weight
+matrices (torch.nn.utils.weight_norm, dim 0: one g per gate row, TF's per-column norm of its kernel), with
+CUDA events after 3 warm-up runs, fresh random inputs before every run; prints one JSON object.
+"""
+import json
+import statistics
+import sys
+import warnings
+
+import torch
+
+
+def timed(fn, prepare, repeats):
+    for _ in range(3):
+        prepare()
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        prepare()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main():
+    shapes = json.loads(sys.argv[1])
+    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    warnings.simplefilter("ignore")  # weight_norm makes cuDNN warn about non-contiguous weights
+    device = torch.device("cuda")
+    results = []
+    for s in shapes:
+        B, T, I, H = s["B"], s["T"], s["I"], s["H"]
+        for norm in (False, True):
+            torch.manual_seed(1)
+            lstm = torch.nn.LSTM(I, H).to(device)
+            if norm:
+                for name in ("weight_ih_l0", "weight_hh_l0"):
+                    lstm = torch.nn.utils.weight_norm(lstm, name=name, dim=0)
+            x = torch.empty(T, B, I, device=device)
+            dy = torch.empty(T, B, H, device=device)
+
+            def prepare():
+                x.uniform_(-1, 1)
+                dy.uniform_(-1, 1)
+
+            def forward():
+                with torch.no_grad():
+                    lstm(x)
+
+            def forward_backward():
+                lstm.zero_grad(set_to_none=True)
+                y, _ = lstm(x)
+                y.backward(dy)
+
+            name = "PyTorch nn.LSTM (cuDNN)" + (" + weight_norm" if norm else "")
+            results.append({**s, "impl": name, "pass": "forward", "ms": timed(forward, prepare, repeats)})
+            results.append({**s, "impl": name, "pass": "forward+backward", "ms": timed(forward_backward, prepare, repeats)})
+    print(json.dumps({
+        "torch": torch.__version__,
+        "cudnn": torch.backends.cudnn.version(),
+        "device": torch.cuda.get_device_name(),
+        "results": results,
+    }))
+
+
+if __name__ == "__main__":
+    main()
