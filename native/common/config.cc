@@ -1,4 +1,5 @@
 // Backend-neutral parts of the contract: config validation and the parameter layout.
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -54,6 +55,34 @@ std::vector<ParamInfo> param_layout(const CellConfig& c) {
 int64_t param_count(const CellConfig& c) {
   auto layout = param_layout(c);
   return layout.back().offset + layout.back().size();
+}
+
+ParamOffsets param_offsets(const CellConfig& c) {
+  ParamOffsets o;
+  for (const ParamInfo& p : param_layout(c)) {
+    int64_t* slot = p.name == "kernel"              ? &o.kernel
+                    : p.name == "bias"              ? &o.bias
+                    : p.name == "norm_0"            ? &o.norm_0
+                    : p.name == "norm_1"            ? &o.norm_1
+                    : p.name == "w_i_diag"          ? &o.w_i
+                    : p.name == "w_f_diag"          ? &o.w_f
+                    : p.name == "w_o_diag"          ? &o.w_o
+                    : p.name == "projection/kernel" ? &o.proj_kernel
+                                                    : &o.proj_norm;
+    *slot = p.offset;
+  }
+  return o;
+}
+
+void validate_forward(const CellConfig& c, int64_t steps, int64_t batch, const int32_t* seq_len) {
+  if (steps < 1 || batch < 1) throw Error("ERR_WNLSTM_SHAPE", "steps and batch must be at least 1");
+  const int64_t width = std::max({c.input_size, c.output_size(), 4 * c.num_units});
+  if (double(steps) * double(batch) * double(width) > double(kMaxElements))
+    throw Error("ERR_WNLSTM_SIZE", "steps x batch x width exceeds " + std::to_string(kMaxElements));
+  if (seq_len)
+    for (int64_t b = 0; b < batch; ++b)
+      if (seq_len[b] < 0 || seq_len[b] > steps)
+        throw Error("ERR_WNLSTM_RANGE", "sequenceLength values must be in [0, steps]");
 }
 
 }  // namespace wnlstm

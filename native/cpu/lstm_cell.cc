@@ -62,7 +62,8 @@ void weight_norm_grad(const T* V, int64_t rows, int64_t cols, const T* g, const 
       const double ss = double(sumsq[j0 + j]), norm = std::sqrt(std::max(ss, kNormEpsilon));
       dg[j0 + j] = T(dot[j] / norm);
       scale[j] = double(s[j0 + j]);
-      coef[j] = ss >= kNormEpsilon ? double(g[j0 + j]) * dot[j] / (norm * norm * norm) : 0.0;  // below eps, |v| is a constant
+      // Below eps, |v| is a constant.
+      coef[j] = ss >= kNormEpsilon ? double(g[j0 + j]) * dot[j] / (norm * norm * norm) : 0.0;
     }
     kernels<T>().column_axpby(dV, V, rows, cols, j0, j1, scale.data(), coef.data());
   });
@@ -74,17 +75,7 @@ class CpuCell final : public Cell<T> {
   explicit CpuCell(const CellConfig& config) : cfg_(config) {
     validate_config(cfg_);
     I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), K_ = I_ + P_, G_ = 4 * H_;
-    for (const ParamInfo& p : param_layout(cfg_)) {
-      if (p.name == "kernel") off_kernel_ = p.offset;
-      else if (p.name == "bias") off_bias_ = p.offset;
-      else if (p.name == "norm_0") off_g0_ = p.offset;
-      else if (p.name == "norm_1") off_g1_ = p.offset;
-      else if (p.name == "w_i_diag") off_wi_ = p.offset;
-      else if (p.name == "w_f_diag") off_wf_ = p.offset;
-      else if (p.name == "w_o_diag") off_wo_ = p.offset;
-      else if (p.name == "projection/kernel") off_pk_ = p.offset;
-      else if (p.name == "projection/norm_0") off_pg_ = p.offset;
-    }
+    off_ = param_offsets(cfg_);
     params_.assign(param_count(cfg_), T(0));
     zeros_.assign(H_, T(0));
     s0_.assign(G_, T(1)), s1_.assign(G_, T(1)), sp_.assign(P_, T(1));
@@ -114,14 +105,8 @@ class CpuCell final : public Cell<T> {
 
   void forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0, const int32_t* seq_len,
                T* y, T* c_out, T* h_out, bool training) override {
-    if (steps < 1 || batch < 1) throw Error("ERR_WNLSTM_SHAPE", "steps and batch must be at least 1");
+    validate_forward(cfg_, steps, batch, seq_len);
     const double rows = double(steps) * double(batch);
-    if (rows * double(std::max({I_, P_, G_})) > double(kMaxElements))
-      throw Error("ERR_WNLSTM_SIZE", "steps x batch x width exceeds " + std::to_string(kMaxElements));
-    if (seq_len)
-      for (int64_t b = 0; b < batch; ++b)
-        if (seq_len[b] < 0 || seq_len[b] > steps)
-          throw Error("ERR_WNLSTM_RANGE", "sequenceLength values must be in [0, steps]");
     const int64_t B = batch, H = H_, P = P_, G = G_;
     const bool proj = cfg_.num_proj > 0;
     check_memory(sizeof(T) * (training ? rows * (I_ + G + 3 * H + 2 * P) : double(kChunkElements) + 4 * B * G));
@@ -226,7 +211,7 @@ class CpuCell final : public Cell<T> {
 
     // With the normalised weights: dh = dz . Wh^T, dx = dz . Wx^T, dhh = dpre . Wp^T. The transposes
     // used every step are packed once per call.
-    const T* kernel = params_.data() + off_kernel_;
+    const T* kernel = params_.data() + off_.kernel;
     packed_wht_.pack(true, w_.data() + I * G, G, G, P);
     if (proj) packed_wpt_.pack(true, wp_.data(), P, P, H);
 
@@ -276,13 +261,13 @@ class CpuCell final : public Cell<T> {
     // Everything that sums over steps: large GEMMs over all T*B rows at once.
     const int64_t rows = steps * B;
     const T* dz = dz_.data();
-    T* dkernel = grads + off_kernel_;
+    T* dkernel = grads + off_.kernel;
     gemm<T>(true, false, I, G, rows, x_.data(), I, dz, G, false, dkernel, G);
     gemm<T>(true, false, P, G, rows, a.hs.data(), P, dz, G, false, dkernel + I * G, G);
     gemm<T>(false, true, rows, I, G, dz, G, w_.data(), G, false, dx, I);
-    column_sums(dz, rows, G, grads + off_bias_);
+    column_sums(dz, rows, G, grads + off_.bias);
     if (cfg_.use_peepholes) {
-      T *dwi = grads + off_wi_, *dwf = grads + off_wf_, *dwo = grads + off_wo_;
+      T *dwi = grads + off_.w_i, *dwf = grads + off_.w_f, *dwo = grads + off_.w_o;
       std::fill_n(dwi, H, T(0)), std::fill_n(dwf, H, T(0)), std::fill_n(dwo, H, T(0));
       for (int64_t r = 0; r < rows; ++r) {
         const T *dzr = dz + r * G, *cp = a.cs.data() + r * H, *cn = a.cs.data() + (r + B) * H;
@@ -293,14 +278,15 @@ class CpuCell final : public Cell<T> {
         }
       }
     }
-    if (proj) gemm<T>(true, false, H, P, rows, a.hh.data(), H, dpre_.data(), P, false, grads + off_pk_, P);
+    if (proj) gemm<T>(true, false, H, P, rows, a.hh.data(), H, dpre_.data(), P, false, grads + off_.proj_kernel, P);
     if (cfg_.norm) {
-      weight_norm_grad(kernel, I, G, params_.data() + off_g0_, sumsq0_.data(), s0_.data(), dkernel, grads + off_g0_);
-      weight_norm_grad(kernel + I * G, P, G, params_.data() + off_g1_, sumsq1_.data(), s1_.data(), dkernel + I * G,
-                       grads + off_g1_);
+      const T* p = params_.data();
+      weight_norm_grad(kernel, I, G, p + off_.norm_0, sumsq0_.data(), s0_.data(), dkernel, grads + off_.norm_0);
+      weight_norm_grad(kernel + I * G, P, G, p + off_.norm_1, sumsq1_.data(), s1_.data(), dkernel + I * G,
+                       grads + off_.norm_1);
       if (proj)
-        weight_norm_grad(params_.data() + off_pk_, H, P, params_.data() + off_pg_, sumsqp_.data(), sp_.data(),
-                         grads + off_pk_, grads + off_pg_);
+        weight_norm_grad(p + off_.proj_kernel, H, P, p + off_.proj_norm, sumsqp_.data(), sp_.data(),
+                         grads + off_.proj_kernel, grads + off_.proj_norm);
     }
   }
 
@@ -308,12 +294,14 @@ class CpuCell final : public Cell<T> {
   // Weight-norm scales, the normalised kernels W = V * s and their packed forms, rebuilt when params change.
   void refresh_weights() {
     if (!scales_dirty_) return;
-    const T* kernel = params_.data() + off_kernel_;
+    const T* kernel = params_.data() + off_.kernel;
     const bool proj = cfg_.num_proj > 0;
     if (cfg_.norm) {
-      column_scales(kernel, I_, G_, params_.data() + off_g0_, sumsq0_.data(), s0_.data());
-      column_scales(kernel + I_ * G_, P_, G_, params_.data() + off_g1_, sumsq1_.data(), s1_.data());
-      if (proj) column_scales(params_.data() + off_pk_, H_, P_, params_.data() + off_pg_, sumsqp_.data(), sp_.data());
+      column_scales(kernel, I_, G_, params_.data() + off_.norm_0, sumsq0_.data(), s0_.data());
+      column_scales(kernel + I_ * G_, P_, G_, params_.data() + off_.norm_1, sumsq1_.data(), s1_.data());
+      if (proj)
+        column_scales(params_.data() + off_.proj_kernel, H_, P_, params_.data() + off_.proj_norm, sumsqp_.data(),
+                      sp_.data());
     }
     w_.resize(K_ * G_);
     for (int64_t r = 0; r < K_; ++r) {
@@ -326,7 +314,7 @@ class CpuCell final : public Cell<T> {
     }
     wp_.resize(proj ? H_ * P_ : 0);
     for (int64_t r = 0; proj && r < H_; ++r)
-      for (int64_t j = 0; j < P_; ++j) wp_[r * P_ + j] = params_[off_pk_ + r * P_ + j] * sp_[j];
+      for (int64_t j = 0; j < P_; ++j) wp_[r * P_ + j] = params_[off_.proj_kernel + r * P_ + j] * sp_[j];
     if (proj) packed_wp_.pack(false, wp_.data(), P_, H_, P_);
     scales_dirty_ = false;
   }
@@ -334,10 +322,10 @@ class CpuCell final : public Cell<T> {
   Pointwise<T> pointwise_params() const {
     const bool peep = cfg_.use_peepholes;
     return {H_,
-            peep ? params_.data() + off_wi_ : zeros_.data(),
-            peep ? params_.data() + off_wf_ : zeros_.data(),
-            peep ? params_.data() + off_wo_ : zeros_.data(),
-            params_.data() + off_bias_,
+            peep ? params_.data() + off_.w_i : zeros_.data(),
+            peep ? params_.data() + off_.w_f : zeros_.data(),
+            peep ? params_.data() + off_.w_o : zeros_.data(),
+            params_.data() + off_.bias,
             T(cfg_.forget_bias),
             cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity()};
   }
@@ -350,8 +338,7 @@ class CpuCell final : public Cell<T> {
 
   CellConfig cfg_;
   int64_t I_, H_, P_, K_, G_;
-  int64_t off_kernel_ = 0, off_bias_ = 0, off_g0_ = 0, off_g1_ = 0, off_wi_ = 0, off_wf_ = 0, off_wo_ = 0,
-          off_pk_ = 0, off_pg_ = 0;
+  ParamOffsets off_;
   std::vector<T> params_;
   std::vector<T> zeros_;  // [H]: the peepholes of a cell without them
 

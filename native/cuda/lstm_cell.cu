@@ -308,17 +308,7 @@ class CudaCell final : public Cell<T> {
   explicit CudaCell(const CellConfig& config) : cfg_(config) {
     validate_config(cfg_);
     I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), K_ = I_ + P_, G_ = 4 * H_;
-    for (const ParamInfo& p : param_layout(cfg_)) {
-      if (p.name == "kernel") off_kernel_ = p.offset;
-      else if (p.name == "bias") off_bias_ = p.offset;
-      else if (p.name == "norm_0") off_g0_ = p.offset;
-      else if (p.name == "norm_1") off_g1_ = p.offset;
-      else if (p.name == "w_i_diag") off_wi_ = p.offset;
-      else if (p.name == "w_f_diag") off_wf_ = p.offset;
-      else if (p.name == "w_o_diag") off_wo_ = p.offset;
-      else if (p.name == "projection/kernel") off_pk_ = p.offset;
-      else if (p.name == "projection/norm_0") off_pg_ = p.offset;
-    }
+    off_ = param_offsets(cfg_);
     const int64_t n = param_count(cfg_);
     host_params_.assign(n, T(0));
     params_.resize(n);
@@ -362,14 +352,8 @@ class CudaCell final : public Cell<T> {
 
   void forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0, const int32_t* seq_len, T* y,
                T* c_out, T* h_out, bool training) override {
-    if (steps < 1 || batch < 1) throw Error("ERR_WNLSTM_SHAPE", "steps and batch must be at least 1");
+    validate_forward(cfg_, steps, batch, seq_len);
     const double rows = double(steps) * double(batch);
-    if (rows * double(std::max({I_, P_, G_})) > double(kMaxElements))
-      throw Error("ERR_WNLSTM_SIZE", "steps x batch x width exceeds " + std::to_string(kMaxElements));
-    if (seq_len)
-      for (int64_t b = 0; b < batch; ++b)
-        if (seq_len[b] < 0 || seq_len[b] > steps)
-          throw Error("ERR_WNLSTM_RANGE", "sequenceLength values must be in [0, steps]");
     const int64_t B = batch, H = H_, P = P_, G = G_;
     const bool proj = cfg_.num_proj > 0;
     use_device();
@@ -401,16 +385,16 @@ class CudaCell final : public Cell<T> {
     if (h0) upload(hs, h0, B * P);
     else check(cudaMemsetAsync(hs, 0, B * P * sizeof(T), stream_), "zero h0");
 
-    const T* kernel = params_.data() + off_kernel_;
+    const T* kernel = params_.data() + off_.kernel;
     // Input part of every step: one GEMM (its column scale and the bias come in the step kernel).
     gemm<T>(stream_, false, false, steps * B, G, I_, xs, I_, kernel, G, nullptr, false, z, G);
 
     StepForward<T> sp{};
     sp.B = B, sp.H = H, sp.P = P;
     sp.vh = kernel + I_ * G;
-    sp.s0 = s0_.data(), sp.s1 = s1_.data(), sp.bias = params_.data() + off_bias_;
+    sp.s0 = s0_.data(), sp.s1 = s1_.data(), sp.bias = params_.data() + off_.bias;
     if (cfg_.use_peepholes)
-      sp.wi = params_.data() + off_wi_, sp.wf = params_.data() + off_wf_, sp.wo = params_.data() + off_wo_;
+      sp.wi = params_.data() + off_.w_i, sp.wf = params_.data() + off_.w_f, sp.wo = params_.data() + off_.w_o;
     sp.forget_bias = T(cfg_.forget_bias);
     sp.cell_clip = cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity();
     sp.seq_len = lens;
@@ -430,7 +414,7 @@ class CudaCell final : public Cell<T> {
       launch_step_forward(grid, sp);
       if (proj) {
         T* pre = pre_all + k * B * P;
-        gemm<T>(stream_, false, false, B, P, H, sp.hh, H, params_.data() + off_pk_, P, nullptr, false, pre, P);
+        gemm<T>(stream_, false, false, B, P, H, sp.hh, H, params_.data() + off_.proj_kernel, P, nullptr, false, pre, P);
         launch("projection output kernel", projection_output_kernel<T>, grid_for(B * P), 256, stream_, B, P, t, pre,
                sp_.data(), proj_clip, lens, sp.h_prev, h_next, sp.y);
       }
@@ -451,7 +435,7 @@ class CudaCell final : public Cell<T> {
     check_memory(sizeof(T) * (double(rows) * (G + 2 * P + I) + 6.0 * B * (H + P)));
     const Activations& a = saved_;
     const int32_t* lens = has_lengths_ ? a.len.data() : nullptr;
-    const T* kernel = params_.data() + off_kernel_;
+    const T* kernel = params_.data() + off_.kernel;
     const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
 
     T* dys = dy_.resize(rows * P);
@@ -470,7 +454,7 @@ class CudaCell final : public Cell<T> {
     StepBackward<T> sb{};
     sb.B = B, sb.H = H;
     if (cfg_.use_peepholes)
-      sb.wi = params_.data() + off_wi_, sb.wf = params_.data() + off_wf_, sb.wo = params_.data() + off_wo_;
+      sb.wi = params_.data() + off_.w_i, sb.wf = params_.data() + off_.w_f, sb.wo = params_.data() + off_.w_o;
     sb.cell_clip = cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity();
     sb.seq_len = lens;
     for (int64_t t = steps - 1; t >= 0; --t) {
@@ -480,7 +464,8 @@ class CudaCell final : public Cell<T> {
         T* dpre_t = dpre + t * B * P;
         launch("projection clip gradient kernel", projection_clip_grad_kernel<T>, grid_for(B * P), 256, stream_,
                B * P, a.pre.data() + t * B * P, proj_clip, dtot, dpre_t);
-        gemm<T>(stream_, false, true, B, H, P, dpre_t, P, params_.data() + off_pk_, P, sp_.data(), false, dhh, H);
+        gemm<T>(stream_, false, true, B, H, P, dpre_t, P, params_.data() + off_.proj_kernel, P, sp_.data(), false,
+                dhh, H);
       }
       sb.t = t;
       sb.gates = a.gates.data() + t * B * G;
@@ -502,23 +487,25 @@ class CudaCell final : public Cell<T> {
     // Everything that sums over steps: large GEMMs over all T*B rows at once.
     T* g = grads_.data();
     check(cudaMemsetAsync(g, 0, grads_.size() * sizeof(T), stream_), "zero gradients");
-    T* dkernel = g + off_kernel_;
+    T* dkernel = g + off_.kernel;
     gemm<T>(stream_, true, false, I, G, rows, a.x.data(), I, dz, G, nullptr, false, dkernel, G);
     gemm<T>(stream_, true, false, P, G, rows, a.hs.data(), P, dz, G, nullptr, false, dkernel + I * G, G);
     T* dxs = dx_.resize(rows * I);
     gemm<T>(stream_, false, true, rows, I, G, dz, G, kernel, G, s0_.data(), false, dxs, I);  // (dz * s0) . Vx^T
     launch("bias gradient kernel", column_sums_kernel<T>, unsigned((G + 255) / 256), 256, stream_, dz, rows, G,
-           g + off_bias_);
+           g + off_.bias);
     if (cfg_.use_peepholes) {
       launch("peephole gradient kernel", peephole_grads_kernel<T>, unsigned((H + 255) / 256), 256, stream_, dz,
-             a.cs.data(), rows, B, H, g + off_wi_, g + off_wf_, g + off_wo_);
+             a.cs.data(), rows, B, H, g + off_.w_i, g + off_.w_f, g + off_.w_o);
     }
-    if (proj) gemm<T>(stream_, true, false, H, P, rows, a.hh.data(), H, dpre, P, nullptr, false, g + off_pk_, P);
+    if (proj)
+      gemm<T>(stream_, true, false, H, P, rows, a.hh.data(), H, dpre, P, nullptr, false, g + off_.proj_kernel, P);
     if (cfg_.norm) {
-      weight_norm_grad(kernel, I, G, off_g0_, sumsq0_.data(), s0_.data(), dkernel, g + off_g0_);
-      weight_norm_grad(kernel + I * G, P, G, off_g1_, sumsq1_.data(), s1_.data(), dkernel + I * G, g + off_g1_);
+      weight_norm_grad(kernel, I, G, off_.norm_0, sumsq0_.data(), s0_.data(), dkernel, g + off_.norm_0);
+      weight_norm_grad(kernel + I * G, P, G, off_.norm_1, sumsq1_.data(), s1_.data(), dkernel + I * G, g + off_.norm_1);
       if (proj)
-        weight_norm_grad(params_.data() + off_pk_, H, P, off_pg_, sumsqp_.data(), sp_.data(), g + off_pk_, g + off_pg_);
+        weight_norm_grad(params_.data() + off_.proj_kernel, H, P, off_.proj_norm, sumsqp_.data(), sp_.data(),
+                         g + off_.proj_kernel, g + off_.proj_norm);
     }
     download(grads, g, grads_.size());
     download(dx, dxs, rows * I);
@@ -566,14 +553,15 @@ class CudaCell final : public Cell<T> {
   void refresh_scales() {
     if (!scales_dirty_) return;
     if (cfg_.norm) {
-      const T* kernel = params_.data() + off_kernel_;
+      const T* kernel = params_.data() + off_.kernel;
       auto norms = [&](const T* V, int64_t rows, int64_t cols, int64_t off_g, T* sumsq, T* s) {
         launch("column norms kernel", column_norms_kernel<T>, unsigned((cols + 255) / 256), 256, stream_, V, rows,
                cols, params_.data() + off_g, sumsq, s);
       };
-      norms(kernel, I_, G_, off_g0_, sumsq0_.data(), s0_.data());
-      norms(kernel + I_ * G_, P_, G_, off_g1_, sumsq1_.data(), s1_.data());
-      if (cfg_.num_proj > 0) norms(params_.data() + off_pk_, H_, P_, off_pg_, sumsqp_.data(), sp_.data());
+      norms(kernel, I_, G_, off_.norm_0, sumsq0_.data(), s0_.data());
+      norms(kernel + I_ * G_, P_, G_, off_.norm_1, sumsq1_.data(), s1_.data());
+      if (cfg_.num_proj > 0)
+        norms(params_.data() + off_.proj_kernel, H_, P_, off_.proj_norm, sumsqp_.data(), sp_.data());
     }
     scales_dirty_ = false;
   }
@@ -611,8 +599,7 @@ class CudaCell final : public Cell<T> {
 
   CellConfig cfg_;
   int64_t I_, H_, P_, K_, G_;
-  int64_t off_kernel_ = 0, off_bias_ = 0, off_g0_ = 0, off_g1_ = 0, off_wi_ = 0, off_wf_ = 0, off_wo_ = 0, off_pk_ = 0,
-          off_pg_ = 0;
+  ParamOffsets off_;
   int device_ = current_device();  // the device of the thread that made the cell; every call uses it
   std::vector<T> host_params_;  // the mirror that get_params reads and the optimizer updates
 

@@ -56,6 +56,17 @@ void validate_config(const CellConfig& config);
 std::vector<ParamInfo> param_layout(const CellConfig& config);
 int64_t param_count(const CellConfig& config);
 
+// Where each parameter starts in the flat buffer (0 for those the options do not create).
+struct ParamOffsets {
+  int64_t kernel = 0, bias = 0, norm_0 = 0, norm_1 = 0, w_i = 0, w_f = 0, w_o = 0, proj_kernel = 0, proj_norm = 0;
+};
+ParamOffsets param_offsets(const CellConfig& config);
+
+// The checks every backend's forward makes before it touches anything: steps and batch at least 1
+// (ERR_WNLSTM_SHAPE), its buffers within kMaxElements (ERR_WNLSTM_SIZE), each sequence length in
+// [0, steps] (ERR_WNLSTM_RANGE).
+void validate_forward(const CellConfig& config, int64_t steps, int64_t batch, const int32_t* seq_len);
+
 // Sizes above these are refused before any allocation (a typo, not a model).
 constexpr int64_t kMaxUnits = 1 << 16;
 constexpr int64_t kMaxElements = int64_t(1) << 31;  // per buffer the cell allocates
