@@ -69,6 +69,17 @@ t.test('step and forward inputs', async (t) => {
   throwsCode(t, () => cell.step(new Float32Array(0)), 'ERR_WNLSTM_SHAPE', 'x empty');
   throwsCode(t, () => cell.step(new Float32Array([1, NaN, 0])), 'ERR_WNLSTM_NOT_FINITE', 'NaN in x');
   throwsCode(t, () => cell.step(x, { c: new Float32Array(8), h: new Float32Array([0, 0, Infinity, 0]) }), 'ERR_WNLSTM_NOT_FINITE', 'Infinity in h');
+  // Large inputs are checked in blocks: the error still names the first bad element, in any block.
+  for (const [Type, dtype] of [[Float32Array, 'float32'], [Float64Array, 'float64']] as const) {
+    const big = new WeightNormLSTMCell(4, { inputSize: 3, dtype });
+    for (const [at, value] of [[9001, NaN], [4096, -Infinity], [29999, Infinity]] as const) {
+      const xs = new Type(10000 * 3).fill(0.5);
+      xs[at] = value;
+      xs[29999] = at === 29999 ? value : NaN;  // a later bad element must not be the one reported
+      t.throws(() => big.forward(xs, { batchSize: 1 }), { code: 'ERR_WNLSTM_NOT_FINITE', message: new RegExp(`\\[${at}\\]`) },
+        `${dtype}: ${value} at ${at} is reported at its index`);
+    }
+  }
   throwsCode(t, () => cell.step(x, { c: new Float32Array(7), h: new Float32Array(4) }), 'ERR_WNLSTM_SHAPE', 'c of the wrong length');
   throwsCode(t, () => cell.step(x, { c: new Float32Array(8), h: new Float32Array(8) }), 'ERR_WNLSTM_SHAPE', 'h of numUnits, not numProj');
   throwsCode(t, () => cell.step(x, { c: new Float32Array(8), h: 'h' as never }), 'ERR_WNLSTM_TYPE', 'h a string');
