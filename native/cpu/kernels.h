@@ -62,7 +62,7 @@ struct Kernels {
   void (*column_dots)(const T* A, const T* B, int64_t rows, int64_t ld, int64_t j0, int64_t j1, double* out);
   void (*column_axpby)(T* D, const T* V, int64_t rows, int64_t ld, int64_t j0, int64_t j1, const double* a,
                        const double* b);
-  PointwiseForward<T> forward[kActivations];
+  PointwiseForward<T> forward[2][kActivations];  // [has peepholes][activation]
   PointwiseBackward<T> backward[kActivations];
 };
 

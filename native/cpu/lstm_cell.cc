@@ -136,7 +136,7 @@ class CpuCell final : public Cell<T> {
 
     const Pointwise<T> pw = pointwise_params();
     const Kernels<T>& kern = kernels<T>();
-    const PointwiseForward<T> pointwise = kern.forward[int(cfg_.activation)];
+    const PointwiseForward<T> pointwise = kern.forward[cfg_.use_peepholes][int(cfg_.activation)];
     const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
     const T* wx[4] = {packed_xgates_[0].data(), packed_xgates_[1].data(), packed_xgates_[2].data(),
                       packed_xgates_[3].data()};
