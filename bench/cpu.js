@@ -152,8 +152,10 @@ async function main() {
           await settle();
           const warmups = round === 0 ? WARMUP : 1;
           for (let r = 0; r < warmups + Math.ceil(repeats / ROUNDS); r++) {
-            // Alternate the order too: the first run after a pause pays for waking the threads.
-            for (const x of r % 2 ? [...block.runners].reverse() : block.runners) {
+            // Alternate the order too (over the whole block, so each goes first equally often): the first
+            // run after a pause pays for waking the threads.
+            block.flip = !block.flip;
+            for (const x of block.flip ? [...block.runners].reverse() : block.runners) {
               if (x.times.length >= 1 && x.spent > CELL_BUDGET_MS) continue;
               x.prepare();
               const start = now();
