@@ -12,29 +12,13 @@
 'use strict';
 const { backendInfo, Random, SGD, WeightNormLSTMCell } = require('../dist/index.js');
 
+const { closeness, randomArray } = require('./closeness.js');
+
 const cases = require('./cuda-cases.json');
 const tolerances = {
   float64: { out: { rtol: 1e-9, atol: 1e-11 }, grad: { rtol: 1e-9, atol: 1e-11 } },
   float32: { out: { rtol: 1e-4, atol: 2e-6 }, grad: { rtol: 1e-3, atol: 1e-4 } },
 };
-
-function randomArray(rng, n, scale, Type) {
-  const a = new Type(n);
-  for (let i = 0; i < n; i++) a[i] = (2 * rng.uniform() - 1) * scale;
-  return a;
-}
-
-// Worst violation of |a - e| <= atol + rtol |e|, as a message, or null.
-function closeness(actual, expected, { rtol, atol }) {
-  if (actual.length !== expected.length) return `length ${actual.length} != ${expected.length}`;
-  let worst = -1, worstExcess = 0;
-  for (let i = 0; i < actual.length; i++) {
-    if (!Number.isFinite(actual[i]) || !Number.isFinite(expected[i])) return `non-finite at ${i}: ${actual[i]} vs ${expected[i]}`;
-    const excess = Math.abs(actual[i] - expected[i]) - (atol + rtol * Math.abs(expected[i]));
-    if (excess > worstExcess) worstExcess = excess, worst = i;
-  }
-  return worst < 0 ? null : `element ${worst}: ${actual[worst]} vs ${expected[worst]} (atol ${atol}, rtol ${rtol})`;
-}
 
 /** Runs one case; returns { checks, failures } (failures: messages). */
 async function compareBackends({ I, H, T, B, lengths, options }, dtype) {

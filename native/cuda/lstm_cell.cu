@@ -307,7 +307,7 @@ class CudaCell final : public Cell<T> {
  public:
   explicit CudaCell(const CellConfig& config) : cfg_(config) {
     validate_config(cfg_);
-    I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), K_ = I_ + P_, G_ = 4 * H_;
+    I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), G_ = 4 * H_;
     off_ = param_offsets(cfg_);
     const int64_t n = param_count(cfg_);
     host_params_.assign(n, T(0));
@@ -598,7 +598,7 @@ class CudaCell final : public Cell<T> {
   }
 
   CellConfig cfg_;
-  int64_t I_, H_, P_, K_, G_;
+  int64_t I_, H_, P_, G_;
   ParamOffsets off_;
   int device_ = current_device();  // the device of the thread that made the cell; every call uses it
   std::vector<T> host_params_;  // the mirror that get_params reads and the optimizer updates
