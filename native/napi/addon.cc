@@ -265,6 +265,7 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
       if (!info[0].IsObject()) fail("ERR_WNLSTM_TYPE", "config must be an object");
       CellConfig config = parse_config(info[0].As<Napi::Object>());
       std::string dtype = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "float32";
+      if (!info[2].IsUndefined() && !info[2].IsString()) fail("ERR_WNLSTM_TYPE", "backend must be a string");
       std::string backend = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu";
       if (backend != "cpu" && backend != "cuda") fail("ERR_WNLSTM_CONFIG", "backend must be 'cpu' or 'cuda'");
       const bool cuda = backend == "cuda";
