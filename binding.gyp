@@ -3,7 +3,8 @@
   # build). The kernel variants are static libraries because each needs its own ISA flags.
   "target_defaults": {
     "include_dirs": ["native/include", "native/cpu"],
-    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED",
+                "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
     "cflags!": ["-fno-exceptions"],
     "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
     "cflags_cc": ["-std=c++17", "-O3", "-fPIC", "-fexceptions", "-fno-trapping-math", "-ffp-contract=fast"]
@@ -34,7 +35,8 @@
         "native/cpu/training_ops.cc",
         "native/napi/addon.cc"
       ],
-      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"]
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "ldflags": ["-Wl,-z,nodelete"]
     }
   ]
 }

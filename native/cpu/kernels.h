@@ -72,6 +72,7 @@ struct PackedMatrix {
   int64_t K = 0, N = 0;
   void pack(bool trans_b, const T* B, int64_t ldb, int64_t K, int64_t N);
   const T* data() const { return aligned_; }
+  int64_t memory_bytes() const { return int64_t(storage_.capacity() * sizeof(T)); }
 
  private:
   std::vector<T> storage_;  // over-allocated: the kernels load panels with 64-byte aligned loads

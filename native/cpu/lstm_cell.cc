@@ -103,6 +103,21 @@ class CpuCell final : public Cell<T> {
   int64_t saved_steps() const override { return saved_steps_; }
   int64_t saved_batch() const override { return saved_batch_; }
 
+  int64_t memory_bytes() const override {
+    auto bytes = [](const auto& v) { return int64_t(v.capacity() * sizeof(v[0])); };
+    int64_t n = 0;
+    for (const std::vector<T>* v : {&params_, &zeros_, &s0_, &s1_, &sp_, &sumsq0_, &sumsq1_, &sumsqp_, &w_, &wp_, &x_,
+                                    &dz_, &dpre_})
+      n += bytes(*v);
+    for (const Activations* a : {&saved_, &scratch_})
+      for (const std::vector<T>* v : {&a->cs, &a->hs, &a->gates, &a->c_raw, &a->hh, &a->pre}) n += bytes(*v);
+    for (const PackedMatrix<T>* m : {&packed_xgates_[0], &packed_xgates_[1], &packed_xgates_[2], &packed_xgates_[3],
+                                     &packed_gates_[0], &packed_gates_[1], &packed_gates_[2], &packed_gates_[3],
+                                     &packed_wp_, &packed_wht_, &packed_wpt_})
+      n += m->memory_bytes();
+    return n + bytes(len_);
+  }
+
   void forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0, const int32_t* seq_len,
                T* y, T* c_out, T* h_out, bool training) override {
     validate_forward(cfg_, steps, batch, seq_len);

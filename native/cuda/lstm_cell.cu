@@ -350,6 +350,14 @@ class CudaCell final : public Cell<T> {
   int64_t saved_steps() const override { return saved_steps_; }
   int64_t saved_batch() const override { return saved_batch_; }
 
+  int64_t memory_bytes() const override {
+    double n = held_bytes() + double(host_params_.capacity() * sizeof(T));
+    for (const DeviceBuffer<T>* b : {&params_, &grads_, &s0_, &s1_, &sp_, &sumsq0_, &sumsq1_, &sumsqp_, &dc_, &dc_prev_,
+                                     &dh_, &dh_prev_, &dtot_, &dhh_})
+      n += double(b->size()) * sizeof(T);
+    return int64_t(n);
+  }
+
   void forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0, const int32_t* seq_len, T* y,
                T* c_out, T* h_out, bool training) override {
     validate_forward(cfg_, steps, batch, seq_len);

@@ -2,6 +2,10 @@
 // backend, and turns any C++ exception into a JS Error with a `code`. Nothing here may crash the process.
 #include <napi.h>
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -56,12 +60,12 @@ Napi::Value guarded(Napi::Env env, F&& body) {
 class Task : public Napi::AsyncWorker {
  public:
   Task(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> result,
-       std::function<void()> done)
+       std::function<void(Napi::Env)> done)
       : Napi::AsyncWorker(env, "wnlstm"), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)),
         result_(std::move(result)), done_(std::move(done)) {}
 
   static Napi::Value Run(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> result,
-                         std::function<void()> done = [] {}) {
+                         std::function<void(Napi::Env)> done = [](Napi::Env) {}) {
     auto* task = new Task(env, std::move(work), std::move(result), std::move(done));
     Napi::Promise promise = task->deferred_.Promise();
     task->Queue();  // the worker deletes itself after OnOK / OnError
@@ -81,7 +85,7 @@ class Task : public Napi::AsyncWorker {
     }
   }
   void OnOK() override {
-    done_();
+    done_(Env());
     try {
       deferred_.Resolve(result_(Env()));
     } catch (const Napi::Error& e) {
@@ -89,7 +93,7 @@ class Task : public Napi::AsyncWorker {
     }
   }
   void OnError(const Napi::Error& e) override {
-    done_();
+    done_(Env());
     deferred_.Reject(coded_error(Env(), code_, e.Message()).Value());
   }
 
@@ -97,7 +101,7 @@ class Task : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   std::function<void()> work_;
   std::function<Napi::Value(Napi::Env)> result_;
-  std::function<void()> done_;
+  std::function<void(Napi::Env)> done_;
   std::string code_ = "ERR_WNLSTM_NATIVE";
 };
 
@@ -269,32 +273,68 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
       std::string backend = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu";
       if (backend != "cpu" && backend != "cuda") fail("ERR_WNLSTM_CONFIG", "backend must be 'cpu' or 'cuda'");
       const bool cuda = backend == "cuda";
-      if (dtype == "float32") f32_ = cuda ? wnlstm::make_cuda_cell<float>(config) : wnlstm::make_cpu_cell<float>(config);
-      else if (dtype == "float64") f64_ = cuda ? wnlstm::make_cuda_cell<double>(config) : wnlstm::make_cpu_cell<double>(config);
+      if (dtype == "float32") s_->f32 = cuda ? wnlstm::make_cuda_cell<float>(config) : wnlstm::make_cpu_cell<float>(config);
+      else if (dtype == "float64") s_->f64 = cuda ? wnlstm::make_cuda_cell<double>(config) : wnlstm::make_cpu_cell<double>(config);
       else fail("ERR_WNLSTM_CONFIG", "dtype must be 'float32' or 'float64'");
+      s_->report_memory(info.Env());
       return info.Env().Undefined();
     });
   }
 
+  ~NativeCell() override {
+    s_->f32.reset();  // an async call in flight keeps its own reference, and reports nothing more
+    s_->f64.reset();
+    s_->report_memory(Env());
+  }
+
  private:
+  // What this object and its async calls in flight share.
+  struct State {
+    std::shared_ptr<Cell<float>> f32;
+    std::shared_ptr<Cell<double>> f64;
+    std::atomic<int> busy{0};  // async calls in flight
+    int64_t reported = 0;      // bytes last reported to V8
+
+    // Tells V8 how much native memory the cell holds, so that a cell dropped without dispose() is
+    // collected under memory pressure like any large JS object. Main thread only, no call in flight.
+    void report_memory(napi_env env) {
+      const int64_t now = f32 ? f32->memory_bytes() : f64 ? f64->memory_bytes() : 0;
+      int64_t ignored = 0;
+      if (now == reported) return;
+      const bool freed_much = reported - now >= (int64_t(1) << 20);
+      if (napi_adjust_external_memory(env, now - reported, &ignored) == napi_ok) reported = now;
+#ifdef __GLIBC__
+      // glibc keeps large freed blocks in its heap (its mmap threshold grows with the first free), so a
+      // process that drops cells would keep their memory: hand it back to the OS.
+      if (freed_much) malloc_trim(0);
+#endif
+    }
+  };
+
   // Calls fn(cell) with the live cell of either precision (a shared_ptr: an async call keeps its cell
   // alive past dispose()). Throws ERR_WNLSTM_DISPOSED after dispose(), ERR_WNLSTM_BUSY while an async
   // call on this cell is in flight.
   template <typename F>
   Napi::Value with_cell(const Napi::CallbackInfo& info, F&& fn) {
     return guarded(info.Env(), [&]() -> Napi::Value {
-      if (!f32_ && !f64_) fail("ERR_WNLSTM_DISPOSED", "this cell has been disposed");
-      if (busy_->load() > 0) fail("ERR_WNLSTM_BUSY", "an async call on this cell is in flight: await it first");
-      if (f32_) return fn(f32_);
-      return fn(f64_);
+      if (!s_->f32 && !s_->f64) fail("ERR_WNLSTM_DISPOSED", "this cell has been disposed");
+      if (s_->busy.load() > 0) fail("ERR_WNLSTM_BUSY", "an async call on this cell is in flight: await it first");
+      struct Report {  // also after a failed call: it may have grown buffers before failing
+        State* s;
+        Napi::Env env;
+        ~Report() { s->report_memory(env); }
+      } report{s_.get(), info.Env()};
+      if (s_->f32) return fn(s_->f32);
+      return fn(s_->f64);
     });
   }
 
   // Runs work on the thread pool with this cell marked busy until the promise settles.
   Napi::Value run_async(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> result) {
-    auto busy = busy_;
-    busy->fetch_add(1);
-    return Task::Run(env, std::move(work), std::move(result), [busy] { busy->fetch_sub(1); });
+    s_->busy.fetch_add(1);
+    return Task::Run(env, std::move(work), std::move(result), [s = s_](Napi::Env env) {
+      if (s->busy.fetch_sub(1) == 1) s->report_memory(env);
+    });
   }
 
   Napi::Value Layout(const Napi::CallbackInfo& info) {
@@ -462,14 +502,13 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
   }
 
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    f32_.reset();
-    f64_.reset();
+    s_->f32.reset();
+    s_->f64.reset();
+    s_->report_memory(info.Env());
     return info.Env().Undefined();
   }
 
-  std::shared_ptr<Cell<float>> f32_;
-  std::shared_ptr<Cell<double>> f64_;
-  std::shared_ptr<std::atomic<int>> busy_ = std::make_shared<std::atomic<int>>(0);  // async calls in flight
+  std::shared_ptr<State> s_ = std::make_shared<State>();
 };
 
 Napi::Value Info(const Napi::CallbackInfo& info) {

@@ -105,6 +105,10 @@ class Cell {
   // Sizes of the last training forward (0, 0 when none).
   virtual int64_t saved_steps() const = 0;
   virtual int64_t saved_batch() const = 0;
+
+  // Bytes this cell holds now (parameters, packed weights, saved activations, scratch; device memory on
+  // CUDA), reported to the JS garbage collector so that dropped cells are collected under memory pressure.
+  virtual int64_t memory_bytes() const = 0;
 };
 
 template <typename T>
