@@ -239,8 +239,8 @@ abstract class LSTMCellBase {
 
   /** step() off the main thread. */
   stepAsync(x: FloatArray, state?: LSTMState): Promise<LSTMState> {
-    return this.#enqueue(async () => {
-      const r = await this.#native.forwardAsync(...this.#stepArgs(x, state));
+    return this.#enqueue(() => this.#stepArgs(x, state), async (args) => {
+      const r = await this.#native.forwardAsync(...args);
       return { c: r.c, h: r.h };
     });
   }
@@ -252,12 +252,11 @@ abstract class LSTMCellBase {
     return { outputs: r.y, state: { c: r.c, h: r.h }, steps: args[1] };
   }
 
-  /** forward() off the main thread: the inputs are copied and the work runs on libuv's thread pool, so
-   * the event loop stays free. Async calls on one cell run in order; a sync call meanwhile throws
-   * ERR_WNLSTM_BUSY. */
+  /** forward() off the main thread: the work runs on libuv's thread pool, so the event loop stays free.
+   * The inputs are taken as they are at the call (copied), so the caller may reuse its buffers at once.
+   * Async calls on one cell run in order; a sync call meanwhile throws ERR_WNLSTM_BUSY. */
   forwardAsync(inputs: FloatArray, options: ForwardOptions): Promise<ForwardResult> {
-    return this.#enqueue(async () => {
-      const args = this.#forwardArgs(inputs, options);
+    return this.#enqueue(() => this.#forwardArgs(inputs, options), async (args) => {
       const r = await this.#native.forwardAsync(...args);
       return { outputs: r.y, state: { c: r.c, h: r.h }, steps: args[1] };
     });
@@ -285,11 +284,26 @@ abstract class LSTMCellBase {
     return [inputs, steps, batch, state?.c ?? null, state?.h ?? null, seqLen, options.training ?? true];
   }
 
-  /** Runs fn after the cell's earlier async calls have settled (whatever their outcome). */
-  #enqueue<R>(fn: () => Promise<R>): Promise<R> {
+  /** Checks and takes the arguments now, then runs the native call after the cell's earlier async calls
+   * have settled (whatever their outcome). A call that starts at once hands the caller's arrays to the
+   * addon, which copies them before returning; one that must wait works on copies made now. */
+  #enqueue<A extends unknown[], R>(takeArgs: () => A, call: (args: A) => Promise<R>): Promise<R> {
     if (this.#disposed) return Promise.reject(wnlstmError('ERR_WNLSTM_DISPOSED', 'this cell has been disposed'));
+    let args: A;
+    try {
+      args = takeArgs();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    let run: Promise<R>;
+    if (this.#pending === 0) {
+      run = call(args);
+    } else {
+      const copies = args.map((a) => (ArrayBuffer.isView(a) ? (a as FloatArray).slice() : a)) as A;
+      run = this.#queue.then(() => call(copies));
+    }
     this.#pending++;
-    const run = this.#queue.then(fn, fn).finally(() => { this.#pending--; });
+    run = run.finally(() => { this.#pending--; });
     this.#queue = run.catch(() => undefined);
     return run;
   }
@@ -302,8 +316,8 @@ abstract class LSTMCellBase {
 
   /** backward() off the main thread (see forwardAsync). */
   backwardAsync(dOutputs: FloatArray, dFinalState?: Partial<LSTMState>): Promise<BackwardResult> {
-    return this.#enqueue(async () =>
-      this.#afterBackward(await this.#native.backwardAsync(...this.#backwardArgs(dOutputs, dFinalState))));
+    return this.#enqueue(() => this.#backwardArgs(dOutputs, dFinalState),
+      async (args) => this.#afterBackward(await this.#native.backwardAsync(...args)));
   }
 
   #backwardArgs(dOutputs: FloatArray, dFinalState?: Partial<LSTMState>): Parameters<NativeCell['backward']> {

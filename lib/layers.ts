@@ -102,6 +102,11 @@ export function applyMask(dx: FloatArray, mask: FloatArray | null): FloatArray {
   return dx;
 }
 
+/** Copies of the layers' states (they are read after an await: the caller may reuse its arrays). */
+function copyStates(states: LSTMState[] | undefined): LSTMState[] | undefined {
+  return Array.isArray(states) ? states.map((s) => (s && typeof s === 'object' ? { c: s.c?.slice(), h: s.h?.slice() } : s)) : states;
+}
+
 /** A stack of cells, each feeding the next (TF's MultiRNNCell), with dropout between layers
  * (Zaremba et al.: on the non-recurrent connections only). */
 export class StackedLSTM implements HasParameters {
@@ -134,8 +139,10 @@ export class StackedLSTM implements HasParameters {
     return { outputs: x, states };
   }
 
-  /** forward() with each layer off the main thread (see WeightNormLSTMCell.forwardAsync). */
+  /** forward() with each layer off the main thread (see WeightNormLSTMCell.forwardAsync). The inputs
+   * and states are taken as they are at the call. */
   async forwardAsync(inputs: FloatArray, { batchSize, initialStates, training = true }: StackOptions) {
+    initialStates = copyStates(initialStates);
     let x = inputs;
     const states: LSTMState[] = [];
     this.#masks.length = 0;
@@ -154,8 +161,9 @@ export class StackedLSTM implements HasParameters {
     return d;
   }
 
-  /** backward() with each layer off the main thread. */
+  /** backward() with each layer off the main thread; the gradients are taken as they are at the call. */
   async backwardAsync(dOutputs: FloatArray, dFinalStates?: LSTMState[]): Promise<FloatArray> {
+    dFinalStates = copyStates(dFinalStates);
     let d = dOutputs;
     for (let l = this.cells.length - 1; l >= 0; l--) d = this.#layerGrad((await this.cells[l].backwardAsync(d, dFinalStates?.[l])).dInputs, l);
     return d;

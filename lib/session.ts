@@ -11,7 +11,9 @@ type AnyCell = LSTMCell | WeightNormLSTMCell;
 export class StreamingSession {
   readonly cells: AnyCell[];
   #state: LSTMState[];
-  #busy = false;
+  /** Async steps run one after another; #pending counts those issued and not yet settled. */
+  #queue: Promise<unknown> = Promise.resolve();
+  #pending = 0;
 
   /** `batchSize` streams (rows) advance together at each step. */
   constructor(model: AnyCell | AnyCell[] | StackedLSTM, readonly batchSize = 1) {
@@ -26,6 +28,7 @@ export class StreamingSession {
 
   /** Zeroes the state of one stream, or of all. */
   reset(stream?: number): void {
+    this.#idle();
     if (stream === undefined) { this.#state = this.cells.map((c) => c.zeroState(this.batchSize)); return; }
     if (!Number.isInteger(stream) || stream < 0 || stream >= this.batchSize) throw wnlstmError('ERR_WNLSTM_RANGE', `no stream ${stream}`);
     this.cells.forEach((cell, l) => {
@@ -43,27 +46,29 @@ export class StreamingSession {
     return input;
   }
 
-  /** step() off the main thread. The state advances when the promise resolves. */
-  async stepAsync(x: FloatArray): Promise<FloatArray> {
-    this.#idle();
-    this.#busy = true;
-    try {
-      let input = x;
+  /** step() off the main thread. Steps issued while others are in flight queue and run in order, each on
+   * x as it was when called; the state advances as each one resolves (a failed step leaves it). */
+  stepAsync(x: FloatArray): Promise<FloatArray> {
+    const input = this.#pending === 0 ? x : ArrayBuffer.isView(x) ? x.slice() : x;
+    const run = async () => {
+      let h = input;
       const next: LSTMState[] = [];
       for (let l = 0; l < this.cells.length; l++) {
-        const s = await this.cells[l].stepAsync(input, this.#state[l]);
+        const s = await this.cells[l].stepAsync(h, this.#state[l]);
         next.push(s);
-        input = s.h;
+        h = s.h;
       }
       this.#state = next;
-      return input;
-    } finally {
-      this.#busy = false;
-    }
+      return h;
+    };
+    const result = (this.#pending === 0 ? run() : this.#queue.then(run)).finally(() => { this.#pending--; });
+    this.#pending++;
+    this.#queue = result.catch(() => undefined);
+    return result;
   }
 
   #idle(): void {
-    if (this.#busy) throw wnlstmError('ERR_WNLSTM_BUSY', 'this session has a step in flight: await it first');
+    if (this.#pending > 0) throw wnlstmError('ERR_WNLSTM_BUSY', 'this session has async steps in flight: await them first');
   }
 }
 

@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { isWnlstmError, LSTMCell, Random, WeightNormLSTMCell } from '../lib/index';
+import { isWnlstmError, LSTMCell, Random, StackedLSTM, WeightNormLSTMCell } from '../lib/index';
 import { loadCheckpoint as loadCheckpointSync, loadCheckpointAsync, saveCheckpointAsync } from '../lib/checkpoint';
 import { fromPyTorch, fromTensorFlow, toPyTorch, toTensorFlow } from '../lib/interop';
 import { LanguageModel } from '../lib/lm';
@@ -41,6 +41,64 @@ t.test('async forward and backward equal the sync ones, in order, off the main t
   cell.dispose(); // the native cell lives until the call completes
   t.equal((await inFlight).outputs.length, 7 * 3 * 12, 'a call in flight completes after dispose()');
   await t.rejects(cell.forwardAsync(x, { batchSize: 3 }), { code: 'ERR_WNLSTM_DISPOSED' });
+});
+
+t.test('async calls take their inputs as they are at the call: the caller may reuse its buffers at once', async (t) => {
+  const cell = new WeightNormLSTMCell(6, { inputSize: 4, seed: 1, numProj: 5 });
+  const rng = new Random(12);
+  const x = randomArray(rng, 3 * 2 * 4, 1, Float32Array), dy = randomArray(rng, 3 * 2 * 5, 1, Float32Array);
+  const c0 = randomArray(rng, 2 * 6, 1, Float32Array), h0 = randomArray(rng, 2 * 5, 1, Float32Array);
+  const want = cell.forward(x, { batchSize: 2, initialState: { c: c0, h: h0 } });
+  const wantGrads = cell.backward(dy);
+  const wantStep = cell.step(x.subarray(0, 8), { c: c0, h: h0 });
+  // Three calls, the second and third queued behind the first; every buffer overwritten after each call.
+  const [xs, dys, c0s, h0s] = [x.slice(), dy.slice(), c0.slice(), h0.slice()];
+  const f = cell.forwardAsync(xs, { batchSize: 2, initialState: { c: c0s, h: h0s } });
+  xs.fill(0); c0s.fill(0); h0s.fill(0);
+  const b = cell.backwardAsync(dys);
+  dys.fill(0);
+  const x8 = x.slice(0, 8), cs = c0.slice(), hs = h0.slice();
+  const s = cell.stepAsync(x8, { c: cs, h: hs });
+  x8.fill(0); cs.fill(0); hs.fill(0);
+  assertClose(t, (await f).outputs, want.outputs, EXACT, 'forwardAsync: the inputs and state at the call');
+  assertClose(t, (await b).grads.kernel, wantGrads.grads.kernel, EXACT, 'backwardAsync (queued): dOutputs at the call');
+  assertClose(t, (await s).h, wantStep.h, EXACT, 'stepAsync (queued): x and state at the call');
+
+  const stack = new StackedLSTM([cell, new WeightNormLSTMCell(3, { inputSize: 5, seed: 2 })]);
+  const states = stack.zeroState(2).map((st) => ({ c: st.c.map(() => 0.3), h: st.h.map(() => -0.2) }));
+  const wantStack = stack.forward(x, { batchSize: 2, initialStates: states }).outputs;
+  const xs2 = x.slice();
+  const fs2 = stack.forwardAsync(xs2, { batchSize: 2, initialStates: states.map((st) => ({ c: st.c.slice(), h: st.h.slice() })) });
+  xs2.fill(0);
+  for (const st of states) { st.c.fill(9); st.h.fill(9); }
+  const gotStack = (await fs2).outputs;
+  for (const st of states) { st.c.fill(0.3); st.h.fill(-0.2); }
+  assertClose(t, gotStack, wantStack, EXACT, "StackedLSTM.forwardAsync: every layer's state at the call");
+
+  const lm = new LanguageModel({ vocabSize: 9, embeddingSize: 4, hiddenSize: 5, layers: 2, norm: true, seed: 3 });
+  const inputs = Int32Array.from({ length: 6 }, (_, i) => i % 9), targets = Int32Array.from({ length: 6 }, (_, i) => (i + 2) % 9);
+  const wantLoss = lm.step(inputs, targets, 2, lm.zeroState(2), false).loss;
+  const [ins, tgs] = [inputs.slice(), targets.slice()];
+  const l = lm.stepAsync(ins, tgs, 2, lm.zeroState(2), true);
+  ins.fill(0); tgs.fill(0);
+  t.equal((await l).loss, wantLoss, 'LanguageModel.stepAsync: ids and targets at the call');
+
+  const session = new StreamingSession(cell, 2), ref = new StreamingSession(cell, 2);
+  const frames = [x.slice(0, 8), x.slice(8, 16), x.slice(16, 24)];
+  const wantFrames = frames.map((fr) => ref.step(fr));
+  const buf = new Float32Array(8);
+  const steps = frames.map((fr) => { buf.set(fr); const p = session.stepAsync(buf); return p; }); // one buffer, reused
+  t.throws(() => session.step(frames[0]), { code: 'ERR_WNLSTM_BUSY' }, 'a sync step while async steps are in flight');
+  const got = await Promise.all(steps);
+  got.forEach((h, i) => assertClose(t, h, wantFrames[i], EXACT, `session step ${i}: queued in order, on the frame at its call`));
+
+  const file = path.join(tmp, 'snapshot.ckpt');
+  const w = Float32Array.of(1, 2, 3);
+  const saved = saveCheckpointAsync(file, { meta: { n: 1 }, arrays: { w } });
+  w.fill(0);
+  await saved;
+  t.same(Array.from((await loadCheckpointAsync(file)).arrays.w), [1, 2, 3], 'saveCheckpointAsync: the arrays at the call');
+  cell.dispose();
 });
 
 t.test('the event loop stays responsive during async work and async training', async (t) => {
