@@ -1,16 +1,23 @@
-// Checkpoint files: a versioned header (JSON) and the arrays, with a SHA-256 of the arrays; written to a
-// temporary file and renamed, so a crash never leaves a partial checkpoint under the real name.
-//   bytes 0-7 "WNLSTMCK" | uint32 LE version | uint32 LE header length | header JSON | arrays (8-aligned)
+// Checkpoint files: a versioned JSON header and the arrays, then a SHA-256 of every byte before it, so
+// that no single changed or missing byte anywhere loads. Written to a temporary file, synced, renamed and
+// the directory synced, so a crash never leaves a partial checkpoint under the real name.
+//   "WNLSTMCK" | uint32 LE version | uint32 LE header length | header JSON | zero padding to 8 |
+//   arrays (each 8-aligned) | SHA-256 of all the bytes before it (32 bytes)
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { wnlstmError } from './errors';
 
 const MAGIC = 'WNLSTMCK';
-const VERSION = 1;
+const VERSION = 2;
+const PREFIX = 16, DIGEST = 32;
+/** Refused before anything is allocated: a header this large, or this many arrays, is not a checkpoint. */
+export const CHECKPOINT_LIMITS = { headerBytes: 64 * 2 ** 20, arrays: 100000, nameLength: 1000 };
+
 type AnyArray = Float32Array | Float64Array | Int32Array;
 const TYPES = { float32: Float32Array, float64: Float64Array, int32: Int32Array } as const;
 type TypeName = keyof typeof TYPES;
+interface Entry { name: string; type: TypeName; offset: number; length: number }
 
 export interface Checkpoint { meta: unknown; arrays: Record<string, AnyArray> }
 
@@ -18,18 +25,124 @@ function typeName(a: AnyArray): TypeName {
   return a instanceof Float64Array ? 'float64' : a instanceof Int32Array ? 'int32' : 'float32';
 }
 
-/** saveCheckpoint() with the file I/O off the main thread. */
-export async function saveCheckpointAsync(file: string, checkpoint: Checkpoint): Promise<void> {
-  await fs.promises.mkdir(path.dirname(file), { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
-  const handle = await fs.promises.open(tmp, 'w');
+const tmpPrefix = (file: string) => `${path.basename(file)}.tmp-`;
+
+/** Temporary files of this checkpoint left by processes that died while writing it. */
+function staleTemporaries(file: string, names: string[]): string[] {
+  const prefix = tmpPrefix(file);
+  return names.filter((n) => {
+    if (!n.startsWith(prefix)) return false;
+    const pid = Number(n.slice(prefix.length).split('-')[0]);
+    if (!Number.isInteger(pid) || pid <= 0) return false;
+    try {
+      process.kill(pid, 0);
+      return false; // its writer is alive (maybe this process): leave it
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'ESRCH';
+    }
+  }).map((n) => path.join(path.dirname(file), n));
+}
+
+let tmpCounter = 0;
+const tmpName = (file: string) => path.join(path.dirname(file), `${tmpPrefix(file)}${process.pid}-${++tmpCounter}`);
+
+/** Writes `checkpoint` to `file` atomically (see the top of this file). */
+export function saveCheckpoint(file: string, checkpoint: Checkpoint): void {
+  const bytes = encode(checkpoint);
+  const dir = path.dirname(file);
+  fs.mkdirSync(dir, { recursive: true });
+  for (const stale of staleTemporaries(file, fs.readdirSync(dir))) fs.rmSync(stale, { force: true });
+  const tmp = tmpName(file);
   try {
-    await handle.writeFile(encode(checkpoint));
-    await handle.sync();
-  } finally {
-    await handle.close();
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      fs.writeSync(fd, bytes);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (err) {
+    fs.rmSync(tmp, { force: true });
+    throw err;
   }
-  await fs.promises.rename(tmp, file);
+  syncDirectory(dir);
+}
+
+/** saveCheckpoint() with the file I/O off the main thread. The arrays are read at the call. */
+export async function saveCheckpointAsync(file: string, checkpoint: Checkpoint): Promise<void> {
+  const bytes = encode(checkpoint);
+  const dir = path.dirname(file);
+  await fs.promises.mkdir(dir, { recursive: true });
+  for (const stale of staleTemporaries(file, await fs.promises.readdir(dir))) await fs.promises.rm(stale, { force: true });
+  const tmp = tmpName(file);
+  try {
+    const handle = await fs.promises.open(tmp, 'w');
+    try {
+      await handle.writeFile(bytes);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await fs.promises.rename(tmp, file);
+  } catch (err) {
+    await fs.promises.rm(tmp, { force: true });
+    throw err;
+  }
+  const handle = await fs.promises.open(dir, 'r').catch(() => null);
+  if (handle) await handle.sync().catch(() => undefined).finally(() => handle.close());
+}
+
+/** Makes the rename durable. Some file systems cannot sync a directory: that is not an error. */
+function syncDirectory(dir: string): void {
+  let fd: number;
+  try {
+    fd = fs.openSync(dir, 'r');
+  } catch {
+    return;
+  }
+  try {
+    fs.fsyncSync(fd);
+  } catch {
+    // EINVAL or EISDIR where directories cannot be synced
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function encode({ meta, arrays }: Checkpoint): Buffer {
+  if (arrays === null || typeof arrays !== 'object') throw wnlstmError('ERR_WNLSTM_TYPE', 'checkpoint.arrays must be an object of typed arrays');
+  const entries: Entry[] = [];
+  let offset = 0;
+  for (const [name, a] of Object.entries(arrays)) {
+    if (!(a instanceof Float32Array || a instanceof Float64Array || a instanceof Int32Array)) {
+      throw wnlstmError('ERR_WNLSTM_TYPE', `checkpoint array '${name}' must be a Float32Array, Float64Array or Int32Array`);
+    }
+    entries.push({ name, type: typeName(a), offset, length: a.length });
+    offset += Math.ceil(a.byteLength / 8) * 8;
+  }
+  const header = Buffer.from(JSON.stringify({ format: 'wnlstm-checkpoint', version: VERSION, meta, arrays: entries }));
+  const start = PREFIX + header.length + ((8 - ((PREFIX + header.length) % 8)) % 8);
+  const out = Buffer.alloc(start + offset + DIGEST);
+  out.write(MAGIC, 0, 'latin1');
+  out.writeUInt32LE(VERSION, 8);
+  out.writeUInt32LE(header.length, 12);
+  header.copy(out, PREFIX);
+  for (const [i, a] of Object.values(arrays).entries()) {
+    Buffer.from(a.buffer, a.byteOffset, a.byteLength).copy(out, start + entries[i].offset);
+  }
+  crypto.createHash('sha256').update(out.subarray(0, out.length - DIGEST)).digest().copy(out, out.length - DIGEST);
+  return out;
+}
+
+export function loadCheckpoint(file: string): Checkpoint {
+  let data: Buffer;
+  try {
+    data = fs.readFileSync(file);
+  } catch (err) {
+    throw wnlstmError('ERR_WNLSTM_CHECKPOINT', `cannot read checkpoint ${file}: ${(err as Error).message}`);
+  }
+  return decode(file, data);
 }
 
 /** loadCheckpoint() with the file I/O off the main thread. */
@@ -43,72 +156,57 @@ export async function loadCheckpointAsync(file: string): Promise<Checkpoint> {
   return decode(file, data);
 }
 
-export function saveCheckpoint(file: string, checkpoint: Checkpoint): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeSync(fd, encode(checkpoint));
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-}
+const isCount = (v: unknown, max: number): v is number => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= max;
 
-function encode({ meta, arrays }: Checkpoint): Buffer {
-  const entries: { name: string; type: TypeName; offset: number; length: number }[] = [];
-  let offset = 0;
-  for (const [name, a] of Object.entries(arrays)) {
-    entries.push({ name, type: typeName(a), offset, length: a.length });
-    offset += Math.ceil(a.byteLength / 8) * 8;
-  }
-  const payload = Buffer.alloc(offset);
-  for (const [i, a] of Object.values(arrays).entries()) {
-    Buffer.from(a.buffer, a.byteOffset, a.byteLength).copy(payload, entries[i].offset);
-  }
-  const sha256 = crypto.createHash('sha256').update(payload).digest('hex');
-  const header = Buffer.from(JSON.stringify({ format: 'wnlstm-checkpoint', version: VERSION, sha256, meta, arrays: entries }));
-  const prefix = Buffer.alloc(16);
-  prefix.write(MAGIC, 0, 'latin1');
-  prefix.writeUInt32LE(VERSION, 8);
-  prefix.writeUInt32LE(header.length, 12);
-  const pad = Buffer.alloc((8 - ((16 + header.length) % 8)) % 8);
-  return Buffer.concat([prefix, header, pad, payload]);
-}
-
-export function loadCheckpoint(file: string): Checkpoint {
-  let data: Buffer;
-  try {
-    data = fs.readFileSync(file);
-  } catch (err) {
-    throw wnlstmError('ERR_WNLSTM_CHECKPOINT', `cannot read checkpoint ${file}: ${(err as Error).message}`);
-  }
-  return decode(file, data);
-}
-
+/** Checks the checksum, then every field of the header against the file, before any array is made. */
 function decode(file: string, data: Buffer): Checkpoint {
   const bad = (why: string) => wnlstmError('ERR_WNLSTM_CHECKPOINT', `${file} is not a valid wnlstm checkpoint: ${why}`);
-  if (data.length < 16 || data.toString('latin1', 0, 8) !== MAGIC) throw bad('wrong magic bytes');
-  const version = data.readUInt32LE(8), length = data.readUInt32LE(12);
-  if (version !== VERSION) throw bad(`version ${version}, this wnlstm reads version ${VERSION}`);
-  if (16 + length > data.length) throw bad('truncated header');
-  let header: { sha256: string; meta: unknown; arrays: { name: string; type: TypeName; offset: number; length: number }[] };
-  try {
-    header = JSON.parse(data.toString('utf8', 16, 16 + length));
-  } catch {
-    throw bad('corrupt header');
+  if (data.length < PREFIX || data.toString('latin1', 0, 8) !== MAGIC) throw bad('wrong magic bytes');
+  const version = data.readUInt32LE(8);
+  if (version !== VERSION) {
+    throw bad(version === 1 ? 'format 1 (wnlstm 0.1), whose header had no checksum; this wnlstm reads format 2'
+      : `format ${version}; this wnlstm reads format ${VERSION}`);
   }
-  const start = 16 + length + ((8 - ((16 + length) % 8)) % 8);
-  const payload = data.subarray(start);
-  if (crypto.createHash('sha256').update(payload).digest('hex') !== header.sha256) throw bad('checksum mismatch (truncated or corrupted)');
-  const arrays: Record<string, AnyArray> = {};
-  for (const e of header.arrays) {
+  if (data.length < PREFIX + DIGEST) throw bad('truncated');
+  const body = data.subarray(0, data.length - DIGEST);
+  if (!crypto.createHash('sha256').update(body).digest().equals(data.subarray(data.length - DIGEST))) {
+    throw bad('checksum mismatch (truncated or corrupted)');
+  }
+  const length = data.readUInt32LE(12);
+  if (length > CHECKPOINT_LIMITS.headerBytes || PREFIX + length > body.length) throw bad('header length out of bounds');
+  let header: unknown;
+  try {
+    header = JSON.parse(data.toString('utf8', PREFIX, PREFIX + length));
+  } catch {
+    throw bad('the header is not JSON');
+  }
+  const h = header as { format?: unknown; version?: unknown; meta?: unknown; arrays?: unknown };
+  if (h === null || typeof h !== 'object' || h.format !== 'wnlstm-checkpoint' || h.version !== VERSION) throw bad('not a wnlstm header');
+  if (!Array.isArray(h.arrays) || h.arrays.length > CHECKPOINT_LIMITS.arrays) throw bad('the array list is missing or too long');
+  const start = PREFIX + length + ((8 - ((PREFIX + length) % 8)) % 8);
+  if (start > body.length) throw bad('truncated');
+  const payload = body.subarray(start);
+  const entries: Entry[] = [];
+  const names = new Set<string>();
+  for (const e of h.arrays as Partial<Entry>[]) {
+    if (e === null || typeof e !== 'object') throw bad('an array entry is not an object');
+    const { name, type, offset, length: n } = e;
+    if (typeof name !== 'string' || name.length === 0 || name.length > CHECKPOINT_LIMITS.nameLength) throw bad('an array has no valid name');
+    if (names.has(name)) throw bad(`array '${name}' appears twice`);
+    names.add(name);
+    if (typeof type !== 'string' || !Object.hasOwn(TYPES, type)) throw bad(`array '${name}' has unknown type ${String(type)}`);
+    const bytes = TYPES[type].BYTES_PER_ELEMENT;
+    if (!isCount(offset, payload.length) || offset % 8 !== 0 || !isCount(n, payload.length) || offset + n * bytes > payload.length) {
+      throw bad(`array '${name}' lies outside the file`);
+    }
+    entries.push({ name, type, offset, length: n });
+  }
+  // fromEntries defines own properties, so that a name such as '__proto__' stays a plain key.
+  const arrays: Record<string, AnyArray> = Object.fromEntries(entries.map((e) => {
     const Type = TYPES[e.type];
-    if (!Type || e.offset + e.length * Type.BYTES_PER_ELEMENT > payload.length) throw bad(`array ${e.name} out of bounds`);
     const copy = new Uint8Array(e.length * Type.BYTES_PER_ELEMENT);
     copy.set(payload.subarray(e.offset, e.offset + copy.length));
-    arrays[e.name] = new Type(copy.buffer);
-  }
-  return { meta: header.meta, arrays };
+    return [e.name, new Type(copy.buffer)];
+  }));
+  return { meta: h.meta, arrays };
 }

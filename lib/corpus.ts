@@ -59,6 +59,9 @@ export function tokenize(text: string, level: Level): string[] {
   return text.toLowerCase().split('\n').flatMap((line) => [...line.split(/\s+/).filter(Boolean), '<eos>']);
 }
 
+/** More tokens than this is not a vocabulary (the word level keeps at most a million). */
+const MAX_VOCABULARY = 2_000_000;
+
 export class Vocabulary {
   readonly #ids: Map<string, number>;
   private constructor(readonly level: Level, readonly tokens: string[]) {
@@ -75,8 +78,10 @@ export class Vocabulary {
   }
 
   static fromJSON(data: { level: Level; tokens: string[] }): Vocabulary {
-    if ((data.level !== 'char' && data.level !== 'word') || !Array.isArray(data.tokens)) {
-      throw wnlstmError('ERR_WNLSTM_CONFIG', 'not a vocabulary');
+    if (data === null || typeof data !== 'object' || (data.level !== 'char' && data.level !== 'word') || !Array.isArray(data.tokens) ||
+      data.tokens.length === 0 || data.tokens.length > MAX_VOCABULARY || !data.tokens.every((t) => typeof t === 'string') ||
+      new Set(data.tokens).size !== data.tokens.length) {
+      throw wnlstmError('ERR_WNLSTM_CONFIG', `not a vocabulary (a level 'char' or 'word', and 1 to ${MAX_VOCABULARY} distinct tokens)`);
     }
     return new Vocabulary(data.level, data.tokens);
   }

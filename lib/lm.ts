@@ -75,6 +75,13 @@ export class LanguageModel implements HasParameters {
     this.rng = new Random(seed + 17);
   }
 
+  /** The number of parameters a model of this config has (embedding, cells, softmax layer). */
+  static parameterCount({ vocabSize: V, embeddingSize: E, hiddenSize: H, layers, norm }: LMConfig): number {
+    let n = V * E + H * V + V;
+    for (let l = 0; l < layers; l++) n += ((l === 0 ? E : H) + H) * 4 * H + 4 * H + (norm ? 8 * H : 0);
+    return n;
+  }
+
   parameters(): ParamBlock[] {
     return [...this.embedding.parameters(), ...this.stack.parameters(), ...this.dense.parameters()];
   }
@@ -91,8 +98,10 @@ export class LanguageModel implements HasParameters {
   }
 
   /** step() with the recurrent layers off the main thread (the embedding, softmax layer and loss stay on
-   * it: they are a small part of a step). */
+   * it: they are a small part of a step). The inputs, targets and state are taken as they are now. */
   async stepAsync(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[], train: boolean) {
+    inputs = Int32Array.from(inputs);
+    targets = Int32Array.from(targets);
     const emb = this.#embed(inputs, train);
     const { outputs, states } = await this.stack.forwardAsync(emb, { batchSize, initialStates: state, training: train });
     const { loss, dh } = this.#head(outputs, targets, train);

@@ -6,7 +6,7 @@ import { Worker } from 'node:worker_threads';
 import { loadCheckpoint, saveCheckpoint } from './checkpoint';
 import { Document, Level, loadBrown, loadTextFile, splitDocuments, Vocabulary } from './corpus';
 import { wnlstmError } from './errors';
-import { batchify, LanguageModel, window } from './lm';
+import { batchify, LanguageModel, LMConfig, window } from './lm';
 import { Adagrad, Adam, AdamW, Optimizer, OptimizerState, RMSProp, SGD, stepDecay } from './optim';
 import { lineChart } from './plot';
 import type { BackendName, LSTMState } from './cell';
@@ -56,9 +56,105 @@ export interface TrainOptions {
 export const DEFAULTS: TrainOptions = {
   corpus: 'brown', level: 'char', vocabSize: 10000, layers: 2, hidden: 128, embedding: 128, bptt: 50, batch: 50,
   dropout: 0, optimizer: 'rmsprop', lr: 2e-3, lrDecay: 1, decayAfter: 1, clip: 5, initScale: 0.08, steps: 10000,
-  evalEvery: 250, evalTokens: 100000, arms: ['wn', 'plain'], seed: 1, dataInit: false, backend: 'auto', out: 'results/default',
+  evalEvery: 250, evalTokens: 100000, arms: ['wn', 'plain'], seed: 1, dataInit: false, backend: 'auto', out: '',
   checkpoint: '', resume: '',
 };
+
+/** What each option accepts (train() checks every option against it; the command line's help lists it). */
+export type OptionSpec =
+  | { type: 'integer'; min: number; max: number }
+  | { type: 'number'; min: number; max: number; minExclusive?: boolean; maxExclusive?: boolean }
+  | { type: 'choice'; values: readonly string[] }
+  | { type: 'arms' }
+  | { type: 'boolean' }
+  | { type: 'string' };
+
+const OPTIMIZERS = ['sgd', 'momentum', 'adam', 'adamw', 'rmsprop', 'adagrad'] as const;
+export const TRAIN_OPTIONS: Record<keyof TrainOptions, OptionSpec & { help: string }> = {
+  corpus: { type: 'string', help: "'brown' (the shipped Brown corpus) or the path of a UTF-8 text file" },
+  level: { type: 'choice', values: ['char', 'word'], help: 'tokens: characters, or words' },
+  vocabSize: { type: 'integer', min: 2, max: 1_000_000, help: 'word level: the most frequent words kept, <unk> included' },
+  layers: { type: 'integer', min: 1, max: 64, help: 'LSTM layers' },
+  hidden: { type: 'integer', min: 1, max: 16384, help: 'units per layer' },
+  embedding: { type: 'integer', min: 1, max: 16384, help: 'embedding width' },
+  bptt: { type: 'integer', min: 1, max: 100_000, help: 'steps per truncated-BPTT window' },
+  batch: { type: 'integer', min: 1, max: 100_000, help: 'streams per batch' },
+  dropout: { type: 'number', min: 0, max: 1, maxExclusive: true, help: 'dropout on the non-recurrent connections' },
+  optimizer: { type: 'choice', values: OPTIMIZERS, help: 'the optimizer' },
+  lr: { type: 'number', min: 0, max: 1000, minExclusive: true, help: 'learning rate' },
+  lrDecay: { type: 'number', min: 0, max: 1, minExclusive: true, help: 'learning rate x this each epoch after --decay-after (1 = none)' },
+  decayAfter: { type: 'integer', min: 0, max: 1_000_000, help: 'epochs before the decay starts' },
+  clip: { type: 'number', min: 0, max: 1e9, help: 'global-norm gradient clipping (0 = none)' },
+  initScale: { type: 'number', min: 0, max: 100, minExclusive: true, help: 'weights start uniform in +-this' },
+  steps: { type: 'integer', min: 1, max: 1e9, help: 'training steps (windows) per arm' },
+  evalEvery: { type: 'integer', min: 1, max: 1e9, help: 'validate every this many steps' },
+  evalTokens: { type: 'integer', min: 20, max: 1e12, help: 'validation tokens used by those evaluations' },
+  arms: { type: 'arms', help: 'wn, plain or wn,plain' },
+  seed: { type: 'integer', min: 0, max: 2 ** 32 - 1, help: 'seed of the data order, initialisation and dropout' },
+  dataInit: { type: 'boolean', help: "Salimans & Kingma's data-dependent init of the weight-norm arm" },
+  backend: { type: 'choice', values: ['auto', 'cpu', 'cuda'], help: 'where the cells run' },
+  out: { type: 'string', help: "directory for metrics.json and loss.svg ('' for none)" },
+  checkpoint: { type: 'string', help: 'checkpoint prefix: writes PREFIX.<arm>.ckpt at every evaluation' },
+  resume: { type: 'string', help: 'continue a run from its checkpoint (with its options)' },
+};
+/** The options a resumed run may change: how long it runs and where it writes. */
+export const RESUME_OPTIONS: readonly (keyof TrainOptions)[] = ['resume', 'steps', 'out', 'checkpoint', 'backend', 'evalTokens'];
+/** Streams of the validation and test evaluations. */
+const EVAL_BATCH = 10;
+/** Models larger than this many parameters are refused (a typo, not a model). */
+export const MAX_MODEL_PARAMS = 2 ** 31;
+
+/** Checks one option against TRAIN_OPTIONS; returns its value, or throws ERR_WNLSTM_CONFIG saying why. */
+export function checkOption(key: string, value: unknown, where = 'option'): unknown {
+  if (!Object.hasOwn(TRAIN_OPTIONS, key)) throw wnlstmError('ERR_WNLSTM_CONFIG', `unknown ${where} '${key}'`);
+  return checkValue(TRAIN_OPTIONS[key as keyof TrainOptions], key, value, where);
+}
+
+/** Checks a value against its spec; returns it, or throws ERR_WNLSTM_CONFIG saying why. */
+export function checkValue(spec: OptionSpec, key: string, value: unknown, where = 'option'): unknown {
+  const fail = (want: string) => wnlstmError('ERR_WNLSTM_CONFIG', `${where} '${key}' must be ${want}, got ${JSON.stringify(value) ?? String(value)}`);
+  switch (spec.type) {
+    case 'integer':
+    case 'number': {
+      const range = `${spec.type === 'integer' ? 'an integer' : 'a number'} in ${'minExclusive' in spec && spec.minExclusive ? '(' : '['}` +
+        `${spec.min}, ${spec.max}${'maxExclusive' in spec && spec.maxExclusive ? ')' : ']'}`;
+      if (typeof value !== 'number' || !Number.isFinite(value) || (spec.type === 'integer' && !Number.isInteger(value))) throw fail(range);
+      const low = 'minExclusive' in spec && spec.minExclusive ? value <= spec.min : value < spec.min;
+      const high = 'maxExclusive' in spec && spec.maxExclusive ? value >= spec.max : value > spec.max;
+      if (low || high) throw fail(range);
+      return value;
+    }
+    case 'choice':
+      if (typeof value !== 'string' || !spec.values.includes(value)) throw fail(`one of ${spec.values.join(', ')}`);
+      return value;
+    case 'arms':
+      if (!Array.isArray(value) || value.length === 0 || value.length > 2 || !value.every((a) => a === 'wn' || a === 'plain') ||
+        new Set(value).size !== value.length) throw fail("['wn'], ['plain'] or ['wn', 'plain']");
+      return value;
+    case 'boolean':
+      if (typeof value !== 'boolean') throw fail('true or false');
+      return value;
+    case 'string':
+      if (typeof value !== 'string') throw fail('a string');
+      if (key === 'corpus' && value === '') throw fail("'brown' or a file path");
+      return value;
+  }
+}
+
+/** Every option of a run checked, with the defaults for those not given; the model's size bounded. */
+export function checkTrainOptions(options: unknown, where = 'option'): TrainOptions {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw wnlstmError('ERR_WNLSTM_CONFIG', 'training options must be an object');
+  }
+  const o: Record<string, unknown> = { ...DEFAULTS };
+  for (const [key, value] of Object.entries(options)) if (value !== undefined) o[key] = checkOption(key, value, where);
+  const t = o as unknown as TrainOptions;
+  const params = t.layers * 4 * t.hidden * (t.embedding + t.hidden + 3) + (t.vocabSize + 1) * (t.embedding + t.hidden + 1);
+  if (params > MAX_MODEL_PARAMS) {
+    throw wnlstmError('ERR_WNLSTM_SIZE', `a model of ${t.layers} x ${t.hidden} units (embedding ${t.embedding}) has about ${params.toExponential(1)} parameters: too many`);
+  }
+  return t;
+}
 
 export interface CurvePoint { step: number; epoch: number; seconds: number; lr: number; trainLoss: number; validLoss: number; gradNorm: number }
 
@@ -74,7 +170,18 @@ export interface ArmResult {
 
 export interface TrainResult { options: TrainOptions; corpus: Record<string, number | string>; arms: ArmResult[] }
 
-export interface Progress { arm: Arm; step: number; steps: number; loss: number; validLoss?: number; seconds: number }
+export interface Progress {
+  arm: Arm;
+  step: number;
+  steps: number;
+  /** This step's training loss. */
+  loss: number;
+  /** At evaluations: the mean training loss since the previous one (the curve's trainLoss), and the
+   * validation loss. */
+  trainLoss?: number;
+  validLoss?: number;
+  seconds: number;
+}
 
 interface Data { vocab: Vocabulary; train: Int32Array; valid: Int32Array; test: Int32Array; documents: number }
 
@@ -98,9 +205,9 @@ function makeOptimizer(o: TrainOptions, lm: LanguageModel): Optimizer {
   }
 }
 
-function model(o: TrainOptions, vocab: Vocabulary, arm: Arm): LanguageModel {
-  return new LanguageModel({ vocabSize: vocab.size, embeddingSize: o.embedding, hiddenSize: o.hidden, layers: o.layers,
-    norm: arm === 'wn', dropout: o.dropout, initScale: o.initScale, seed: o.seed, backend: o.backend });
+function modelConfig(o: TrainOptions, vocab: Vocabulary, arm: Arm): LMConfig {
+  return { vocabSize: vocab.size, embeddingSize: o.embedding, hiddenSize: o.hidden, layers: o.layers,
+    norm: arm === 'wn', dropout: o.dropout, initScale: o.initScale, seed: o.seed, backend: o.backend };
 }
 
 interface ArmState { step: number; curve: CurvePoint[]; seconds: number; state: LSTMState[] }
@@ -124,42 +231,79 @@ function writeCheckpoint(file: string, o: TrainOptions, arm: Arm, vocab: Vocabul
   saveCheckpoint(file, { meta, arrays });
 }
 
-/** Restores a model, its optimizer and the training position from a checkpoint. */
+type Resumed = ReturnType<typeof readCheckpoint>;
+
+/** Restores a model, its optimizer and the training position from a checkpoint written by train().
+ * Every field is checked, and the arrays' sizes against the model, before the model is made. */
 export function readCheckpoint(file: string) {
   const { meta, arrays } = loadCheckpoint(file);
-  const m = meta as { options: TrainOptions; arm: Arm; vocab: { level: Level; tokens: string[] }; step: number; seconds: number;
+  const bad = (why: string) => wnlstmError('ERR_WNLSTM_CHECKPOINT', `${file}: ${why}`);
+  const m = meta as { options: unknown; arm: Arm; vocab: { level: Level; tokens: string[] }; step: number; seconds: number;
     curve: CurvePoint[]; optimizer: { kind: OptimizerState['kind']; step: number; learningRate: number };
     rng: { model: number[]; stack: number[] } };
-  const vocab = Vocabulary.fromJSON(m.vocab);
-  const lm = model(m.options, vocab, m.arm);
-  const opt = makeOptimizer(m.options, lm);
-  const need = (name: string) => {
+  if (m === null || typeof m !== 'object') throw bad('no training metadata (not written by wnlstm train?)');
+  let options: TrainOptions, vocab: Vocabulary;
+  try {
+    options = checkTrainOptions(m.options, 'checkpoint option');
+    vocab = Vocabulary.fromJSON(m.vocab);
+  } catch (err) {
+    throw bad((err as Error).message);
+  }
+  if (m.arm !== 'wn' && m.arm !== 'plain') throw bad(`arm ${JSON.stringify(m.arm)} is neither 'wn' nor 'plain'`);
+  const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
+  const finite = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
+  if (!count(m.step) || !finite(m.seconds) || m.seconds < 0) throw bad('the training position (step, seconds) is missing or invalid');
+  const curveKeys = ['step', 'epoch', 'seconds', 'lr', 'trainLoss', 'validLoss', 'gradNorm'] as const;
+  if (!Array.isArray(m.curve) || !m.curve.every((p) => p !== null && typeof p === 'object' && curveKeys.every((k) => typeof p[k] === 'number'))) {
+    throw bad('the learning curve is missing or invalid');
+  }
+  const o = m.optimizer;
+  if (o === null || typeof o !== 'object' || !count(o.step) || !finite(o.learningRate) || !(o.learningRate > 0)) throw bad('the optimizer state is missing or invalid');
+  const rngState = (v: unknown) => Array.isArray(v) && v.length === 4 && v.every((x) => Number.isInteger(x) && x >= -(2 ** 31) && x < 2 ** 32);
+  if (m.rng === null || typeof m.rng !== 'object' || !rngState(m.rng.model) || !rngState(m.rng.stack)) throw bad('the random generator states are missing or invalid');
+
+  // The model is made only if the file holds its weights: its size is then bounded by the file's.
+  const config = modelConfig(options, vocab, m.arm);
+  const held = Object.entries(arrays).reduce((n, [name, a]) => n + (name.startsWith('weights/') ? a.length : 0), 0);
+  if (LanguageModel.parameterCount(config) !== held) throw bad(`its weights (${held} values) do not fit the model its options describe`);
+  const need = (name: string, length: number) => {
     const v = arrays[name];
-    if (!(v instanceof Float32Array)) throw wnlstmError('ERR_WNLSTM_CHECKPOINT', `${file}: '${name}' is missing`);
+    if (!(v instanceof Float32Array)) throw bad(`'${name}' is missing or not float32`);
+    if (v.length !== length) throw bad(`'${name}' has ${v.length} values, the model needs ${length}`);
     return v;
   };
-  for (const cell of lm.stack.cells) {
-    cell.setWeights(Object.fromEntries(Object.keys(cell.weightShapes).map((name) => [name, need(`weights/${cell.name}/${name}`)])));
+  const lm = new LanguageModel(config);
+  try {
+    for (const cell of lm.stack.cells) {
+      cell.setWeights(Object.fromEntries(Object.entries(cell.weightShapes).map(([name, shape]) =>
+        [name, need(`weights/${cell.name}/${name}`, shape.reduce((a, b) => a * b, 1))])));
+    }
+    const { vocabSize: V, embeddingSize: E, hiddenSize: H } = config;
+    lm.embedding.params.setValues(need('weights/embedding', V * E));
+    const dense = new Float32Array(H * V + V);
+    dense.set(need('weights/softmax/kernel', H * V));
+    dense.set(need('weights/softmax/bias', V), H * V);
+    lm.dense.params.setValues(dense);
+    const opt = makeOptimizer(options, lm);
+    const buffers: OptimizerState['buffers'] = {};
+    for (const b of lm.parameters()) {
+      const s = (k: number) => (arrays[`opt/${b.name}/${k}`] === undefined ? null : need(`opt/${b.name}/${k}`, b.size));
+      buffers[b.name] = [s(1), s(2)];
+    }
+    opt.setState({ kind: o.kind, step: o.step, learningRate: o.learningRate, buffers });
+    lm.rng.setState(m.rng.model);
+    lm.stack.rng.setState(m.rng.stack);
+    const state = lm.stack.cells.map((_, l) => ({ c: need(`state/${l}/c`, options.batch * H), h: need(`state/${l}/h`, options.batch * H) }));
+    return { options, arm: m.arm, vocab, lm, opt, armState: { step: m.step, curve: m.curve, seconds: m.seconds, state } as ArmState };
+  } catch (err) {
+    lm.dispose();
+    if ((err as { code?: string }).code === 'ERR_WNLSTM_CHECKPOINT') throw err;
+    throw bad((err as Error).message);
   }
-  lm.embedding.params.setValues(need('weights/embedding'));
-  const kernel = need('weights/softmax/kernel'), bias = need('weights/softmax/bias'), dense = new Float32Array(kernel.length + bias.length);
-  dense.set(kernel);
-  dense.set(bias, kernel.length);
-  lm.dense.params.setValues(dense);
-  const buffers: OptimizerState['buffers'] = {};
-  for (const b of lm.parameters()) {
-    buffers[b.name] = [(arrays[`opt/${b.name}/1`] as Float32Array) ?? null, (arrays[`opt/${b.name}/2`] as Float32Array) ?? null];
-  }
-  opt.setState({ ...m.optimizer, buffers });
-  lm.rng.setState(m.rng.model);
-  lm.stack.rng.setState(m.rng.stack);
-  const state = lm.stack.cells.map((_, l) => ({ c: arrays[`state/${l}/c`] as Float32Array, h: arrays[`state/${l}/h`] as Float32Array }));
-  return { options: m.options, arm: m.arm, vocab, lm, opt, armState: { step: m.step, curve: m.curve, seconds: m.seconds, state } as ArmState };
 }
 
-function trainArm(o: TrainOptions, arm: Arm, data: Data, onProgress: (p: Progress) => void): ArmResult {
-  const resumed = o.resume ? readCheckpoint(o.resume) : null;
-  const lm = resumed?.lm ?? model(o, data.vocab, arm);
+function trainArm(o: TrainOptions, arm: Arm, data: Data, resumed: Resumed | null, onProgress: (p: Progress) => void): ArmResult {
+  const lm = resumed?.lm ?? new LanguageModel(modelConfig(o, data.vocab, arm));
   const opt = resumed?.opt ?? makeOptimizer(o, lm);
   const B = o.batch, T = o.bptt;
   const stream = batchify(data.train, B);
@@ -185,53 +329,84 @@ function trainArm(o: TrainOptions, arm: Arm, data: Data, onProgress: (p: Progres
       s.step++;
       s.seconds = (Date.now() - started) / 1000;
       const evaluate = s.step % o.evalEvery === 0 || s.step === o.steps;
-      let validLoss: number | undefined;
+      let validLoss: number | undefined, trainLoss: number | undefined;
       if (evaluate) {
-        validLoss = lm.evaluate(data.valid, { maxTokens: o.evalTokens, steps: T });
-        s.curve.push({ step: s.step, epoch: s.step / windows, seconds: s.seconds, lr: opt.learningRate, trainLoss: lossSum / lossCount,
+        validLoss = lm.evaluate(data.valid, { batchSize: EVAL_BATCH, maxTokens: o.evalTokens, steps: T });
+        trainLoss = lossSum / lossCount;
+        s.curve.push({ step: s.step, epoch: s.step / windows, seconds: s.seconds, lr: opt.learningRate, trainLoss,
           validLoss, gradNorm: normSum / lossCount });
         lossSum = lossCount = normSum = 0;
         if (o.checkpoint) writeCheckpoint(`${o.checkpoint}.${arm}.ckpt`, o, arm, data.vocab, lm, opt, s);
       }
-      onProgress({ arm, step: s.step, steps: o.steps, loss: r.loss, validLoss, seconds: s.seconds });
+      onProgress({ arm, step: s.step, steps: o.steps, loss: r.loss, trainLoss, validLoss, seconds: s.seconds });
     }
   } catch (err) {
     if ((err as { code?: string }).code !== 'ERR_WNLSTM_NOT_FINITE') throw err;
     diverged = `step ${s.step}: ${(err as Error).message}`;
   }
   const best = s.curve.reduce((a, p) => (p.validLoss < a.validLoss ? p : a), { validLoss: Infinity, step: 0 } as CurvePoint);
-  const validLoss = diverged ? NaN : lm.evaluate(data.valid, { steps: T });
-  const testLoss = diverged ? NaN : lm.evaluate(data.test, { steps: T });
+  const validLoss = diverged ? NaN : lm.evaluate(data.valid, { batchSize: EVAL_BATCH, steps: T });
+  const testLoss = diverged ? NaN : lm.evaluate(data.test, { batchSize: EVAL_BATCH, steps: T });
   lm.dispose();
   return { arm, curve: s.curve, diverged, bestValidLoss: best.validLoss, bestStep: best.step, seconds: s.seconds,
     final: { validLoss, testLoss, validPerplexity: Math.exp(validLoss), testPerplexity: Math.exp(testLoss),
       validBitsPerToken: validLoss / Math.LN2, testBitsPerToken: testLoss / Math.LN2 } };
 }
 
-/** Trains each arm in turn and writes metrics.json and loss.svg to `out`. */
+/** Trains each arm in turn and writes metrics.json and loss.svg to `out` (when given). Every option is
+ * checked first (ERR_WNLSTM_CONFIG says which and why). With `resume`, the run continues from the
+ * checkpoint with its options: only RESUME_OPTIONS may be given beside it. */
 export function train(options: Partial<TrainOptions> = {}, onProgress: (p: Progress) => void = () => {}): TrainResult {
-  const resumeMeta = options.resume ? (loadCheckpoint(options.resume).meta as { options: TrainOptions; arm: Arm; vocab: { level: Level; tokens: string[] } }) : null;
-  // Resuming continues the checkpoint's run: its options, except for how long and where to write.
-  const o: TrainOptions = resumeMeta
-    ? { ...resumeMeta.options, steps: options.steps ?? resumeMeta.options.steps, out: options.out ?? resumeMeta.options.out,
-      checkpoint: options.checkpoint ?? resumeMeta.options.checkpoint, resume: options.resume!, arms: [resumeMeta.arm] }
-    : { ...DEFAULTS, ...options };
-  for (const key of ['steps', 'evalEvery', 'batch', 'bptt'] as const) {
-    if (!Number.isInteger(o[key]) || o[key] < 1) throw wnlstmError('ERR_WNLSTM_CONFIG', `${key} must be a positive integer`);
+  if (options === null || typeof options !== 'object') throw wnlstmError('ERR_WNLSTM_CONFIG', 'training options must be an object');
+  let o: TrainOptions;
+  let resumed: Resumed | null = null;
+  if (options.resume) {
+    const given = Object.keys(options).filter((k) => options[k as keyof TrainOptions] !== undefined);
+    const refused = given.filter((k) => !RESUME_OPTIONS.includes(k as keyof TrainOptions));
+    if (refused.length) {
+      throw wnlstmError('ERR_WNLSTM_CONFIG', `resume continues the checkpoint's run with its own options: ` +
+        `${refused.join(', ')} cannot be changed (only ${RESUME_OPTIONS.slice(1).join(', ')} can)`);
+    }
+    for (const k of given) checkOption(k, options[k as keyof TrainOptions]);
+    resumed = readCheckpoint(options.resume);
+    const r = resumed.options;
+    o = { ...r, steps: options.steps ?? r.steps, out: options.out ?? '', checkpoint: options.checkpoint ?? r.checkpoint,
+      backend: options.backend ?? r.backend, evalTokens: options.evalTokens ?? r.evalTokens, resume: options.resume, arms: [resumed.arm] };
+  } else {
+    o = checkTrainOptions(options);
   }
-  const data = loadData(o, resumeMeta ? Vocabulary.fromJSON(resumeMeta.vocab) : undefined);
-  const corpus = { name: o.corpus, level: o.level, documents: data.documents, vocabulary: data.vocab.size,
-    trainTokens: data.train.length, validTokens: data.valid.length, testTokens: data.test.length };
-  const arms = o.arms.map((arm) => trainArm(o, arm, data, onProgress));
-  const result: TrainResult = { options: o, corpus, arms };
-  if (o.out) writeReport(o.out, result);
-  return result;
+  try {
+    const data = loadData(o, resumed?.vocab);
+    const needed = o.batch * (o.bptt + 1);
+    if (data.train.length < needed) {
+      throw wnlstmError('ERR_WNLSTM_CONFIG', `the training text has ${data.train.length} tokens: too few for batch ${o.batch} x ` +
+        `(bptt ${o.bptt} + 1) = ${needed}. Use a larger corpus, or a smaller --batch or --bptt`);
+    }
+    for (const [name, ids] of [['validation', data.valid], ['test', data.test]] as const) {
+      if (ids.length < 2 * EVAL_BATCH) {
+        throw wnlstmError('ERR_WNLSTM_CONFIG', `the ${name} text has ${ids.length} tokens: at least ${2 * EVAL_BATCH} are needed. Use a larger corpus`);
+      }
+    }
+    const corpus = { name: o.corpus, level: o.level, documents: data.documents, vocabulary: data.vocab.size,
+      trainTokens: data.train.length, validTokens: data.valid.length, testTokens: data.test.length };
+    const arms = o.arms.map((arm) => trainArm(o, arm, data, resumed, onProgress));
+    const result: TrainResult = { options: o, corpus, arms };
+    if (o.out) writeReport(o.out, result);
+    return result;
+  } finally {
+    resumed?.lm.dispose();
+  }
 }
 
 /** train() in a worker thread: the event loop stays free (progress arrives as messages, throttled to
  * evaluations and every 50th step). Resolves with the same result. */
 export function trainAsync(options: Partial<TrainOptions> = {}, onProgress: (p: Progress) => void = () => {}): Promise<TrainResult> {
-  const worker = new Worker(path.join(__dirname, '..', 'dist', 'train-worker.js'), { workerData: options });
+  let worker: Worker;
+  try {
+    worker = new Worker(path.join(__dirname, '..', 'dist', 'train-worker.js'), { workerData: options });
+  } catch (err) { // options that cannot be copied to a thread (functions, symbols)
+    return Promise.reject(wnlstmError('ERR_WNLSTM_CONFIG', `training options: ${(err as Error).message}`));
+  }
   return new Promise((resolve, reject) => {
     let settled = false;
     worker.on('message', (m: { progress?: Progress; result?: TrainResult; error?: { message: string; code?: string } }) => {
