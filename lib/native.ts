@@ -77,9 +77,12 @@ function load(): Addon {
       failures.push(`  ${file}: ${(err as Error).message.split('\n')[0]}`);
     }
   }
+  // In a checkout `npm run build:native` does it; in a project that depends on wnlstm, these do.
   throw wnlstmError('ERR_WNLSTM_LOAD',
     `wnlstm: could not load the native addon. Tried:\n${failures.join('\n')}\n` +
-    'Build it with `npm run build:native` (needs CMake or node-gyp, and a C++17 compiler).');
+    'Build it from your project with `npm rebuild wnlstm`, or, where npm does not run install scripts, with\n' +
+    `  node ${JSON.stringify(path.join(root, 'scripts', 'build-native.js'))} --force\n` +
+    '(it needs CMake or python3 and make, and a C++17 compiler).');
 }
 
 export const addon: Addon = load();

@@ -1,16 +1,30 @@
-// The README's example runs as written (with require('wnlstm') pointed at this checkout).
+// Every js example of the README runs as written, from the repository root, where require('wnlstm')
+// resolves to this package through its `exports` (as it would in a user's project). The HTTP service
+// example is a server: test/service-example.test.ts drives it.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-t.test('README example', async (t) => {
-  const root = path.join(__dirname, '..');
-  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
-  const example = readme.match(/```js\n([\s\S]*?)```/)?.[1];
-  t.ok(example, 'the README has a js example');
-  const code = example!.replace("require('wnlstm')", `require(${JSON.stringify(root)})`);
-  const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8' });
-  t.equal(r.status, 0, `runs${r.status ? `: ${r.stderr}` : ''}`);
-  t.match(r.stdout, /'norm_1'/, 'prints the gradient names');
+const root = path.join(__dirname, '..');
+const examples = [...fs.readFileSync(path.join(root, 'README.md'), 'utf8').matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]);
+const run = (code: string) => spawnSync(process.execPath, ['-e', code], { cwd: root, encoding: 'utf8', timeout: 60000 });
+
+t.test('the README has its examples', async (t) => {
+  t.equal(examples.length, 3, 'three js examples: a cell, training, an HTTP service');
+  t.ok(examples.every((code) => code.includes("require('wnlstm')")), 'each requires the package by name');
 });
+
+t.test('the cell example', async (t) => {
+  const r = run(examples.find((code) => code.includes('cell.backward(outputs)'))!);
+  t.equal(r.status, 0, `runs${r.status ? `: ${r.stderr}` : ''}`);
+  t.match(r.stdout.replace(/\s+/g, ' '), /'kernel', 'bias', 'norm_0', 'norm_1', 'w_i_diag', 'w_f_diag', 'w_o_diag'/, 'prints the gradient names');
+});
+
+t.test('the training example learns', async (t) => {
+  const r = run(examples.find((code) => code.includes('opt.step()'))!);
+  t.equal(r.status, 0, `runs${r.status ? `: ${r.stderr}` : ''}`);
+  const mean = Number(/mean output (\S+)/.exec(r.stdout)?.[1]);
+  t.ok(Math.abs(mean - 0.5) < 0.05, `mean output ${mean} within 0.05 of the target 0.5`);
+});
+
