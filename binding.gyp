@@ -35,8 +35,7 @@
         "native/cpu/training_ops.cc",
         "native/napi/addon.cc"
       ],
-      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
-      "ldflags": ["-Wl,-z,nodelete"]
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"]
     }
   ]
 }

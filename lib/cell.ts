@@ -66,6 +66,12 @@ export interface BackwardResult {
   dInitialState: LSTMState;
 }
 
+/** A copy of a typed array, for an input that is read after an await (the caller may reuse its buffer);
+ * anything else as it is, for the checks that follow to reject. */
+export function snapshot<T>(a: T): T {
+  return (a instanceof Float32Array || a instanceof Float64Array || a instanceof Int32Array ? a.slice() : a) as T;
+}
+
 let backendInfoCache: BackendInfo | undefined;
 /** What this machine and build offer: the CPU's vector ISA and threads, and CUDA's status with a reason. */
 export function backendInfo(): BackendInfo {
@@ -299,7 +305,7 @@ abstract class LSTMCellBase {
     if (this.#pending === 0) {
       run = call(args);
     } else {
-      const copies = args.map((a) => (ArrayBuffer.isView(a) ? (a as FloatArray).slice() : a)) as A;
+      const copies = args.map(snapshot) as A;
       run = this.#queue.then(() => call(copies));
     }
     this.#pending++;

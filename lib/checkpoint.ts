@@ -5,6 +5,7 @@
 //   arrays (each 8-aligned) | SHA-256 of all the bytes before it (32 bytes)
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { wnlstmError } from './errors';
 
@@ -25,9 +26,13 @@ function typeName(a: AnyArray): TypeName {
   return a instanceof Float64Array ? 'float64' : a instanceof Int32Array ? 'int32' : 'float32';
 }
 
-const tmpPrefix = (file: string) => `${path.basename(file)}.tmp-`;
+// Temporary files are named <file>.tmp-<host>-<pid>-<n>: a writer on this host whose process is gone
+// died while writing, and the next save removes its file. Writers on other hosts (a shared volume) are
+// left alone: their process ids mean nothing here.
+const host = os.hostname().replace(/[^A-Za-z0-9.]/g, '_');
+const tmpPrefix = (file: string) => `${path.basename(file)}.tmp-${host}-`;
 
-/** Temporary files of this checkpoint left by processes that died while writing it. */
+/** Temporary files of this checkpoint left by processes of this host that died while writing it. */
 function staleTemporaries(file: string, names: string[]): string[] {
   const prefix = tmpPrefix(file);
   return names.filter((n) => {
@@ -110,6 +115,9 @@ function syncDirectory(dir: string): void {
   }
 }
 
+const aligned = (bytes: number) => Math.ceil(bytes / 8) * 8;
+
+/** Refuses what decode() would refuse, so that every file saved can be loaded. */
 function encode({ meta, arrays }: Checkpoint): Buffer {
   if (arrays === null || typeof arrays !== 'object') throw wnlstmError('ERR_WNLSTM_TYPE', 'checkpoint.arrays must be an object of typed arrays');
   const entries: Entry[] = [];
@@ -118,10 +126,17 @@ function encode({ meta, arrays }: Checkpoint): Buffer {
     if (!(a instanceof Float32Array || a instanceof Float64Array || a instanceof Int32Array)) {
       throw wnlstmError('ERR_WNLSTM_TYPE', `checkpoint array '${name}' must be a Float32Array, Float64Array or Int32Array`);
     }
+    if (name.length === 0 || name.length > CHECKPOINT_LIMITS.nameLength) {
+      throw wnlstmError('ERR_WNLSTM_CHECKPOINT', `checkpoint array names need 1 to ${CHECKPOINT_LIMITS.nameLength} characters`);
+    }
     entries.push({ name, type: typeName(a), offset, length: a.length });
-    offset += Math.ceil(a.byteLength / 8) * 8;
+    offset += aligned(a.byteLength);
   }
-  const header = Buffer.from(JSON.stringify({ format: 'wnlstm-checkpoint', version: VERSION, meta, arrays: entries }));
+  if (entries.length > CHECKPOINT_LIMITS.arrays) throw wnlstmError('ERR_WNLSTM_CHECKPOINT', `more than ${CHECKPOINT_LIMITS.arrays} arrays`);
+  const json = JSON.stringify({ format: 'wnlstm-checkpoint', version: VERSION, meta, arrays: entries });
+  if (json === undefined) throw wnlstmError('ERR_WNLSTM_TYPE', 'checkpoint.meta must be JSON');
+  const header = Buffer.from(json);
+  if (header.length > CHECKPOINT_LIMITS.headerBytes) throw wnlstmError('ERR_WNLSTM_CHECKPOINT', 'the checkpoint header (meta) exceeds 64 MiB');
   const start = PREFIX + header.length + ((8 - ((PREFIX + header.length) % 8)) % 8);
   const out = Buffer.alloc(start + offset + DIGEST);
   out.write(MAGIC, 0, 'latin1');
@@ -158,6 +173,7 @@ export async function loadCheckpointAsync(file: string): Promise<Checkpoint> {
 
 const isCount = (v: unknown, max: number): v is number => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= max;
 
+
 /** Checks the checksum, then every field of the header against the file, before any array is made. */
 function decode(file: string, data: Buffer): Checkpoint {
   const bad = (why: string) => wnlstmError('ERR_WNLSTM_CHECKPOINT', `${file} is not a valid wnlstm checkpoint: ${why}`);
@@ -186,8 +202,11 @@ function decode(file: string, data: Buffer): Checkpoint {
   const start = PREFIX + length + ((8 - ((PREFIX + length) % 8)) % 8);
   if (start > body.length) throw bad('truncated');
   const payload = body.subarray(start);
+  // The arrays lie one after another, each 8-aligned, and fill the payload exactly (as encode() writes
+  // them): so the arrays made below are no larger, together, than the file.
   const entries: Entry[] = [];
   const names = new Set<string>();
+  let end = 0;
   for (const e of h.arrays as Partial<Entry>[]) {
     if (e === null || typeof e !== 'object') throw bad('an array entry is not an object');
     const { name, type, offset, length: n } = e;
@@ -196,11 +215,13 @@ function decode(file: string, data: Buffer): Checkpoint {
     names.add(name);
     if (typeof type !== 'string' || !Object.hasOwn(TYPES, type)) throw bad(`array '${name}' has unknown type ${String(type)}`);
     const bytes = TYPES[type].BYTES_PER_ELEMENT;
-    if (!isCount(offset, payload.length) || offset % 8 !== 0 || !isCount(n, payload.length) || offset + n * bytes > payload.length) {
-      throw bad(`array '${name}' lies outside the file`);
+    if (offset !== end || !isCount(n, payload.length) || offset + n * bytes > payload.length) {
+      throw bad(`array '${name}' is not where the previous one ends, or lies outside the file`);
     }
+    end = offset + aligned(n * bytes);
     entries.push({ name, type, offset, length: n });
   }
+  if (end !== payload.length) throw bad(`the arrays cover ${end} of the ${payload.length} payload bytes`);
   // fromEntries defines own properties, so that a name such as '__proto__' stays a plain key.
   const arrays: Record<string, AnyArray> = Object.fromEntries(entries.map((e) => {
     const Type = TYPES[e.type];

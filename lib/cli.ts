@@ -5,7 +5,9 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { isWnlstmError } from './errors';
 import { Random } from './init';
-import { checkOption, checkValue, DEFAULTS, OptionSpec, Progress, readCheckpoint, RESUME_OPTIONS, train, TRAIN_OPTIONS, TrainOptions } from './train';
+import * as fs from 'node:fs';
+import { BackendName } from './cell';
+import { checkOption, checkValue, DEFAULTS, OptionSpec, Progress, readCheckpoint, refusedWithResume, RESUME_OPTIONS, train, TRAIN_OPTIONS, TrainOptions } from './train';
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 const camel = (s: string) => s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
@@ -20,11 +22,13 @@ const SAMPLE_OPTIONS: Record<string, OptionSpec & { help: string; default?: unkn
   temperature: { type: 'number', min: 0, max: 100, minExclusive: true, default: 0.8, help: 'softmax temperature' },
   prefix: { type: 'string', default: 'The ', help: 'text to start from' },
   seed: { type: 'integer', min: 0, max: 2 ** 32 - 1, default: 1, help: 'seed of the sampling' },
+  backend: { ...TRAIN_OPTIONS.backend, default: "the checkpoint's" },
 };
 
 function describe(spec: OptionSpec): string {
   switch (spec.type) {
-    case 'integer': case 'number': return `${spec.type === 'integer' ? 'integer' : 'number'} ${'minExclusive' in spec && spec.minExclusive ? '>' : '>='} ${spec.min}`;
+    case 'integer': case 'number': return `${spec.type === 'integer' ? 'integer' : 'number'} in ` +
+      `${'minExclusive' in spec && spec.minExclusive ? '(' : '['}${spec.min}, ${spec.max}${'maxExclusive' in spec && spec.maxExclusive ? ')' : ']'}`;
     case 'choice': return spec.values.join('|');
     case 'arms': return 'wn|plain|wn,plain';
     case 'boolean': return 'flag';
@@ -53,7 +57,7 @@ Defaults: the Brown corpus, characters, 2 x 128 units, RMSProp 2e-3, clip 5, 100
 (about 6.5 min on 2 cores).
 
 Options, with their defaults:
-${optionLines(TRAIN_OPTIONS, DEFAULTS as unknown as Record<string, unknown>)}
+${optionLines(TRAIN_OPTIONS, { ...DEFAULTS, out: 'runs/train-<date>-<time>' } as Record<string, unknown>)}
 
 With --resume FILE the run continues with the checkpoint's options: only ${RESUME_OPTIONS.slice(1).map((k) => `--${kebab(k)}`).join(', ')} may be given.
 `,
@@ -130,15 +134,16 @@ function runTrain(args: string[]): number {
   delete values.help;
   const options = values as Partial<TrainOptions>;
   if (options.resume) {
-    const refused = Object.keys(options).filter((k) => !RESUME_OPTIONS.includes(k as keyof TrainOptions));
+    const refused = refusedWithResume(Object.keys(options));
     if (refused.length) {
       throw usage(`--resume continues the checkpoint's run with its own options: ${refused.map((k) => `--${kebab(k)}`).join(', ')} ` +
         `cannot be changed (only ${RESUME_OPTIONS.slice(1).map((k) => `--${kebab(k)}`).join(', ')} can)`);
     }
   }
-  if (options.out === undefined) {
-    const stamp = new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
-    options.out = path.join('runs', `train-${stamp}`);
+  if (options.out === undefined) { // a new folder: runs/train-<date>-<time>, or with -2, -3... if taken
+    const stamp = path.join('runs', `train-${new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15)}`);
+    options.out = stamp;
+    for (let n = 2; fs.existsSync(options.out); n++) options.out = `${stamp}-${n}`;
   }
   const r = train(options, progressPrinter());
   for (const a of r.arms) {
@@ -155,9 +160,9 @@ function runSample(args: string[]): number {
   const values = parseOptions('sample', args, SAMPLE_OPTIONS, (k, v) => checkValue(SAMPLE_OPTIONS[k], k, v));
   if (values.help) { console.log(HELP.sample); return 0; }
   const o = { ...Object.fromEntries(Object.entries(SAMPLE_OPTIONS).map(([k, s]) => [k, s.default])), ...values } as
-    { checkpoint?: string; length: number; temperature: number; prefix: string; seed: number };
+    { checkpoint?: string; length: number; temperature: number; prefix: string; seed: number; backend?: BackendName };
   if (!o.checkpoint) throw usage('sample needs --checkpoint FILE (written by wnlstm train --checkpoint PREFIX)');
-  const { lm, vocab } = readCheckpoint(o.checkpoint);
+  const { lm, vocab } = readCheckpoint(o.checkpoint, { backend: values.backend as BackendName | undefined });
   try {
     const prefix = vocab.encode(o.prefix).subarray(0, -1);
     const ids = lm.sample(prefix.length ? prefix : Int32Array.of(vocab.id('\n')), o.length,
@@ -177,7 +182,7 @@ export function main(argv = process.argv.slice(2)): number {
     if (command === 'sample') return runSample(rest);
     if (command === 'help' || command === '--help' || command === '-h') {
       const topic = rest[0];
-      if (topic !== undefined && !(topic in HELP && topic !== 'main')) throw usage(`help: unknown command '${topic}' (commands: train, sample, help)`);
+      if (topic !== undefined && !(Object.hasOwn(HELP, topic) && topic !== 'main')) throw usage(`help: unknown command '${topic}' (commands: train, sample, help)`);
       console.log(HELP[topic ?? 'main']);
       return 0;
     }

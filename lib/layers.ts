@@ -4,6 +4,7 @@ import { addon, FloatArray } from './native';
 import { wnlstmError } from './errors';
 import { Random } from './init';
 import { ArrayParams, HasParameters, ParamBlock } from './optim';
+import { snapshot } from './cell';
 import type { DType, LSTMCell, LSTMState, WeightNormLSTMCell } from './cell';
 
 type AnyCell = LSTMCell | WeightNormLSTMCell;
@@ -104,7 +105,7 @@ export function applyMask(dx: FloatArray, mask: FloatArray | null): FloatArray {
 
 /** Copies of the layers' states (they are read after an await: the caller may reuse its arrays). */
 function copyStates(states: LSTMState[] | undefined): LSTMState[] | undefined {
-  return Array.isArray(states) ? states.map((s) => (s && typeof s === 'object' ? { c: s.c?.slice(), h: s.h?.slice() } : s)) : states;
+  return Array.isArray(states) ? states.map((s) => (s && typeof s === 'object' ? { c: snapshot(s.c), h: snapshot(s.h) } : s)) : states;
 }
 
 /** A stack of cells, each feeding the next (TF's MultiRNNCell), with dropout between layers
@@ -128,6 +129,7 @@ export class StackedLSTM implements HasParameters {
   /** inputs [T, B, I] -> outputs [T, B, P_last]; states: one per layer (zeros when omitted). Dropout
    * applies between layers when `training`. */
   forward(inputs: FloatArray, { batchSize, initialStates, training = true }: StackOptions) {
+    this.#idle();
     let x = inputs;
     const states: LSTMState[] = [];
     this.#masks.length = 0;
@@ -142,20 +144,23 @@ export class StackedLSTM implements HasParameters {
   /** forward() with each layer off the main thread (see WeightNormLSTMCell.forwardAsync). The inputs
    * and states are taken as they are at the call. */
   async forwardAsync(inputs: FloatArray, { batchSize, initialStates, training = true }: StackOptions) {
-    initialStates = copyStates(initialStates);
-    let x = inputs;
-    const states: LSTMState[] = [];
-    this.#masks.length = 0;
-    for (let l = 0; l < this.cells.length; l++) {
-      const r = await this.cells[l].forwardAsync(this.#layerInput(x, l, training), { batchSize, initialState: initialStates?.[l], training });
-      x = r.outputs;
-      states.push(r.state);
-    }
-    return { outputs: x, states };
+    return this.#exclusive(async () => {
+      initialStates = copyStates(initialStates);
+      let x = inputs;
+      const states: LSTMState[] = [];
+      this.#masks.length = 0;
+      for (let l = 0; l < this.cells.length; l++) {
+        const r = await this.cells[l].forwardAsync(this.#layerInput(x, l, training), { batchSize, initialState: initialStates?.[l], training });
+        x = r.outputs;
+        states.push(r.state);
+      }
+      return { outputs: x, states };
+    });
   }
 
   /** Gradient of the outputs (and optionally of the final states) -> gradient of the inputs. */
   backward(dOutputs: FloatArray, dFinalStates?: LSTMState[]): FloatArray {
+    this.#idle();
     let d = dOutputs;
     for (let l = this.cells.length - 1; l >= 0; l--) d = this.#layerGrad(this.cells[l].backward(d, dFinalStates?.[l]).dInputs, l);
     return d;
@@ -163,10 +168,28 @@ export class StackedLSTM implements HasParameters {
 
   /** backward() with each layer off the main thread; the gradients are taken as they are at the call. */
   async backwardAsync(dOutputs: FloatArray, dFinalStates?: LSTMState[]): Promise<FloatArray> {
-    dFinalStates = copyStates(dFinalStates);
-    let d = dOutputs;
-    for (let l = this.cells.length - 1; l >= 0; l--) d = this.#layerGrad((await this.cells[l].backwardAsync(d, dFinalStates?.[l])).dInputs, l);
-    return d;
+    return this.#exclusive(async () => {
+      dFinalStates = copyStates(dFinalStates);
+      let d = dOutputs;
+      for (let l = this.cells.length - 1; l >= 0; l--) d = this.#layerGrad((await this.cells[l].backwardAsync(d, dFinalStates?.[l])).dInputs, l);
+      return d;
+    });
+  }
+
+  // A forward keeps its dropout masks (and each cell its activations) for the backward that follows: a
+  // second call while one is in flight would replace them, so it is refused.
+  #busy = false;
+  #idle(): void {
+    if (this.#busy) throw wnlstmError('ERR_WNLSTM_BUSY', 'an async call on this stack is in flight: await it first');
+  }
+  async #exclusive<R>(fn: () => Promise<R>): Promise<R> {
+    this.#idle();
+    this.#busy = true;
+    try {
+      return await fn();
+    } finally {
+      this.#busy = false;
+    }
   }
 
   /** Layer l's input: the previous layer's output, with dropout between layers when training. */

@@ -60,7 +60,7 @@ export class LanguageModel implements HasParameters {
     this.embedding = new Embedding(vocabSize, embeddingSize, { seed, initScale, dtype });
     const cells = Array.from({ length: layers }, (_, l) => {
       const cell = new WeightNormLSTMCell(hiddenSize, {
-        inputSize: l === 0 ? embeddingSize : hiddenSize, norm, seed: seed + 101 * (l + 1), dtype,
+        inputSize: l === 0 ? embeddingSize : hiddenSize, norm, seed: (seed + 101 * (l + 1)) >>> 0, dtype,
         backend: config.backend, name: `lstm_${l}`, initializer: { kind: 'uniform', min: -initScale, max: initScale },
       });
       cell.setWeights({ bias: new Float64Array(4 * hiddenSize) });
@@ -90,6 +90,7 @@ export class LanguageModel implements HasParameters {
 
   /** Mean loss (nats per token) of one window; with `train`, also the gradients (accumulated). */
   step(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[], train: boolean) {
+    this.#idle();
     const emb = this.#embed(inputs, train);
     const { outputs, states } = this.stack.forward(emb, { batchSize, initialStates: state, training: train });
     const { loss, dh } = this.#head(outputs, targets, train);
@@ -100,13 +101,25 @@ export class LanguageModel implements HasParameters {
   /** step() with the recurrent layers off the main thread (the embedding, softmax layer and loss stay on
    * it: they are a small part of a step). The inputs, targets and state are taken as they are now. */
   async stepAsync(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[], train: boolean) {
-    inputs = Int32Array.from(inputs);
-    targets = Int32Array.from(targets);
-    const emb = this.#embed(inputs, train);
-    const { outputs, states } = await this.stack.forwardAsync(emb, { batchSize, initialStates: state, training: train });
-    const { loss, dh } = this.#head(outputs, targets, train);
-    if (dh) this.embedding.backward(applyMask(await this.stack.backwardAsync(dh), this.#masks[0]));
-    return { loss, state: states };
+    this.#idle();
+    this.#busy = true;
+    try {
+      inputs = Int32Array.from(inputs);
+      targets = Int32Array.from(targets);
+      const emb = this.#embed(inputs, train);
+      const { outputs, states } = await this.stack.forwardAsync(emb, { batchSize, initialStates: state, training: train });
+      const { loss, dh } = this.#head(outputs, targets, train);
+      if (dh) this.embedding.backward(applyMask(await this.stack.backwardAsync(dh), this.#masks[0]));
+      return { loss, state: states };
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  // A step keeps its masks and ids for its backward: a second one while one is in flight is refused.
+  #busy = false;
+  #idle(): void {
+    if (this.#busy) throw wnlstmError('ERR_WNLSTM_BUSY', 'a step of this model is in flight: await it first');
   }
 
   /** Embedding and its dropout. */

@@ -50,6 +50,8 @@ interface Addon {
   softmaxCrossEntropy(logits: FloatArray, targets: Int32Array, vocabSize: number, gradScale: number): number;
   /** C[M,N] (+)= op(A) op(B), row-major. */
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: FloatArray, B: FloatArray, C: FloatArray, accumulate: boolean): void;
+  /** Bytes of external memory V8 counts, the cells' native memory included (for the tests). */
+  externalMemory(): number;
   /** Seconds per float32 GEMM C[M,N] = A[M,K] B[K,N] on all threads (for bench/). */
   benchGemm(M: number, N: number, K: number, repeats: number): number;
 }

@@ -133,6 +133,11 @@ export abstract class Optimizer {
       for (const buf of s) {
         if (buf && buf.length !== b.size) throw wnlstmError('ERR_WNLSTM_SHAPE', `optimizer state of '${b.name}' has the wrong size`);
       }
+      // After a step, the moments this kind keeps exist: without them the next step would start over.
+      const needs = this.buffers();
+      if (state.step > 0 && needs.some((need, k) => need && !s[k])) {
+        throw wnlstmError('ERR_WNLSTM_CONFIG', `optimizer state of '${b.name}' lacks a buffer that ${this.kind} keeps`);
+      }
     }
     for (const b of this.blocks) {
       const [s1, s2] = state.buffers[b.name];

@@ -1,6 +1,7 @@
 // Streaming inference: a session holds the recurrent state of its streams and steps them one token (or
 // one frame) at a time. Sessions share the model's cells: any number of them serve one model without
 // copying weights, and they never disturb a training forward's saved activations.
+import { snapshot } from './cell';
 import type { FloatArray, LSTMCell, LSTMState, WeightNormLSTMCell } from './cell';
 import { wnlstmError } from './errors';
 import { StackedLSTM } from './layers';
@@ -49,7 +50,7 @@ export class StreamingSession {
   /** step() off the main thread. Steps issued while others are in flight queue and run in order, each on
    * x as it was when called; the state advances as each one resolves (a failed step leaves it). */
   stepAsync(x: FloatArray): Promise<FloatArray> {
-    const input = this.#pending === 0 ? x : ArrayBuffer.isView(x) ? x.slice() : x;
+    const input = this.#pending === 0 ? x : snapshot(x);
     const run = async () => {
       let h = input;
       const next: LSTMState[] = [];

@@ -99,6 +99,8 @@ export const TRAIN_OPTIONS: Record<keyof TrainOptions, OptionSpec & { help: stri
 };
 /** The options a resumed run may change: how long it runs and where it writes. */
 export const RESUME_OPTIONS: readonly (keyof TrainOptions)[] = ['resume', 'steps', 'out', 'checkpoint', 'backend', 'evalTokens'];
+/** The options given beside `resume` that it refuses. */
+export const refusedWithResume = (given: string[]) => given.filter((k) => !RESUME_OPTIONS.includes(k as keyof TrainOptions));
 /** Streams of the validation and test evaluations. */
 const EVAL_BATCH = 10;
 /** Models larger than this many parameters are refused (a typo, not a model). */
@@ -149,7 +151,8 @@ export function checkTrainOptions(options: unknown, where = 'option'): TrainOpti
   const o: Record<string, unknown> = { ...DEFAULTS };
   for (const [key, value] of Object.entries(options)) if (value !== undefined) o[key] = checkOption(key, value, where);
   const t = o as unknown as TrainOptions;
-  const params = t.layers * 4 * t.hidden * (t.embedding + t.hidden + 3) + (t.vocabSize + 1) * (t.embedding + t.hidden + 1);
+  // At the word level the vocabulary has at most vocabSize tokens; characters are far fewer.
+  const params = LanguageModel.parameterCount({ vocabSize: t.vocabSize, embeddingSize: t.embedding, hiddenSize: t.hidden, layers: t.layers, norm: true });
   if (params > MAX_MODEL_PARAMS) {
     throw wnlstmError('ERR_WNLSTM_SIZE', `a model of ${t.layers} x ${t.hidden} units (embedding ${t.embedding}) has about ${params.toExponential(1)} parameters: too many`);
   }
@@ -234,8 +237,9 @@ function writeCheckpoint(file: string, o: TrainOptions, arm: Arm, vocab: Vocabul
 type Resumed = ReturnType<typeof readCheckpoint>;
 
 /** Restores a model, its optimizer and the training position from a checkpoint written by train().
- * Every field is checked, and the arrays' sizes against the model, before the model is made. */
-export function readCheckpoint(file: string) {
+ * Every field is checked, and the arrays' sizes against the model, before the model is made. The model
+ * runs on `backend` (default: the checkpoint's). */
+export function readCheckpoint(file: string, { backend }: { backend?: BackendName } = {}) {
   const { meta, arrays } = loadCheckpoint(file);
   const bad = (why: string) => wnlstmError('ERR_WNLSTM_CHECKPOINT', `${file}: ${why}`);
   const m = meta as { options: unknown; arm: Arm; vocab: { level: Level; tokens: string[] }; step: number; seconds: number;
@@ -246,15 +250,19 @@ export function readCheckpoint(file: string) {
   try {
     options = checkTrainOptions(m.options, 'checkpoint option');
     vocab = Vocabulary.fromJSON(m.vocab);
+    if (backend !== undefined) options.backend = checkOption('backend', backend) as BackendName;
   } catch (err) {
     throw bad((err as Error).message);
   }
+  if (vocab.level !== options.level) throw bad(`its vocabulary is of ${vocab.level}s, its options of ${options.level}s`);
   if (m.arm !== 'wn' && m.arm !== 'plain') throw bad(`arm ${JSON.stringify(m.arm)} is neither 'wn' nor 'plain'`);
   const count = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0;
   const finite = (v: unknown) => typeof v === 'number' && Number.isFinite(v);
   if (!count(m.step) || !finite(m.seconds) || m.seconds < 0) throw bad('the training position (step, seconds) is missing or invalid');
   const curveKeys = ['step', 'epoch', 'seconds', 'lr', 'trainLoss', 'validLoss', 'gradNorm'] as const;
-  if (!Array.isArray(m.curve) || !m.curve.every((p) => p !== null && typeof p === 'object' && curveKeys.every((k) => typeof p[k] === 'number'))) {
+  // A value that was NaN or infinite when written reads back as null.
+  const curveValue = (v: unknown) => typeof v === 'number' || v === null;
+  if (!Array.isArray(m.curve) || !m.curve.every((p) => p !== null && typeof p === 'object' && curveKeys.every((k) => curveValue(p[k])))) {
     throw bad('the learning curve is missing or invalid');
   }
   const o = m.optimizer;
@@ -362,16 +370,16 @@ export function train(options: Partial<TrainOptions> = {}, onProgress: (p: Progr
   let resumed: Resumed | null = null;
   if (options.resume) {
     const given = Object.keys(options).filter((k) => options[k as keyof TrainOptions] !== undefined);
-    const refused = given.filter((k) => !RESUME_OPTIONS.includes(k as keyof TrainOptions));
+    const refused = refusedWithResume(given);
     if (refused.length) {
       throw wnlstmError('ERR_WNLSTM_CONFIG', `resume continues the checkpoint's run with its own options: ` +
         `${refused.join(', ')} cannot be changed (only ${RESUME_OPTIONS.slice(1).join(', ')} can)`);
     }
     for (const k of given) checkOption(k, options[k as keyof TrainOptions]);
-    resumed = readCheckpoint(options.resume);
+    resumed = readCheckpoint(options.resume, { backend: options.backend });
     const r = resumed.options;
     o = { ...r, steps: options.steps ?? r.steps, out: options.out ?? '', checkpoint: options.checkpoint ?? r.checkpoint,
-      backend: options.backend ?? r.backend, evalTokens: options.evalTokens ?? r.evalTokens, resume: options.resume, arms: [resumed.arm] };
+      evalTokens: options.evalTokens ?? r.evalTokens, resume: options.resume, arms: [resumed.arm] };
   } else {
     o = checkTrainOptions(options);
   }

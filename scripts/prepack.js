@@ -52,4 +52,4 @@ if (process.platform === 'linux' && spawnSync('strip', ['--strip-unneeded', preb
   console.error('wnlstm prepack: strip failed; packing the unstripped addon');
 }
 console.error(`wnlstm prepack: ${path.relative(root, prebuilt)} (${(fs.statSync(prebuilt).size / 2 ** 20).toFixed(1)} MiB, ` +
-  `CUDA ${hasNvcc ? 'included' : 'not built: no nvcc'})`);
+  `${cudaCompiled() ? 'with' : 'without'} the CUDA backend)`);

@@ -84,7 +84,10 @@ t.test('a header with a valid checksum but absurd or missing contents is refused
   const options = (h: { meta: Record<string, unknown> }) => h.meta.options as Record<string, unknown>;
   const cases: [string, (h: Parameters<Parameters<typeof crafted>[0]>[0]) => unknown][] = [
     ['layers: 1e6', (h) => { options(h).layers = 1e6; }],
-    ['hidden: 16384, layers: 64 (within limits, but not the file\'s weights)', (h) => { options(h).hidden = 16384; options(h).layers = 64; }],
+    ['hidden: 16384, layers: 64 (each within its range, the model too large)', (h) => { options(h).hidden = 16384; options(h).layers = 64; }],
+    ['embedding: 7 (a valid model, but not the file\'s weights)', (h) => { options(h).embedding = 7; }],
+    ['a vocabulary of words for a character model', (h) => { (h.meta.vocab as { level: string }).level = 'word'; }],
+    ['no Adam moments after 10 steps', (h) => { h.meta.options = { ...options(h), optimizer: 'adam' }; (h.meta.optimizer as { kind: string }).kind = 'adam'; }],
     ['hidden: 9', (h) => { options(h).hidden = 9; }],
     ['level: "foo"', (h) => { options(h).level = 'foo'; }],
     ['an unknown option', (h) => { options(h).bogus = 1; }],
@@ -106,6 +109,11 @@ t.test('a header with a valid checksum but absurd or missing contents is refused
     ['an unaligned offset', (h) => { h.arrays[1].offset += 4; }],
     ['an unknown type', (h) => { h.arrays[0].type = 'float16'; }],
     ['an array twice', (h) => { h.arrays.push({ ...h.arrays[0] }); }],
+    ['99,999 arrays over the same bytes', (h) => { for (let i = 0; i < 99999; i++) h.arrays.push({ ...h.arrays[0], name: `alias${i}` }); }],
+    ['the weights aliased to fake the model size', (h) => {
+      const big = h.arrays.find((a) => a.name === 'weights/lstm_0/kernel')!;
+      h.arrays.push({ ...big, name: 'weights/extra' });
+    }],
     ['a missing weight', (h) => { h.arrays.splice(h.arrays.findIndex((a) => a.name === 'weights/lstm_1/kernel'), 1); }],
     ['a weight of the wrong type', (h) => { h.arrays[0].type = 'int32'; }],
     ["an array named '__proto__'", (h) => { h.arrays[0].name = '__proto__'; }],
@@ -140,14 +148,17 @@ t.test('saving removes the temporary files of writers that died, and keeps those
   const dir = path.join(tmp, 'stale');
   fs.mkdirSync(dir);
   const dead = spawnSync(process.execPath, ['-e', 'console.log(process.pid)'], { encoding: 'utf8' }).stdout.trim();
-  const stale = path.join(dir, `x.ckpt.tmp-${dead}-1`), live = path.join(dir, `x.ckpt.tmp-${process.pid}-999`);
-  const other = path.join(dir, `y.ckpt.tmp-${dead}-1`);
-  for (const f of [stale, live, other]) fs.writeFileSync(f, 'partial');
+  const host = os.hostname().replace(/[^A-Za-z0-9.]/g, '_');
+  const stale = path.join(dir, `x.ckpt.tmp-${host}-${dead}-1`), live = path.join(dir, `x.ckpt.tmp-${host}-${process.pid}-999`);
+  const remote = path.join(dir, `x.ckpt.tmp-elsewhere-${dead}-1`), other = path.join(dir, `y.ckpt.tmp-${host}-${dead}-1`);
+  for (const f of [stale, live, remote, other]) fs.writeFileSync(f, 'partial');
   saveCheckpoint(path.join(dir, 'x.ckpt'), { meta: {}, arrays: { a: Float32Array.of(1) } });
   t.notOk(fs.existsSync(stale), "a dead writer's temporary file is removed");
   t.ok(fs.existsSync(live), "a live writer's is kept");
+  t.ok(fs.existsSync(remote), "another host's is kept (its process ids mean nothing here)");
   t.ok(fs.existsSync(other), "another checkpoint's is left alone");
-  t.same(fs.readdirSync(dir).filter((f) => f.startsWith('x.ckpt')).sort(), ['x.ckpt', path.basename(live)].sort(), 'no new temporary file left');
+  t.same(fs.readdirSync(dir).filter((f) => f.startsWith('x.ckpt')).sort(), ['x.ckpt', path.basename(live), path.basename(remote)].sort(),
+    'no new temporary file left');
   t.throws(() => saveCheckpoint(path.join(dir, 'z.ckpt'), { meta: {}, arrays: { a: [1, 2] as never } }), { code: 'ERR_WNLSTM_TYPE' },
     'arrays that are not typed arrays: a coded error, nothing written');
   t.notOk(fs.readdirSync(dir).some((f) => f.startsWith('z.ckpt')));

@@ -14,7 +14,7 @@ for (const mode of ['terminate-sync', 'terminate-async']) {
     const r = child(mode);
     t.equal(r.signal, null, `no signal (got ${r.signal})`);
     t.equal(r.status, 7, 'the process exits with its own code after 8 terminated workers');
-    t.match(r.stdout, /survived/);
+    t.match(r.stdout, /survived; addon still mapped: true/, 'the addon stays loaded for its thread pool after the last worker using it exits');
     t.notMatch(r.stderr, /terminate called|Aborted|Segmentation/, `nothing aborted${r.stderr ? `: ${r.stderr.slice(-500)}` : ''}`);
   });
 }
@@ -29,6 +29,9 @@ t.test('cells dropped without dispose() are collected and their memory returned'
   const r = child('soak', ['--expose-gc']);
   t.equal(r.status, 0, `the soak ran${r.status ? `: ${r.stderr.slice(-500)}` : ''}`);
   const m = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}');
+  t.ok(m.reported > 20 && m.reported < 40, `a live cell's native memory is reported to V8 (${m.reported.toFixed(1)} MiB)`);
+  t.ok(Math.abs(m.afterDispose) < 1 && Math.abs(m.afterCollect) < 1,
+    `and released on dispose() (${m.afterDispose.toFixed(1)} MiB left) or collection (${m.afterCollect.toFixed(1)} MiB left)`);
   const leaked = m.cells * m.cellMiB;
   t.ok(m.yieldingPeak - m.start < 250, `${m.cells} cells of ~${m.cellMiB} MiB (${leaked} MiB if none were freed) in a loop that yields: ` +
     `RSS ${m.start.toFixed(0)} -> peak ${m.yieldingPeak.toFixed(0)} MiB (bound: +250 MiB)`);

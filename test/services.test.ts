@@ -68,12 +68,10 @@ t.test('async calls take their inputs as they are at the call: the caller may re
   const states = stack.zeroState(2).map((st) => ({ c: st.c.map(() => 0.3), h: st.h.map(() => -0.2) }));
   const wantStack = stack.forward(x, { batchSize: 2, initialStates: states }).outputs;
   const xs2 = x.slice();
-  const fs2 = stack.forwardAsync(xs2, { batchSize: 2, initialStates: states.map((st) => ({ c: st.c.slice(), h: st.h.slice() })) });
+  const fs2 = stack.forwardAsync(xs2, { batchSize: 2, initialStates: states });
   xs2.fill(0);
-  for (const st of states) { st.c.fill(9); st.h.fill(9); }
-  const gotStack = (await fs2).outputs;
-  for (const st of states) { st.c.fill(0.3); st.h.fill(-0.2); }
-  assertClose(t, gotStack, wantStack, EXACT, "StackedLSTM.forwardAsync: every layer's state at the call");
+  for (const st of states) { st.c.fill(9); st.h.fill(9); } // the second layer's is read after an await
+  assertClose(t, (await fs2).outputs, wantStack, EXACT, "StackedLSTM.forwardAsync: every layer's state at the call");
 
   const lm = new LanguageModel({ vocabSize: 9, embeddingSize: 4, hiddenSize: 5, layers: 2, norm: true, seed: 3 });
   const inputs = Int32Array.from({ length: 6 }, (_, i) => i % 9), targets = Int32Array.from({ length: 6 }, (_, i) => (i + 2) % 9);
@@ -81,7 +79,16 @@ t.test('async calls take their inputs as they are at the call: the caller may re
   const [ins, tgs] = [inputs.slice(), targets.slice()];
   const l = lm.stepAsync(ins, tgs, 2, lm.zeroState(2), true);
   ins.fill(0); tgs.fill(0);
+  await t.rejects(lm.stepAsync(inputs, targets, 2, lm.zeroState(2), true), { code: 'ERR_WNLSTM_BUSY' },
+    'a second training step while one is in flight is refused (it would replace the first one\'s masks)');
+  t.throws(() => lm.step(inputs, targets, 2, lm.zeroState(2), false), { code: 'ERR_WNLSTM_BUSY' }, 'a sync step too');
   t.equal((await l).loss, wantLoss, 'LanguageModel.stepAsync: ids and targets at the call');
+  const stacked = stack.forwardAsync(x, { batchSize: 2 });
+  await t.rejects(stack.backwardAsync(new Float32Array(3 * 2 * 3)), { code: 'ERR_WNLSTM_BUSY' }, 'a stack refuses overlapping calls');
+  await stacked;
+  await t.rejects(stack.forwardAsync(x, { batchSize: 2, initialStates: [{ c: 5, h: {} } as never] }), { code: 'ERR_WNLSTM_TYPE' },
+    'a state that is not an array: the cell\'s coded error');
+  await t.rejects(cell.forwardAsync(new DataView(new ArrayBuffer(96)) as never, { batchSize: 2 }), { code: 'ERR_WNLSTM_TYPE' }, 'a DataView too');
 
   const session = new StreamingSession(cell, 2), ref = new StreamingSession(cell, 2);
   const frames = [x.slice(0, 8), x.slice(8, 16), x.slice(16, 24)];

@@ -83,6 +83,7 @@ class DeviceBuffer {
   }
   T* data() const { return ptr_; }
   int64_t size() const { return size_; }
+  int64_t capacity() const { return capacity_; }
 
  private:
   T* ptr_ = nullptr;

@@ -350,11 +350,16 @@ class CudaCell final : public Cell<T> {
   int64_t saved_steps() const override { return saved_steps_; }
   int64_t saved_batch() const override { return saved_batch_; }
 
-  int64_t memory_bytes() const override {
-    double n = held_bytes() + double(host_params_.capacity() * sizeof(T));
-    for (const DeviceBuffer<T>* b : {&params_, &grads_, &s0_, &s1_, &sp_, &sumsq0_, &sumsq1_, &sumsqp_, &dc_, &dc_prev_,
-                                     &dh_, &dh_prev_, &dtot_, &dhh_})
-      n += double(b->size()) * sizeof(T);
+  int64_t memory_bytes() const override {  // what is allocated, whatever the last call's shapes
+    double n = double(host_params_.capacity() * sizeof(T));
+    for (const Activations* a : {&saved_, &scratch_}) {
+      for (const DeviceBuffer<T>* b : {&a->x, &a->cs, &a->hs, &a->gates, &a->c_raw, &a->hh, &a->pre})
+        n += double(b->capacity()) * sizeof(T);
+      n += double(a->len.capacity()) * sizeof(int32_t);
+    }
+    for (const DeviceBuffer<T>* b : {&params_, &grads_, &s0_, &s1_, &sp_, &sumsq0_, &sumsq1_, &sumsqp_, &y_, &dy_, &dz_,
+                                     &dpre_, &dx_, &dc_, &dc_prev_, &dh_, &dh_prev_, &dtot_, &dhh_})
+      n += double(b->capacity()) * sizeof(T);
     return int64_t(n);
   }
 

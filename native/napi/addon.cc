@@ -5,6 +5,9 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#ifndef _WIN32
+#include <dlfcn.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -296,8 +299,10 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
     int64_t reported = 0;      // bytes last reported to V8
 
     // Tells V8 how much native memory the cell holds, so that a cell dropped without dispose() is
-    // collected under memory pressure like any large JS object. Main thread only, no call in flight.
+    // collected under memory pressure like any large JS object. Main thread only; while an async call
+    // is in flight the cell is not read (its buffers may be resizing): the call reports when it ends.
     void report_memory(napi_env env) {
+      if (busy.load() > 0) return;
       const int64_t now = f32 ? f32->memory_bytes() : f64 ? f64->memory_bytes() : 0;
       int64_t ignored = 0;
       if (now == reported) return;
@@ -332,9 +337,14 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
   // Runs work on the thread pool with this cell marked busy until the promise settles.
   Napi::Value run_async(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> result) {
     s_->busy.fetch_add(1);
-    return Task::Run(env, std::move(work), std::move(result), [s = s_](Napi::Env env) {
-      if (s->busy.fetch_sub(1) == 1) s->report_memory(env);
-    });
+    try {
+      return Task::Run(env, std::move(work), std::move(result), [s = s_](Napi::Env env) {
+        if (s->busy.fetch_sub(1) == 1) s->report_memory(env);
+      });
+    } catch (...) {  // not queued (e.g. the environment is shutting down): the cell is not busy
+      s_->busy.fetch_sub(1);
+      throw;
+    }
   }
 
   Napi::Value Layout(const Napi::CallbackInfo& info) {
@@ -533,6 +543,13 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   });
 }
 
+// externalMemory() -> the bytes of external memory V8 counts (ours included), for the tests.
+Napi::Value ExternalMemory(const Napi::CallbackInfo& info) {
+  int64_t total = 0;
+  napi_adjust_external_memory(info.Env(), 0, &total);
+  return Napi::Number::New(info.Env(), double(total));
+}
+
 // benchGemm(M, N, K, repeats) -> seconds per product, for bench/: times the CPU GEMM alone on the
 // shapes the cell uses (C[M,N] = A[M,K] B[K,N], float32, all threads).
 Napi::Value BenchGemm(const Napi::CallbackInfo& info) {
@@ -623,12 +640,25 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   });
 }
 
+// The CPU thread pool's threads live as long as the process. When the last worker thread that loaded
+// the addon exits, Node unloads it, and those threads would run unmapped code: a second reference with
+// RTLD_NODELETE keeps the addon mapped until the process ends.
+void pin_in_memory() {
+#ifndef _WIN32
+  Dl_info self;
+  if (dladdr(reinterpret_cast<void*>(&pin_in_memory), &self) && self.dli_fname)
+    dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  pin_in_memory();
   exports.Set("optimizerUpdate", Napi::Function::New(env, OptimizerUpdate));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
   exports.Set("softmaxCrossEntropy", Napi::Function::New(env, SoftmaxCrossEntropy));
   exports.Set("gemm", Napi::Function::New(env, Gemm));
   exports.Set("benchGemm", Napi::Function::New(env, BenchGemm));
+  exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
   exports.Set("NativeCell", NativeCell::Define(env));
   exports.Set("info", Napi::Function::New(env, Info));
   return exports;
