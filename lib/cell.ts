@@ -1,6 +1,7 @@
 // The cells: TensorFlow 1.x WeightNormLSTMCell and LSTMCell (SPEC section 1), over the native backend.
 import { addon, BackendInfo, FloatArray, NativeCell, NativeParam } from './native';
 import { wnlstmError } from './errors';
+import { CallQueue } from './serial';
 import { columnNorms, Initializer, initialValues, Random, Shape } from './init';
 import type { ParamBlock } from './optim';
 
@@ -66,12 +67,6 @@ export interface BackwardResult {
   dInitialState: LSTMState;
 }
 
-/** A copy of a typed array, for an input that is read after an await (the caller may reuse its buffer);
- * anything else as it is, for the checks that follow to reject. */
-export function snapshot<T>(a: T): T {
-  return (a instanceof Float32Array || a instanceof Float64Array || a instanceof Int32Array ? a.slice() : a) as T;
-}
-
 let backendInfoCache: BackendInfo | undefined;
 /** What this machine and build offer: the CPU's vector ISA and threads, and CUDA's status with a reason. */
 export function backendInfo(): BackendInfo {
@@ -104,9 +99,7 @@ abstract class LSTMCellBase {
   readonly #native: NativeCell;
   #disposed = false;
   #grad: FloatArray | null = null;
-  /** Async calls run one after another; #pending counts those issued and not yet settled. */
-  #queue: Promise<unknown> = Promise.resolve();
-  #pending = 0;
+  readonly #queue = new CallQueue();
   readonly #layout: Map<string, NativeParam>;
 
   protected constructor(numUnits: number, options: WeightNormLSTMCellOptions, norm: boolean, names: string[]) {
@@ -172,8 +165,8 @@ abstract class LSTMCellBase {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    if (this.#pending === 0) this.#native.dispose();
-    else this.#queue.then(() => this.#native.dispose());
+    if (this.#queue.pending === 0) this.#native.dispose();
+    else this.#queue.settled.then(() => this.#native.dispose());
   }
 
   [Symbol.dispose](): void { this.dispose(); }
@@ -290,9 +283,8 @@ abstract class LSTMCellBase {
     return [inputs, steps, batch, state?.c ?? null, state?.h ?? null, seqLen, options.training ?? true];
   }
 
-  /** Checks and takes the arguments now, then runs the native call after the cell's earlier async calls
-   * have settled (whatever their outcome). A call that starts at once hands the caller's arrays to the
-   * addon, which copies them before returning; one that must wait works on copies made now. */
+  /** Checks and takes the arguments now, then runs the native call in turn (see CallQueue): one that
+   * starts at once hands the caller's arrays to the addon, which copies them before returning. */
   #enqueue<A extends unknown[], R>(takeArgs: () => A, call: (args: A) => Promise<R>): Promise<R> {
     if (this.#disposed) return Promise.reject(wnlstmError('ERR_WNLSTM_DISPOSED', 'this cell has been disposed'));
     let args: A;
@@ -301,17 +293,7 @@ abstract class LSTMCellBase {
     } catch (err) {
       return Promise.reject(err);
     }
-    let run: Promise<R>;
-    if (this.#pending === 0) {
-      run = call(args);
-    } else {
-      const copies = args.map(snapshot) as A;
-      run = this.#queue.then(() => call(copies));
-    }
-    this.#pending++;
-    run = run.finally(() => { this.#pending--; });
-    this.#queue = run.catch(() => undefined);
-    return run;
+    return this.#queue.run(args, call);
   }
 
   /** Gradients of the last training forward(), given the gradient of its outputs [steps, batch, outputSize]
@@ -362,7 +344,7 @@ abstract class LSTMCellBase {
   /** The native cell for a sync call: not after dispose(), not while async calls are pending. */
   #cell(): NativeCell {
     if (this.#disposed) throw wnlstmError('ERR_WNLSTM_DISPOSED', 'this cell has been disposed');
-    if (this.#pending > 0) throw wnlstmError('ERR_WNLSTM_BUSY', 'async calls on this cell are in flight: await them first');
+    if (this.#queue.pending > 0) throw wnlstmError('ERR_WNLSTM_BUSY', 'async calls on this cell are in flight: await them first');
     return this.#native;
   }
 

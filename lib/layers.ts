@@ -4,7 +4,7 @@ import { addon, FloatArray } from './native';
 import { wnlstmError } from './errors';
 import { Random } from './init';
 import { ArrayParams, HasParameters, ParamBlock } from './optim';
-import { snapshot } from './cell';
+import { Exclusive, snapshot } from './serial';
 import type { DType, LSTMCell, LSTMState, WeightNormLSTMCell } from './cell';
 
 type AnyCell = LSTMCell | WeightNormLSTMCell;
@@ -129,7 +129,7 @@ export class StackedLSTM implements HasParameters {
   /** inputs [T, B, I] -> outputs [T, B, P_last]; states: one per layer (zeros when omitted). Dropout
    * applies between layers when `training`. */
   forward(inputs: FloatArray, { batchSize, initialStates, training = true }: StackOptions) {
-    this.#idle();
+    this.#exclusive.check();
     let x = inputs;
     const states: LSTMState[] = [];
     this.#masks.length = 0;
@@ -144,7 +144,7 @@ export class StackedLSTM implements HasParameters {
   /** forward() with each layer off the main thread (see WeightNormLSTMCell.forwardAsync). The inputs
    * and states are taken as they are at the call. */
   async forwardAsync(inputs: FloatArray, { batchSize, initialStates, training = true }: StackOptions) {
-    return this.#exclusive(async () => {
+    return this.#exclusive.run(async () => {
       initialStates = copyStates(initialStates);
       let x = inputs;
       const states: LSTMState[] = [];
@@ -160,7 +160,7 @@ export class StackedLSTM implements HasParameters {
 
   /** Gradient of the outputs (and optionally of the final states) -> gradient of the inputs. */
   backward(dOutputs: FloatArray, dFinalStates?: LSTMState[]): FloatArray {
-    this.#idle();
+    this.#exclusive.check();
     let d = dOutputs;
     for (let l = this.cells.length - 1; l >= 0; l--) d = this.#layerGrad(this.cells[l].backward(d, dFinalStates?.[l]).dInputs, l);
     return d;
@@ -168,7 +168,7 @@ export class StackedLSTM implements HasParameters {
 
   /** backward() with each layer off the main thread; the gradients are taken as they are at the call. */
   async backwardAsync(dOutputs: FloatArray, dFinalStates?: LSTMState[]): Promise<FloatArray> {
-    return this.#exclusive(async () => {
+    return this.#exclusive.run(async () => {
       dFinalStates = copyStates(dFinalStates);
       let d = dOutputs;
       for (let l = this.cells.length - 1; l >= 0; l--) d = this.#layerGrad((await this.cells[l].backwardAsync(d, dFinalStates?.[l])).dInputs, l);
@@ -177,20 +177,8 @@ export class StackedLSTM implements HasParameters {
   }
 
   // A forward keeps its dropout masks (and each cell its activations) for the backward that follows: a
-  // second call while one is in flight would replace them, so it is refused.
-  #busy = false;
-  #idle(): void {
-    if (this.#busy) throw wnlstmError('ERR_WNLSTM_BUSY', 'an async call on this stack is in flight: await it first');
-  }
-  async #exclusive<R>(fn: () => Promise<R>): Promise<R> {
-    this.#idle();
-    this.#busy = true;
-    try {
-      return await fn();
-    } finally {
-      this.#busy = false;
-    }
-  }
+  // second call while one is in flight would replace them.
+  readonly #exclusive = new Exclusive('stack');
 
   /** Layer l's input: the previous layer's output, with dropout between layers when training. */
   #layerInput(x: FloatArray, l: number, training: boolean): FloatArray {

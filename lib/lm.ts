@@ -6,6 +6,7 @@ import { wnlstmError } from './errors';
 import { columnNorms, Random } from './init';
 import { applyMask, Dense, dropout, Embedding, StackedLSTM } from './layers';
 import { HasParameters, ParamBlock } from './optim';
+import { Exclusive } from './serial';
 
 export interface LMConfig {
   vocabSize: number;
@@ -90,7 +91,7 @@ export class LanguageModel implements HasParameters {
 
   /** Mean loss (nats per token) of one window; with `train`, also the gradients (accumulated). */
   step(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[], train: boolean) {
-    this.#idle();
+    this.#exclusive.check();
     const emb = this.#embed(inputs, train);
     const { outputs, states } = this.stack.forward(emb, { batchSize, initialStates: state, training: train });
     const { loss, dh } = this.#head(outputs, targets, train);
@@ -101,9 +102,7 @@ export class LanguageModel implements HasParameters {
   /** step() with the recurrent layers off the main thread (the embedding, softmax layer and loss stay on
    * it: they are a small part of a step). The inputs, targets and state are taken as they are now. */
   async stepAsync(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[], train: boolean) {
-    this.#idle();
-    this.#busy = true;
-    try {
+    return this.#exclusive.run(async () => {
       inputs = Int32Array.from(inputs);
       targets = Int32Array.from(targets);
       const emb = this.#embed(inputs, train);
@@ -111,16 +110,11 @@ export class LanguageModel implements HasParameters {
       const { loss, dh } = this.#head(outputs, targets, train);
       if (dh) this.embedding.backward(applyMask(await this.stack.backwardAsync(dh), this.#masks[0]));
       return { loss, state: states };
-    } finally {
-      this.#busy = false;
-    }
+    });
   }
 
   // A step keeps its masks and ids for its backward: a second one while one is in flight is refused.
-  #busy = false;
-  #idle(): void {
-    if (this.#busy) throw wnlstmError('ERR_WNLSTM_BUSY', 'a step of this model is in flight: await it first');
-  }
+  readonly #exclusive = new Exclusive('model');
 
   /** Embedding and its dropout. */
   #embed(inputs: Int32Array, train: boolean): FloatArray {

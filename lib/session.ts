@@ -1,9 +1,9 @@
 // Streaming inference: a session holds the recurrent state of its streams and steps them one token (or
 // one frame) at a time. Sessions share the model's cells: any number of them serve one model without
 // copying weights, and they never disturb a training forward's saved activations.
-import { snapshot } from './cell';
 import type { FloatArray, LSTMCell, LSTMState, WeightNormLSTMCell } from './cell';
 import { wnlstmError } from './errors';
+import { CallQueue } from './serial';
 import { StackedLSTM } from './layers';
 import type { LanguageModel } from './lm';
 
@@ -12,9 +12,7 @@ type AnyCell = LSTMCell | WeightNormLSTMCell;
 export class StreamingSession {
   readonly cells: AnyCell[];
   #state: LSTMState[];
-  /** Async steps run one after another; #pending counts those issued and not yet settled. */
-  #queue: Promise<unknown> = Promise.resolve();
-  #pending = 0;
+  readonly #queue = new CallQueue();
 
   /** `batchSize` streams (rows) advance together at each step. */
   constructor(model: AnyCell | AnyCell[] | StackedLSTM, readonly batchSize = 1) {
@@ -50,8 +48,7 @@ export class StreamingSession {
   /** step() off the main thread. Steps issued while others are in flight queue and run in order, each on
    * x as it was when called; the state advances as each one resolves (a failed step leaves it). */
   stepAsync(x: FloatArray): Promise<FloatArray> {
-    const input = this.#pending === 0 ? x : snapshot(x);
-    const run = async () => {
+    return this.#queue.run([x], async ([input]) => {
       let h = input;
       const next: LSTMState[] = [];
       for (let l = 0; l < this.cells.length; l++) {
@@ -61,15 +58,11 @@ export class StreamingSession {
       }
       this.#state = next;
       return h;
-    };
-    const result = (this.#pending === 0 ? run() : this.#queue.then(run)).finally(() => { this.#pending--; });
-    this.#pending++;
-    this.#queue = result.catch(() => undefined);
-    return result;
+    });
   }
 
   #idle(): void {
-    if (this.#pending > 0) throw wnlstmError('ERR_WNLSTM_BUSY', 'this session has async steps in flight: await them first');
+    if (this.#queue.pending > 0) throw wnlstmError('ERR_WNLSTM_BUSY', 'this session has async steps in flight: await them first');
   }
 }
 

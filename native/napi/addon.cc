@@ -304,10 +304,10 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
     void report_memory(napi_env env) {
       if (busy.load() > 0) return;
       const int64_t now = f32 ? f32->memory_bytes() : f64 ? f64->memory_bytes() : 0;
-      int64_t ignored = 0;
       if (now == reported) return;
       const bool freed_much = reported - now >= (int64_t(1) << 20);
-      if (napi_adjust_external_memory(env, now - reported, &ignored) == napi_ok) reported = now;
+      int64_t total = 0;
+      if (napi_adjust_external_memory(env, now - reported, &total) == napi_ok) reported = now;
 #ifdef __GLIBC__
       // glibc keeps large freed blocks in its heap (its mmap threshold grows with the first free), so a
       // process that drops cells would keep their memory: hand it back to the OS.
