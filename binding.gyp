@@ -32,7 +32,8 @@
         "native/cpu/kernels.cc",
         "native/cpu/kernels_generic.cc",
         "native/cpu/lstm_cell.cc",
-        "native/cpu/training_ops.cc",
+        "native/cpu/ops.cc",
+        "native/common/model.cc",
         "native/napi/addon.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"]

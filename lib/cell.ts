@@ -74,6 +74,14 @@ export function backendInfo(): BackendInfo {
   return structuredClone(backendInfoCache);
 }
 
+/** The native cell behind a cell, for the model runtime (lib/lm.ts): not part of the public API. */
+const nativeCells = new WeakMap<object, NativeCell>();
+export function nativeCellOf(cell: LSTMCell | WeightNormLSTMCell): NativeCell {
+  const native = nativeCells.get(cell);
+  if (!native) throw wnlstmError('ERR_WNLSTM_TYPE', 'not a wnlstm cell');
+  return native;
+}
+
 const OPTION_NAMES = ['inputSize', 'usePeepholes', 'cellClip', 'initializer', 'numProj', 'projClip',
   'forgetBias', 'activation', 'seed', 'backend', 'dtype', 'name'];
 
@@ -155,6 +163,7 @@ abstract class LSTMCellBase {
       : cuda.available ? "CUDA not used: 'auto' keeps the CPU until the CUDA kernels are verified on a GPU (ask for backend 'cuda' to use them)"
       : `CUDA not used: ${cuda.reason}`;
     this.#layout = new Map(this.#native.layout().map((p) => [p.name, p]));
+    nativeCells.set(this, this.#native);
     this.#initialise(o.initializer);
   }
 
@@ -337,7 +346,7 @@ abstract class LSTMCellBase {
         if (values.length !== this.numParams) throw wnlstmError('ERR_WNLSTM_SHAPE', `${this.name}: ${values.length} values for ${this.numParams}`);
         this.#cell().setParams(values, 0);
       },
-      applyUpdate: (hyper, s1, s2) => { this.#cell().update(this.#grad ?? zeros(), s1, s2, hyper); },
+      applyUpdate: (settings, s1, s2) => { this.#cell().update(this.#grad ?? zeros(), s1, s2, settings); },
     }];
   }
 

@@ -1,12 +1,11 @@
 // An RNN language model (Zaremba et al. 2014 / char-rnn): embedding -> dropout -> stacked LSTM cells ->
 // dropout -> dense -> softmax, trained by truncated BPTT with the state carried between windows.
-import { addon, FloatArray } from './native';
-import { WeightNormLSTMCell, LSTMState, BackendName } from './cell';
+import { addon, FloatArray, NativeModel, RngState } from './native';
+import { WeightNormLSTMCell, LSTMState, BackendName, nativeCellOf } from './cell';
 import { wnlstmError } from './errors';
 import { columnNorms, Random } from './init';
-import { applyMask, Dense, dropout, Embedding, StackedLSTM } from './layers';
-import { HasParameters, ParamBlock } from './optim';
-import { Exclusive } from './serial';
+import { Dense, Embedding, StackedLSTM } from './layers';
+import { HasParameters, ParamArena, ParamBlock } from './optim';
 
 export interface LMConfig {
   vocabSize: number;
@@ -44,12 +43,15 @@ export function window(data: { streams: Int32Array; length: number }, batchSize:
   };
 }
 
+/** The model's weights, gradients and optimizer state live in the backend, in one buffer each (an
+ * arena, native/include/wnlstm/model.h), and a training step runs there: token ids go in, the loss and
+ * the final state come out. The cells (`stack.cells`) read their weights from the arena too. */
 export class LanguageModel implements HasParameters {
-  readonly embedding: Embedding;
+  /** The recurrent layers (for streaming sessions and for reading or setting a cell's weights by TF name). */
   readonly stack: StackedLSTM;
-  readonly dense: Dense;
-  readonly rng: Random;
-  #masks: (FloatArray | null)[] = [null, null];
+  readonly #native: NativeModel;
+  readonly #blocks: ParamBlock[];
+  #disposed = false;
 
   constructor(readonly config: LMConfig) {
     const { vocabSize, embeddingSize, hiddenSize, layers, norm, seed = 1, initScale = 0.08, dtype = 'float32' } = config;
@@ -58,7 +60,7 @@ export class LanguageModel implements HasParameters {
     }
     const d = config.dropout ?? 0;
     if (!(d >= 0 && d < 1)) throw wnlstmError('ERR_WNLSTM_CONFIG', 'dropout must be in [0, 1)');
-    this.embedding = new Embedding(vocabSize, embeddingSize, { seed, initScale, dtype });
+    const embedding = new Embedding(vocabSize, embeddingSize, { seed, initScale, dtype }).params.values;
     const cells = Array.from({ length: layers }, (_, l) => {
       const cell = new WeightNormLSTMCell(hiddenSize, {
         inputSize: l === 0 ? embeddingSize : hiddenSize, norm, seed: (seed + 101 * (l + 1)) >>> 0, dtype,
@@ -72,8 +74,12 @@ export class LanguageModel implements HasParameters {
       return cell;
     });
     this.stack = new StackedLSTM(cells, { dropout: d, seed: seed + 7 });
-    this.dense = new Dense(hiddenSize, vocabSize, { seed: seed + 13, initScale, dtype });
-    this.rng = new Random(seed + 17);
+    const dense = new Dense(hiddenSize, vocabSize, { seed: seed + 13, initScale, dtype }).params.values;
+    this.#native = new addon.NativeModel({ vocabSize, embeddingSize, hiddenSize, layers, dropout: d }, dtype,
+      cells.map(nativeCellOf), { model: new Random(seed + 17).getState(), stack: new Random(seed + 7).getState() });
+    this.#native.setValues('embedding', embedding);
+    this.#native.setValues('dense', dense);
+    this.#blocks = this.#makeBlocks(dtype);
   }
 
   /** The number of parameters a model of this config has (embedding, cells, softmax layer). */
@@ -83,54 +89,59 @@ export class LanguageModel implements HasParameters {
     return n;
   }
 
-  parameters(): ParamBlock[] {
-    return [...this.embedding.parameters(), ...this.stack.parameters(), ...this.dense.parameters()];
+  /** The blocks of the arena: embedding [V,E], lstm_<l> (the cell's weights in getWeights() order), dense
+   * (kernel [H,V], then bias [V]). Their values and gradients are read and written as copies; an optimizer
+   * updates all of them in one call. */
+  parameters(): ParamBlock[] { return this.#blocks; }
+
+  #makeBlocks(dtype: 'float32' | 'float64'): ParamBlock[] {
+    const model = () => this.#model();
+    const names = this.#native.blocks().map((b) => b.name);
+    const arena: ParamArena = {
+      blockNames: names,
+      gradSumSquares: () => model().gradSumSquares(),
+      update: (settings) => model().update(settings),
+      getMoments: (name) => model().getMoments(name),
+      setMoments: (name, s1, s2) => model().setMoments(name, s1, s2),
+    };
+    return this.#native.blocks().map(({ name, size }) => ({
+      name, size, dtype, arena,
+      get grad() { return model().getGrad(name); },
+      zeroGrad: () => model().zeroGrad(name),
+      getValues: () => model().getValues(name),
+      setValues: (values: FloatArray) => model().setValues(name, values),
+    }));
   }
+
+  /** The random state of the dropout masks (checkpoints): embedding and head (`model`), between layers (`stack`). */
+  get rngState(): RngState { return this.#model().getRng(); }
+  set rngState(state: RngState) { this.#model().setRng(state); }
 
   zeroState(batchSize: number): LSTMState[] { return this.stack.zeroState(batchSize); }
 
-  /** Mean loss (nats per token) of one window; with `train`, also the gradients (accumulated). */
-  step(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[], train: boolean) {
-    this.#exclusive.check();
-    const emb = this.#embed(inputs, train);
-    const { outputs, states } = this.stack.forward(emb, { batchSize, initialStates: state, training: train });
-    const { loss, dh } = this.#head(outputs, targets, train);
-    if (dh) this.embedding.backward(applyMask(this.stack.backward(dh), this.#masks[0]));
-    return { loss, state: states };
+  /** Mean loss (nats per token) of one window (inputs and targets [T, batchSize], time-major) from `state`
+   * (one per layer); with `train`, dropout on and the gradients accumulated. Returns the final state. */
+  step(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[] | null, train: boolean) {
+    const r = this.#model().step(inputs, targets, batchSize, state, train);
+    return { loss: r.loss, state: r.states as LSTMState[] };
   }
 
-  /** step() with the recurrent layers off the main thread (the embedding, softmax layer and loss stay on
-   * it: they are a small part of a step). The inputs, targets and state are taken as they are now. */
-  async stepAsync(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[], train: boolean) {
-    return this.#exclusive.run(async () => {
-      inputs = Int32Array.from(inputs);
-      targets = Int32Array.from(targets);
-      const emb = this.#embed(inputs, train);
-      const { outputs, states } = await this.stack.forwardAsync(emb, { batchSize, initialStates: state, training: train });
-      const { loss, dh } = this.#head(outputs, targets, train);
-      if (dh) this.embedding.backward(applyMask(await this.stack.backwardAsync(dh), this.#masks[0]));
-      return { loss, state: states };
-    });
+  /** step() off the main thread: the inputs, targets and state are taken as they are now. The model and
+   * its cells refuse other calls (ERR_WNLSTM_BUSY) until it settles. */
+  async stepAsync(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[] | null, train: boolean) {
+    const r = await this.#model().stepAsync(inputs, targets, batchSize, state, train);
+    return { loss: r.loss, state: r.states as LSTMState[] };
   }
 
-  // A step keeps its masks and ids for its backward: a second one while one is in flight is refused.
-  readonly #exclusive = new Exclusive('model');
+  /** Embedding rows of token ids: [ids.length, embeddingSize]. */
+  embed(ids: Int32Array): FloatArray { return this.#model().embed(ids); }
 
-  /** Embedding and its dropout. */
-  #embed(inputs: Int32Array, train: boolean): FloatArray {
-    const emb = this.embedding.forward(inputs);
-    this.#masks[0] = train ? dropout(emb, this.config.dropout ?? 0, this.rng) : null;
-    return emb;
-  }
+  /** The softmax layer's logits for h [rows, hiddenSize]: [rows, vocabSize]. */
+  logits(h: FloatArray, rows: number): FloatArray { return this.#model().logits(h, rows); }
 
-  /** Dropout, softmax layer and loss on the stack's outputs; with `train`, the gradient into the stack. */
-  #head(outputs: FloatArray, targets: Int32Array, train: boolean): { loss: number; dh: FloatArray | null } {
-    const N = targets.length, rate = this.config.dropout ?? 0;
-    const h = train && rate > 0 ? outputs.slice() : outputs;
-    this.#masks[1] = train ? dropout(h, rate, this.rng) : null;
-    const logits = this.dense.forward(h, N);
-    const loss = addon.softmaxCrossEntropy(logits, Int32Array.from(targets), this.config.vocabSize, 1 / N) / N;
-    return { loss, dh: train ? applyMask(this.dense.backward(logits), this.#masks[1]) : null };
+  #model(): NativeModel {
+    if (this.#disposed) throw wnlstmError('ERR_WNLSTM_DISPOSED', 'this model has been disposed');
+    return this.#native;
   }
 
   /** Mean loss over a whole token sequence, in windows of `steps`, state carried. */
@@ -156,11 +167,11 @@ export class LanguageModel implements HasParameters {
     const out = new Int32Array(length);
     let next = 0;
     const feed = (id: number) => {
-      let x: FloatArray = this.embedding.forward(Int32Array.of(id), false);
+      let x = this.embed(Int32Array.of(id));
       states = cells.map((cell, l) => { const s = cell.step(x, states[l]); x = s.h; return s; });
-      return this.dense.forward(x, 1, false);
+      return this.logits(x, 1);
     };
-    let logits = this.dense.forward(new Float32Array(this.config.hiddenSize), 1, false);
+    let logits = this.logits(new (this.config.dtype === 'float64' ? Float64Array : Float32Array)(this.config.hiddenSize), 1);
     for (const id of prefix) logits = feed(id);
     for (let i = 0; i < length; i++) {
       let max = -Infinity;
@@ -183,7 +194,7 @@ export class LanguageModel implements HasParameters {
    * being set). Layer by layer, each from its actual input. */
   dataDependentInit(inputs: Int32Array, batchSize: number): void {
     if (!this.config.norm) throw wnlstmError('ERR_WNLSTM_CONFIG', 'data-dependent init needs weight normalisation');
-    let x = this.embedding.forward(inputs, false);
+    let x = this.embed(inputs);
     const rows = inputs.length, rng = new Random((this.config.seed ?? 1) + 29);
     for (const cell of this.stack.cells) {
       const I = cell.inputSize, G = 4 * cell.numUnits, w = cell.getWeights();
@@ -207,5 +218,11 @@ export class LanguageModel implements HasParameters {
     }
   }
 
-  dispose(): void { for (const c of this.stack.cells) c.dispose(); }
+  /** Frees the native memory now (otherwise the garbage collector does); later calls throw ERR_WNLSTM_DISPOSED. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#native.dispose();
+    for (const c of this.stack.cells) c.dispose();
+  }
 }

@@ -31,8 +31,51 @@ export interface NativeCell {
   /** The same, off the main thread (inputs copied); the cell is busy until the promise settles. */
   forwardAsync(...args: Parameters<NativeCell['forward']>): Promise<ReturnType<NativeCell['forward']>>;
   backwardAsync(...args: Parameters<NativeCell['backward']>): Promise<ReturnType<NativeCell['backward']>>;
-  /** One fused optimizer step on the parameters (see lib/optim.ts for `hyper`). */
-  update(grads: FloatArray, s1: FloatArray | null, s2: FloatArray | null, hyper: Float64Array): void;
+  /** One fused optimizer step on the parameters. */
+  update(grads: FloatArray, s1: FloatArray | null, s2: FloatArray | null, settings: UpdateSettings): void;
+  dispose(): void;
+}
+
+/** One optimizer step's settings, as the addon takes them (PyTorch's formulas: native/include/wnlstm/ops.h). */
+export interface UpdateSettings {
+  kind: 'sgd' | 'adam' | 'adamw' | 'rmsprop' | 'adagrad';
+  learningRate: number;
+  /** Adam's beta1, or RMSProp's alpha. */
+  beta1: number;
+  beta2: number;
+  epsilon: number;
+  weightDecay: number;
+  momentum: number;
+  nesterov: boolean;
+  /** The step number, from 1. */
+  step: number;
+  /** Multiplies every gradient first (global-norm clipping). */
+  gradScale: number;
+}
+
+export interface NativeModelConfig { vocabSize: number; embeddingSize: number; hiddenSize: number; layers: number; dropout: number }
+export interface RngState { model: number[]; stack: number[] }
+
+/** A language model whose parameters, gradients and optimizer state live in the backend
+ * (native/include/wnlstm/model.h); blocks by name: embedding, lstm_<l>, dense. Getters return copies. */
+export interface NativeModel {
+  blocks(): { name: string; offset: number; size: number }[];
+  getValues(name: string): FloatArray;
+  getGrad(name: string): FloatArray;
+  setValues(name: string, values: FloatArray): void;
+  zeroGrad(name?: string): void;
+  gradSumSquares(): number;
+  update(settings: UpdateSettings): void;
+  getMoments(name: string): [FloatArray | null, FloatArray | null];
+  setMoments(name: string, s1: FloatArray | null, s2: FloatArray | null): void;
+  getRng(): RngState;
+  setRng(state: RngState): void;
+  step(inputs: Int32Array, targets: Int32Array, batchSize: number, states: { c: FloatArray; h: FloatArray }[] | null,
+    train: boolean): { loss: number; states: { c: FloatArray; h: FloatArray }[] };
+  /** The same off the main thread (inputs copied at the call); the model and its cells are busy meanwhile. */
+  stepAsync(...args: Parameters<NativeModel['step']>): Promise<ReturnType<NativeModel['step']>>;
+  embed(ids: Int32Array): FloatArray;
+  logits(h: FloatArray, rows: number): FloatArray;
   dispose(): void;
 }
 
@@ -43,8 +86,9 @@ export interface BackendInfo {
 
 interface Addon {
   NativeCell: new (config: NativeConfig, dtype: 'float32' | 'float64', backend: 'cpu' | 'cuda') => NativeCell;
+  NativeModel: new (config: NativeModelConfig, dtype: 'float32' | 'float64', cells: NativeCell[], rng: RngState) => NativeModel;
   info(): BackendInfo;
-  optimizerUpdate(params: FloatArray, grads: FloatArray, s1: FloatArray | null, s2: FloatArray | null, hyper: Float64Array): void;
+  optimizerUpdate(params: FloatArray, grads: FloatArray, s1: FloatArray | null, s2: FloatArray | null, settings: UpdateSettings): void;
   sumSquares(a: FloatArray): number;
   /** Summed loss; the logits are overwritten with d(loss * gradScale)/d logits. */
   softmaxCrossEntropy(logits: FloatArray, targets: Int32Array, vocabSize: number, gradScale: number): number;

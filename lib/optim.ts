@@ -1,20 +1,37 @@
-// Optimizers over parameter blocks, PyTorch's formulas, one fused native update per block and step
-// (native/include/wnlstm/training.h), with global-norm gradient clipping folded into that update.
-import { addon, FloatArray } from './native';
+// Optimizers over parameter blocks, PyTorch's formulas, one fused native update per step for all the
+// blocks of a model's arena (and one per block elsewhere), with global-norm gradient clipping folded into
+// that update (native/include/wnlstm/ops.h).
+import { addon, FloatArray, UpdateSettings } from './native';
 import { wnlstmError } from './errors';
 
-/** A flat block of parameters with its accumulated gradient: a cell, or a layer's weights. */
+export type { UpdateSettings } from './native';
+
+/** A flat block of parameters with its accumulated gradient: a cell, a layer's weights, or a block of a
+ * model's arena. */
 export interface ParamBlock {
   readonly name: string;
   readonly size: number;
   readonly dtype: 'float32' | 'float64';
-  /** Accumulated by backward(), zeroed by zeroGrad(). */
+  /** Accumulated by backward(), zeroed by zeroGrad(). A copy for a block of an arena. */
   readonly grad: FloatArray;
   zeroGrad(): void;
   getValues(): FloatArray;
   setValues(values: FloatArray): void;
-  /** One fused optimizer step in place (hyper: see Optimizer). */
-  applyUpdate(hyper: Float64Array, s1: FloatArray | null, s2: FloatArray | null): void;
+  /** One fused optimizer step on this block alone, with its state buffers (blocks outside an arena). */
+  applyUpdate?(settings: UpdateSettings, s1: FloatArray | null, s2: FloatArray | null): void;
+  /** The arena that holds this block: its blocks are updated together, in one call. */
+  readonly arena?: ParamArena;
+}
+
+/** Parameters, gradients and optimizer state of a model in one backend buffer each (lib/lm.ts). */
+export interface ParamArena {
+  readonly blockNames: readonly string[];
+  /** Sum of the squared gradients of all its blocks. */
+  gradSumSquares(): number;
+  update(settings: UpdateSettings): void;
+  /** Copies of a block's optimizer state (null: none yet). */
+  getMoments(name: string): [FloatArray | null, FloatArray | null];
+  setMoments(name: string, s1: FloatArray | null, s2: FloatArray | null): void;
 }
 
 /** Something that owns parameter blocks (a cell, a layer, a model). */
@@ -34,13 +51,15 @@ export class ArrayParams implements ParamBlock {
     if (values.length !== this.values.length) throw wnlstmError('ERR_WNLSTM_SHAPE', `${this.name}: ${values.length} values for ${this.values.length}`);
     this.values.set(values);
   }
-  applyUpdate(hyper: Float64Array, s1: FloatArray | null, s2: FloatArray | null): void {
-    addon.optimizerUpdate(this.values, this.grad, s1, s2, hyper);
+  applyUpdate(settings: UpdateSettings, s1: FloatArray | null, s2: FloatArray | null): void {
+    addon.optimizerUpdate(this.values, this.grad, s1, s2, settings);
   }
 }
 
-const KIND = { sgd: 0, adam: 1, adamw: 2, rmsprop: 3, adagrad: 4 } as const;
-type Kind = keyof typeof KIND;
+type Kind = UpdateSettings['kind'];
+type Moments = [FloatArray | null, FloatArray | null];
+/** What an optimizer kind adds to the settings of a step. */
+type KindSettings = Pick<UpdateSettings, 'beta1' | 'beta2' | 'epsilon' | 'momentum' | 'nesterov'>;
 
 export interface OptimizerOptions {
   learningRate?: number;
@@ -61,7 +80,36 @@ export interface OptimizerState {
   step: number;
   learningRate: number;
   /** Per block, by name: its state buffers (s1, s2), null where unused. */
-  buffers: Record<string, [FloatArray | null, FloatArray | null]>;
+  buffers: Record<string, Moments>;
+}
+
+/** What one fused update covers: an arena (all its blocks), or one block with JS-held state. */
+interface UpdateGroup {
+  gradSumSquares(): number;
+  update(settings: UpdateSettings, needs: [boolean, boolean]): void;
+  getMoments(name: string): Moments;
+  setMoments(name: string, s1: FloatArray | null, s2: FloatArray | null): void;
+}
+
+class BlockGroup implements UpdateGroup {
+  #moments: Moments = [null, null];
+  constructor(readonly block: ParamBlock & Required<Pick<ParamBlock, 'applyUpdate'>>) {}
+  gradSumSquares(): number { return addon.sumSquares(this.block.grad); }
+  update(settings: UpdateSettings, needs: [boolean, boolean]): void {
+    const Array = this.block.dtype === 'float64' ? Float64Array : Float32Array;
+    this.#moments = this.#moments.map((m, k) => m ?? (needs[k] ? new Array(this.block.size) : null)) as Moments;
+    this.block.applyUpdate(settings, ...this.#moments);
+  }
+  getMoments(): Moments { return [this.#moments[0]?.slice() ?? null, this.#moments[1]?.slice() ?? null]; }
+  setMoments(_name: string, s1: FloatArray | null, s2: FloatArray | null): void { this.#moments = [s1?.slice() ?? null, s2?.slice() ?? null]; }
+}
+
+class ArenaGroup implements UpdateGroup {
+  constructor(readonly arena: ParamArena) {}
+  gradSumSquares(): number { return this.arena.gradSumSquares(); }
+  update(settings: UpdateSettings): void { this.arena.update(settings); }
+  getMoments(name: string): Moments { return this.arena.getMoments(name); }
+  setMoments(name: string, s1: FloatArray | null, s2: FloatArray | null): void { this.arena.setMoments(name, s1, s2); }
 }
 
 export abstract class Optimizer {
@@ -71,7 +119,8 @@ export abstract class Optimizer {
   readonly blocks: ParamBlock[];
   protected readonly weightDecay: number;
   protected readonly clipNorm: number | undefined;
-  readonly #state = new Map<ParamBlock, [FloatArray | null, FloatArray | null]>();
+  readonly #groups: UpdateGroup[] = [];
+  readonly #groupOf = new Map<ParamBlock, UpdateGroup>();
 
   protected constructor(readonly kind: Kind, params: ParamBlock[] | HasParameters, options: OptimizerOptions, defaultLr: number) {
     this.blocks = Array.isArray(params) ? params : params.parameters();
@@ -79,37 +128,51 @@ export abstract class Optimizer {
     if (new Set(this.blocks.map((b) => b.name)).size !== this.blocks.length) {
       throw wnlstmError('ERR_WNLSTM_CONFIG', 'parameter blocks need distinct names (for the optimizer state)');
     }
+    const arenas = new Map<ParamArena, ArenaGroup>();
+    for (const b of this.blocks) {
+      let group: UpdateGroup;
+      if (b.arena) {
+        group = arenas.get(b.arena) ?? new ArenaGroup(b.arena);
+        if (!arenas.has(b.arena)) {
+          arenas.set(b.arena, group as ArenaGroup);
+          this.#groups.push(group);
+          const missing = b.arena.blockNames.filter((name) => !this.blocks.some((x) => x.arena === b.arena && x.name === name));
+          if (missing.length) {
+            throw wnlstmError('ERR_WNLSTM_CONFIG', `a model's blocks are updated together: give the optimizer the model (missing: ${missing.join(', ')})`);
+          }
+        }
+      } else if (b.applyUpdate) {
+        group = new BlockGroup(b as ParamBlock & Required<Pick<ParamBlock, 'applyUpdate'>>);
+        this.#groups.push(group);
+      } else {
+        throw wnlstmError('ERR_WNLSTM_CONFIG', `parameter block '${b.name}' can be updated neither alone nor in an arena`);
+      }
+      this.#groupOf.set(b, group);
+    }
     this.learningRate = positive(options.learningRate ?? defaultLr, 'learningRate', true);
     this.weightDecay = positive(options.weightDecay ?? 0, 'weightDecay', false);
     this.clipNorm = options.clipNorm === undefined ? undefined : positive(options.clipNorm, 'clipNorm', true);
   }
 
-  /** The hyper-parameters of this kind: [beta1, beta2, eps, momentum, nesterov]. */
-  protected abstract hyper(): [number, number, number, number, number];
+  /** The settings of this kind. */
+  protected abstract settings(): KindSettings;
   /** Which state buffers this kind keeps. */
   protected abstract buffers(): [boolean, boolean];
 
   /** Applies the accumulated gradients; returns their global norm (before clipping). */
   step(): number {
-    const norm = globalNorm(this.blocks);
+    let sum = 0;
+    for (const g of this.#groups) sum += g.gradSumSquares();
+    const norm = Math.sqrt(sum);
     if (!Number.isFinite(norm)) {
       throw wnlstmError('ERR_WNLSTM_NOT_FINITE', `the gradients are not finite (norm ${norm}): training diverged`);
     }
-    const scale = this.clipNorm !== undefined && norm > this.clipNorm ? this.clipNorm / norm : 1;
+    const gradScale = this.clipNorm !== undefined && norm > this.clipNorm ? this.clipNorm / norm : 1;
     this.stepCount++;
-    const [b1, b2, eps, momentum, nesterov] = this.hyper();
-    const hyper = Float64Array.from([KIND[this.kind], this.learningRate, b1, b2, eps, this.weightDecay, momentum,
-      this.stepCount, nesterov, scale]);
-    const [needs1, needs2] = this.buffers();
-    for (const block of this.blocks) {
-      let state = this.#state.get(block);
-      if (!state) {
-        const Array = block.dtype === 'float64' ? Float64Array : Float32Array;
-        state = [needs1 ? new Array(block.size) : null, needs2 ? new Array(block.size) : null];
-        this.#state.set(block, state);
-      }
-      block.applyUpdate(hyper, state[0], state[1]);
-    }
+    const settings: UpdateSettings = { kind: this.kind, learningRate: this.learningRate, weightDecay: this.weightDecay,
+      step: this.stepCount, gradScale, ...this.settings() };
+    const needs = this.buffers();
+    for (const g of this.#groups) g.update(settings, needs);
     return norm;
   }
 
@@ -118,10 +181,7 @@ export abstract class Optimizer {
   /** Copies of the optimizer's state, for checkpoints. */
   getState(): OptimizerState {
     const buffers: OptimizerState['buffers'] = {};
-    for (const b of this.blocks) {
-      const s = this.#state.get(b);
-      buffers[b.name] = [s?.[0]?.slice() ?? null, s?.[1]?.slice() ?? null];
-    }
+    for (const b of this.blocks) buffers[b.name] = this.#groupOf.get(b)!.getMoments(b.name);
     return { kind: this.kind, step: this.stepCount, learningRate: this.learningRate, buffers };
   }
 
@@ -132,6 +192,9 @@ export abstract class Optimizer {
       if (!s) throw wnlstmError('ERR_WNLSTM_CONFIG', `optimizer state has no block '${b.name}'`);
       for (const buf of s) {
         if (buf && buf.length !== b.size) throw wnlstmError('ERR_WNLSTM_SHAPE', `optimizer state of '${b.name}' has the wrong size`);
+        if (buf && !(buf instanceof (b.dtype === 'float64' ? Float64Array : Float32Array))) {
+          throw wnlstmError('ERR_WNLSTM_TYPE', `optimizer state of '${b.name}' must be a ${b.dtype} array`);
+        }
       }
       // After a step, the moments this kind keeps exist: without them the next step would start over.
       const needs = this.buffers();
@@ -139,10 +202,7 @@ export abstract class Optimizer {
         throw wnlstmError('ERR_WNLSTM_CONFIG', `optimizer state of '${b.name}' lacks a buffer that ${this.kind} keeps`);
       }
     }
-    for (const b of this.blocks) {
-      const [s1, s2] = state.buffers[b.name];
-      this.#state.set(b, [s1?.slice() ?? null, s2?.slice() ?? null]);
-    }
+    for (const b of this.blocks) this.#groupOf.get(b)!.setMoments(b.name, ...state.buffers[b.name]);
     this.stepCount = state.step;
     this.learningRate = state.learningRate;
   }
@@ -163,7 +223,7 @@ export class SGD extends Optimizer {
     this.nesterov = options.nesterov ?? false;
     if (this.nesterov && this.momentum === 0) throw wnlstmError('ERR_WNLSTM_CONFIG', 'nesterov needs a momentum');
   }
-  protected hyper(): [number, number, number, number, number] { return [0, 0, 0, this.momentum, this.nesterov ? 1 : 0]; }
+  protected settings(): KindSettings { return { beta1: 0, beta2: 0, epsilon: 0, momentum: this.momentum, nesterov: this.nesterov }; }
   protected buffers(): [boolean, boolean] { return [this.momentum !== 0, false]; }
 }
 
@@ -180,7 +240,7 @@ export class Adam extends Optimizer {
       if (!(v >= 0 && v < 1)) throw wnlstmError('ERR_WNLSTM_CONFIG', `${k} must be in [0, 1)`);
     }
   }
-  protected hyper(): [number, number, number, number, number] { return [this.beta1, this.beta2, this.epsilon, 0, 0]; }
+  protected settings(): KindSettings { return { beta1: this.beta1, beta2: this.beta2, epsilon: this.epsilon, momentum: 0, nesterov: false }; }
   protected buffers(): [boolean, boolean] { return [true, true]; }
 }
 
@@ -198,7 +258,7 @@ export class RMSProp extends Optimizer {
     this.momentum = positive(options.momentum ?? 0, 'momentum', false);
     if (!(this.alpha >= 0 && this.alpha < 1)) throw wnlstmError('ERR_WNLSTM_CONFIG', 'alpha must be in [0, 1)');
   }
-  protected hyper(): [number, number, number, number, number] { return [this.alpha, 0, this.epsilon, this.momentum, 0]; }
+  protected settings(): KindSettings { return { beta1: this.alpha, beta2: 0, epsilon: this.epsilon, momentum: this.momentum, nesterov: false }; }
   protected buffers(): [boolean, boolean] { return [true, this.momentum !== 0]; }
 }
 
@@ -208,7 +268,7 @@ export class Adagrad extends Optimizer {
     super('adagrad', params, options, 0.01);
     this.epsilon = options.epsilon ?? 1e-10;
   }
-  protected hyper(): [number, number, number, number, number] { return [0, 0, this.epsilon, 0, 0]; }
+  protected settings(): KindSettings { return { beta1: 0, beta2: 0, epsilon: this.epsilon, momentum: 0, nesterov: false }; }
   protected buffers(): [boolean, boolean] { return [true, false]; }
 }
 

@@ -83,12 +83,12 @@ export class LanguageModelSession {
 
   #embed(ids: ArrayLike<number>): FloatArray {
     if (ids.length !== this.batchSize) throw wnlstmError('ERR_WNLSTM_SHAPE', `need ${this.batchSize} token ids, got ${ids.length}`);
-    return this.#lm.embedding.forward(Int32Array.from(ids), false);
+    return this.#lm.embed(Int32Array.from(ids));
   }
 
   #softmax(h: FloatArray): Float32Array {
     const V = this.#lm.config.vocabSize, B = this.batchSize;
-    const logits = this.#lm.dense.forward(h, B, false), p = new Float32Array(B * V);
+    const logits = this.#lm.logits(h, B), p = new Float32Array(B * V);
     for (let b = 0; b < B; b++) {
       let max = -Infinity, sum = 0;
       for (let v = 0; v < V; v++) max = Math.max(max, logits[b * V + v]);

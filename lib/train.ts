@@ -219,9 +219,11 @@ function writeCheckpoint(file: string, o: TrainOptions, arm: Arm, vocab: Vocabul
   const arrays: Record<string, Float32Array | Float64Array | Int32Array> = {};
   // Weights by TF name (the cells' variables under their scope), then the embedding and softmax layer.
   for (const cell of lm.stack.cells) for (const [name, v] of Object.entries(cell.getWeights())) arrays[`weights/${cell.name}/${name}`] = v;
-  arrays['weights/embedding'] = lm.embedding.params.getValues();
-  arrays['weights/softmax/kernel'] = lm.dense.weight.slice();
-  arrays['weights/softmax/bias'] = lm.dense.bias.slice();
+  const blocks = Object.fromEntries(lm.parameters().map((b) => [b.name, b]));
+  const dense = blocks.dense.getValues(), HV = lm.config.hiddenSize * lm.config.vocabSize;
+  arrays['weights/embedding'] = blocks.embedding.getValues();
+  arrays['weights/softmax/kernel'] = dense.slice(0, HV);
+  arrays['weights/softmax/bias'] = dense.slice(HV);
   const optState = opt.getState();
   for (const [name, [s1, s2]] of Object.entries(optState.buffers)) {
     if (s1) arrays[`opt/${name}/1`] = s1;
@@ -230,7 +232,7 @@ function writeCheckpoint(file: string, o: TrainOptions, arm: Arm, vocab: Vocabul
   s.state.forEach((st, l) => { arrays[`state/${l}/c`] = st.c; arrays[`state/${l}/h`] = st.h; });
   const meta = { options: o, arm, vocab: vocab.toJSON(), step: s.step, seconds: s.seconds, curve: s.curve,
     optimizer: { kind: optState.kind, step: optState.step, learningRate: optState.learningRate },
-    rng: { model: lm.rng.getState(), stack: lm.stack.rng.getState() } };
+    rng: lm.rngState };
   saveCheckpoint(file, { meta, arrays });
 }
 
@@ -287,11 +289,12 @@ export function readCheckpoint(file: string, { backend }: { backend?: BackendNam
         [name, need(`weights/${cell.name}/${name}`, shape.reduce((a, b) => a * b, 1))])));
     }
     const { vocabSize: V, embeddingSize: E, hiddenSize: H } = config;
-    lm.embedding.params.setValues(need('weights/embedding', V * E));
+    const blocks = Object.fromEntries(lm.parameters().map((b) => [b.name, b]));
+    blocks.embedding.setValues(need('weights/embedding', V * E));
     const dense = new Float32Array(H * V + V);
     dense.set(need('weights/softmax/kernel', H * V));
     dense.set(need('weights/softmax/bias', V), H * V);
-    lm.dense.params.setValues(dense);
+    blocks.dense.setValues(dense);
     const opt = makeOptimizer(options, lm);
     const buffers: OptimizerState['buffers'] = {};
     for (const b of lm.parameters()) {
@@ -299,8 +302,7 @@ export function readCheckpoint(file: string, { backend }: { backend?: BackendNam
       buffers[b.name] = [s(1), s(2)];
     }
     opt.setState({ kind: o.kind, step: o.step, learningRate: o.learningRate, buffers });
-    lm.rng.setState(m.rng.model);
-    lm.stack.rng.setState(m.rng.stack);
+    lm.rngState = { model: m.rng.model, stack: m.rng.stack };
     const state = lm.stack.cells.map((_, l) => ({ c: need(`state/${l}/c`, options.batch * H), h: need(`state/${l}/h`, options.batch * H) }));
     return { options, arm: m.arm, vocab, lm, opt, armState: { step: m.step, curve: m.curve, seconds: m.seconds, state } as ArmState };
   } catch (err) {

@@ -22,7 +22,7 @@ t.test('CUDA kernels, emulated on the CPU, = the CPU backend', { skip: hasCompil
   const units: [string, string[]][] = [
     ['native/cuda/lstm_cell.cu', ['-x', 'c++']], ['test/native/cuda_vs_cpu.cc', []], ['native/common/config.cc', []],
     ['native/cpu/lstm_cell.cc', []], ['native/cpu/kernels.cc', []], ['native/cpu/thread_pool.cc', []],
-    ['native/cpu/training_ops.cc', []], ['native/cpu/kernels_generic.cc', []],
+    ['native/cpu/ops.cc', []], ['native/cpu/kernels_generic.cc', []],
     ['native/cpu/kernels_avx2.cc', ['-mavx2', '-mfma']], ['native/cpu/kernels_avx512.cc', ['-mavx512f', '-mfma']],
   ];
   const objects = await Promise.all(units.map(async ([source, extra], i) => {

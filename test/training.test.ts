@@ -225,7 +225,7 @@ t.test('data-dependent init normalises the input block on its minibatch', async 
   const rng = new Random(3), B = 16, ids = Int32Array.from({ length: 10 * B }, () => Math.floor(rng.uniform() * 20));
   lm.dataDependentInit(ids, B);
   const cell = lm.stack.cells[0], w = cell.getWeights(), G = 24, I = 8;
-  const x = lm.embedding.forward(ids), rows = ids.length;
+  const x = lm.embed(ids), rows = ids.length;
   for (const j of [0, 7, 23]) {
     let norm = 0;
     for (let r = 0; r < I; r++) norm += w.kernel[r * G + j] ** 2;

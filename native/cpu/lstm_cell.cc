@@ -72,11 +72,9 @@ void weight_norm_grad(const T* V, int64_t rows, int64_t cols, const T* g, const 
 template <typename T>
 class CpuCell final : public Cell<T> {
  public:
-  explicit CpuCell(const CellConfig& config) : cfg_(config) {
-    validate_config(cfg_);
+  explicit CpuCell(const CellConfig& config) : cfg_(checked(config)), params_(param_count(cfg_)) {
     I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), K_ = I_ + P_, G_ = 4 * H_;
     off_ = param_offsets(cfg_);
-    params_.assign(param_count(cfg_), T(0));
     zeros_.assign(H_, T(0));
     s0_.assign(G_, T(1)), s1_.assign(G_, T(1)), sp_.assign(P_, T(1));
     sumsq0_.assign(G_, T(0)), sumsq1_.assign(G_, T(0)), sumsqp_.assign(P_, T(0));
@@ -90,14 +88,19 @@ class CpuCell final : public Cell<T> {
     if (offset < 0 || count < 0 || offset + count > int64_t(params_.size()))
       throw Error("ERR_WNLSTM_SHAPE", "parameter range out of bounds");
     std::copy(in, in + count, params_.begin() + offset);
+    params_changed();
+  }
+
+  void bind_params(T* storage, std::shared_ptr<void> owner) override { params_.bind(storage, std::move(owner)); }
+
+  void params_changed() override {
     scales_dirty_ = true;
     saved_steps_ = saved_batch_ = 0;  // a backward must see the weights its forward used
   }
 
   void apply_update(const OptimizerStep& step, const T* grads, T* s1, T* s2) override {
-    optimizer_update(step, params_.data(), grads, s1, s2, int64_t(params_.size()));
-    scales_dirty_ = true;
-    saved_steps_ = saved_batch_ = 0;
+    optimizer_update(step, params_.data(), grads, s1, s2, params_.size());
+    params_changed();
   }
 
   int64_t saved_steps() const override { return saved_steps_; }
@@ -106,7 +109,7 @@ class CpuCell final : public Cell<T> {
   int64_t memory_bytes() const override {
     auto bytes = [](const auto& v) { return int64_t(v.capacity() * sizeof(v[0])); };
     int64_t n = 0;
-    for (const std::vector<T>* v : {&params_, &zeros_, &s0_, &s1_, &sp_, &sumsq0_, &sumsq1_, &sumsqp_, &w_, &wp_, &x_,
+    for (const std::vector<T>* v : {&zeros_, &s0_, &s1_, &sp_, &sumsq0_, &sumsq1_, &sumsqp_, &w_, &wp_, &x_,
                                     &dz_, &dpre_})
       n += bytes(*v);
     for (const Activations* a : {&saved_, &scratch_})
@@ -115,7 +118,7 @@ class CpuCell final : public Cell<T> {
                                      &packed_gates_[0], &packed_gates_[1], &packed_gates_[2], &packed_gates_[3],
                                      &packed_wp_, &packed_wht_, &packed_wpt_})
       n += m->memory_bytes();
-    return n + bytes(len_);
+    return n + bytes(len_) + params_.memory_bytes();
   }
 
   void forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0, const int32_t* seq_len,
@@ -306,6 +309,11 @@ class CpuCell final : public Cell<T> {
   }
 
  private:
+  static const CellConfig& checked(const CellConfig& config) {
+    validate_config(config);
+    return config;
+  }
+
   // Weight-norm scales, the normalised kernels W = V * s and their packed forms, rebuilt when params change.
   void refresh_weights() {
     if (!scales_dirty_) return;
@@ -354,7 +362,7 @@ class CpuCell final : public Cell<T> {
   CellConfig cfg_;
   int64_t I_, H_, P_, K_, G_;
   ParamOffsets off_;
-  std::vector<T> params_;
+  ParamStorage<T> params_;
   std::vector<T> zeros_;  // [H]: the peepholes of a cell without them
 
   // Weight-norm scales (ones without norm), column sums of squares, the normalised kernels and their

@@ -305,12 +305,10 @@ __global__ void carry_state_grad_kernel(int64_t B, int64_t P, int64_t t, const i
 template <typename T>
 class CudaCell final : public Cell<T> {
  public:
-  explicit CudaCell(const CellConfig& config) : cfg_(config) {
-    validate_config(cfg_);
+  explicit CudaCell(const CellConfig& config) : cfg_(checked(config)), host_params_(param_count(cfg_)) {
     I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), G_ = 4 * H_;
     off_ = param_offsets(cfg_);
     const int64_t n = param_count(cfg_);
-    host_params_.assign(n, T(0));
     params_.resize(n);
     grads_.resize(n);
     check(cudaMemsetAsync(params_.data(), 0, n * sizeof(T), stream_), "zero parameters");
@@ -336,22 +334,29 @@ class CudaCell final : public Cell<T> {
     saved_steps_ = saved_batch_ = 0;  // a backward must see the weights its forward used
   }
 
+  void bind_params(T* storage, std::shared_ptr<void> owner) override { host_params_.bind(storage, std::move(owner)); }
+
+  void params_changed() override {
+    use_device();
+    upload(params_.data(), host_params_.data(), host_params_.size());
+    sync("upload parameters");
+    scales_dirty_ = true;
+    saved_steps_ = saved_batch_ = 0;
+  }
+
   void apply_update(const OptimizerStep& step, const T* grads, T* s1, T* s2) override {
     // The optimizer's state lives in the caller's (host) arrays, so the update runs on the host mirror and
     // the parameters go up once.
     use_device();
-    optimizer_update(step, host_params_.data(), grads, s1, s2, int64_t(host_params_.size()));
-    upload(params_.data(), host_params_.data(), int64_t(host_params_.size()));
-    sync("upload parameters");
-    scales_dirty_ = true;
-    saved_steps_ = saved_batch_ = 0;
+    optimizer_update(step, host_params_.data(), grads, s1, s2, host_params_.size());
+    params_changed();
   }
 
   int64_t saved_steps() const override { return saved_steps_; }
   int64_t saved_batch() const override { return saved_batch_; }
 
   int64_t memory_bytes() const override {  // what is allocated, whatever the last call's shapes
-    double n = double(host_params_.capacity() * sizeof(T));
+    double n = double(host_params_.memory_bytes());
     for (const Activations* a : {&saved_, &scratch_}) {
       for (const DeviceBuffer<T>* b : {&a->x, &a->cs, &a->hs, &a->gates, &a->c_raw, &a->hh, &a->pre})
         n += double(b->capacity()) * sizeof(T);
@@ -598,6 +603,11 @@ class CudaCell final : public Cell<T> {
     launch("step forward kernel", kernel, grid, kStepThreads, stream_, p);
   }
 
+  static const CellConfig& checked(const CellConfig& config) {
+    validate_config(config);
+    return config;
+  }
+
   void launch_step_backward(const StepBackward<T>& p) {
     void (*kernel)(StepBackward<T>) = step_backward_kernel<T, Activation::Tanh>;
     switch (cfg_.activation) {
@@ -614,7 +624,7 @@ class CudaCell final : public Cell<T> {
   int64_t I_, H_, P_, G_;
   ParamOffsets off_;
   int device_ = current_device();  // the device of the thread that made the cell; every call uses it
-  std::vector<T> host_params_;  // the mirror that get_params reads and the optimizer updates
+  ParamStorage<T> host_params_;  // the mirror that get_params reads and the optimizer updates
 
   DeviceBuffer<T> params_, grads_;
   bool scales_dirty_ = true;

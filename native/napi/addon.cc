@@ -24,7 +24,8 @@
 
 #include "wnlstm/cell.h"
 #include "kernels.h"
-#include "wnlstm/training.h"
+#include "wnlstm/model.h"
+#include "wnlstm/ops.h"
 
 namespace {
 
@@ -195,25 +196,29 @@ T* state_arg(const Napi::Value& v, const std::string& name, size_t length, bool 
   return a.Data();
 }
 
-// Float64Array [kind, lr, beta1, beta2, eps, weightDecay, momentum, t, nesterov, gradScale].
+// The optimizer's settings: { kind: 'sgd' | 'adam' | 'adamw' | 'rmsprop' | 'adagrad', learningRate, beta1,
+// beta2, epsilon, weightDecay, momentum, nesterov, step (from 1), gradScale }; absent numbers are 0
+// (gradScale 1). beta1 is RMSProp's alpha.
 wnlstm::OptimizerStep parse_step(const Napi::Value& v) {
-  const double* h = array_arg<double>(v, "hyper", 10, false);
+  if (!v.IsObject()) fail("ERR_WNLSTM_TYPE", "the optimizer settings must be an object");
+  const Napi::Object o = v.As<Napi::Object>();
+  const std::string kind = o.Get("kind").IsString() ? o.Get("kind").As<Napi::String>().Utf8Value() : "";
+  const char* kinds[] = {"sgd", "adam", "adamw", "rmsprop", "adagrad"};
+  const auto found = std::find(std::begin(kinds), std::end(kinds), kind);
+  if (found == std::end(kinds)) fail("ERR_WNLSTM_CONFIG", "unknown optimizer kind '" + kind + "'");
   wnlstm::OptimizerStep s;
-  if (h[0] < 0 || h[0] > 4 || h[0] != std::floor(h[0])) fail("ERR_WNLSTM_RANGE", "unknown optimizer kind");
-  s.kind = wnlstm::OptimizerKind(int(h[0]));
-  s.lr = h[1], s.beta1 = h[2], s.beta2 = h[3], s.eps = h[4], s.weight_decay = h[5], s.momentum = h[6];
-  if (h[7] < 1) fail("ERR_WNLSTM_RANGE", "the step number starts at 1");
-  s.t = int64_t(h[7]);
-  s.nesterov = h[8] != 0;
-  s.grad_scale = h[9];
+  s.kind = wnlstm::OptimizerKind(found - std::begin(kinds));
+  auto number = [&](const char* key, double fallback) {
+    const double d = number_option(o, key, fallback);
+    if (!std::isfinite(d)) fail("ERR_WNLSTM_NOT_FINITE", std::string("optimizer setting ") + key + " is not finite");
+    return d;
+  };
+  s.lr = number("learningRate", 0), s.beta1 = number("beta1", 0), s.beta2 = number("beta2", 0);
+  s.eps = number("epsilon", 0), s.weight_decay = number("weightDecay", 0), s.momentum = number("momentum", 0);
+  s.grad_scale = number("gradScale", 1);
+  s.t = int_arg(o.Get("step"), "step", 1, int64_t(1) << 53);
+  s.nesterov = o.Get("nesterov").ToBoolean();
   return s;
-}
-
-// Which optimizer-state buffers a kind uses.
-bool needs_s1(const wnlstm::OptimizerStep& s) { return s.kind != wnlstm::OptimizerKind::Sgd || s.momentum != 0; }
-bool needs_s2(const wnlstm::OptimizerStep& s) {
-  return s.kind == wnlstm::OptimizerKind::Adam || s.kind == wnlstm::OptimizerKind::AdamW ||
-         (s.kind == wnlstm::OptimizerKind::RmsProp && s.momentum != 0);
 }
 
 // Calls fn(T{}) with T the element type of a Float32Array or Float64Array argument.
@@ -251,6 +256,46 @@ CellConfig parse_config(const Napi::Object& o) {
   return c;
 }
 
+// What a JS object (a cell, a model) and its async calls in flight share: the native object in one of
+// the two precisions, and how many async calls use it.
+template <typename Float, typename Double>
+struct Held {
+  std::shared_ptr<Float> f32;
+  std::shared_ptr<Double> f64;
+  std::atomic<int> busy{0};  // async calls in flight
+  int64_t reported = 0;      // bytes last reported to V8
+
+  bool alive() const { return f32 || f64; }
+  void reset(napi_env env) {
+    f32.reset();  // an async call in flight keeps its own reference, and reports nothing more
+    f64.reset();
+    report_memory(env);
+  }
+
+  // Tells V8 how much native memory the object holds, so that one dropped without dispose() is
+  // collected under memory pressure like any large JS object. Main thread only; while an async call
+  // is in flight the object is not read (its buffers may be resizing): the call reports when it ends.
+  void report_memory(napi_env env) {
+    if (busy.load() > 0) return;
+    const int64_t now = f32 ? f32->memory_bytes() : f64 ? f64->memory_bytes() : 0;
+    if (now == reported) return;
+    const bool freed_much = reported - now >= (int64_t(1) << 20);
+    int64_t total = 0;
+    if (napi_adjust_external_memory(env, now - reported, &total) == napi_ok) reported = now;
+#ifdef __GLIBC__
+    // glibc keeps large freed blocks in its heap (its mmap threshold grows with the first free), so a
+    // process that drops cells would keep their memory: hand it back to the OS.
+    if (freed_much) malloc_trim(0);
+#endif
+  }
+};
+using CellState = Held<Cell<float>, Cell<double>>;
+
+// Per environment (main thread, each worker): the constructors that arguments are checked against.
+struct AddonData {
+  Napi::FunctionReference cell_class;
+};
+
 class NativeCell : public Napi::ObjectWrap<NativeCell> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -284,38 +329,16 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
     });
   }
 
-  ~NativeCell() override {
-    s_->f32.reset();  // an async call in flight keeps its own reference, and reports nothing more
-    s_->f64.reset();
-    s_->report_memory(Env());
+  ~NativeCell() override { s_->reset(Env()); }
+
+  // The cell behind a JS value, or nullptr when it is not a NativeCell.
+  static std::shared_ptr<CellState> state_of(Napi::Env env, const Napi::Value& v) {
+    AddonData* data = env.GetInstanceData<AddonData>();
+    if (!v.IsObject() || !data || !v.As<Napi::Object>().InstanceOf(data->cell_class.Value())) return nullptr;
+    return Unwrap(v.As<Napi::Object>())->s_;
   }
 
  private:
-  // What this object and its async calls in flight share.
-  struct State {
-    std::shared_ptr<Cell<float>> f32;
-    std::shared_ptr<Cell<double>> f64;
-    std::atomic<int> busy{0};  // async calls in flight
-    int64_t reported = 0;      // bytes last reported to V8
-
-    // Tells V8 how much native memory the cell holds, so that a cell dropped without dispose() is
-    // collected under memory pressure like any large JS object. Main thread only; while an async call
-    // is in flight the cell is not read (its buffers may be resizing): the call reports when it ends.
-    void report_memory(napi_env env) {
-      if (busy.load() > 0) return;
-      const int64_t now = f32 ? f32->memory_bytes() : f64 ? f64->memory_bytes() : 0;
-      if (now == reported) return;
-      const bool freed_much = reported - now >= (int64_t(1) << 20);
-      int64_t total = 0;
-      if (napi_adjust_external_memory(env, now - reported, &total) == napi_ok) reported = now;
-#ifdef __GLIBC__
-      // glibc keeps large freed blocks in its heap (its mmap threshold grows with the first free), so a
-      // process that drops cells would keep their memory: hand it back to the OS.
-      if (freed_much) malloc_trim(0);
-#endif
-    }
-  };
-
   // Calls fn(cell) with the live cell of either precision (a shared_ptr: an async call keeps its cell
   // alive past dispose()). Throws ERR_WNLSTM_DISPOSED after dispose(), ERR_WNLSTM_BUSY while an async
   // call on this cell is in flight.
@@ -325,7 +348,7 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
       if (!s_->f32 && !s_->f64) fail("ERR_WNLSTM_DISPOSED", "this cell has been disposed");
       if (s_->busy.load() > 0) fail("ERR_WNLSTM_BUSY", "an async call on this cell is in flight: await it first");
       struct Report {  // also after a failed call: it may have grown buffers before failing
-        State* s;
+        CellState* s;
         Napi::Env env;
         ~Report() { s->report_memory(env); }
       } report{s_.get(), info.Env()};
@@ -504,21 +527,398 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
       const size_t n = size_t(wnlstm::param_count(cell->config()));
       const wnlstm::OptimizerStep step = parse_step(info[3]);
       const T* grads = array_arg<T>(info[0], "grads", n, false);
-      T* s1 = state_arg<T>(info[1], "optimizer state 1", n, needs_s1(step));
-      T* s2 = state_arg<T>(info[2], "optimizer state 2", n, needs_s2(step));
+      T* s1 = state_arg<T>(info[1], "optimizer state 1", n, step.needs_s1());
+      T* s2 = state_arg<T>(info[2], "optimizer state 2", n, step.needs_s2());
       cell->apply_update(step, grads, s1, s2);
       return info.Env().Undefined();
     });
   }
 
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    s_->f32.reset();
-    s_->f64.reset();
-    s_->report_memory(info.Env());
+    s_->reset(info.Env());
     return info.Env().Undefined();
   }
 
-  std::shared_ptr<State> s_ = std::make_shared<State>();
+  std::shared_ptr<CellState> s_ = std::make_shared<CellState>();
+};
+
+using ModelState = Held<wnlstm::LanguageModel<float>, wnlstm::LanguageModel<double>>;
+
+// A language model whose weights, gradients and optimizer state live in the backend (model.h). Every
+// call works on whole blocks by name; a training step takes token ids and returns the loss and state.
+class NativeModel : public Napi::ObjectWrap<NativeModel> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeModel",
+                       {InstanceMethod("blocks", &NativeModel::Blocks),
+                        InstanceMethod("getValues", &NativeModel::GetBuffer<0>),
+                        InstanceMethod("getGrad", &NativeModel::GetBuffer<1>),
+                        InstanceMethod("setValues", &NativeModel::SetValues),
+                        InstanceMethod("zeroGrad", &NativeModel::ZeroGrad),
+                        InstanceMethod("gradSumSquares", &NativeModel::GradSumSquares),
+                        InstanceMethod("update", &NativeModel::Update),
+                        InstanceMethod("getMoments", &NativeModel::GetMoments),
+                        InstanceMethod("setMoments", &NativeModel::SetMoments),
+                        InstanceMethod("getRng", &NativeModel::GetRng),
+                        InstanceMethod("setRng", &NativeModel::SetRng),
+                        InstanceMethod("step", &NativeModel::Step<false>),
+                        InstanceMethod("stepAsync", &NativeModel::Step<true>),
+                        InstanceMethod("embed", &NativeModel::Embed),
+                        InstanceMethod("logits", &NativeModel::Logits),
+                        InstanceMethod("dispose", &NativeModel::Dispose)});
+  }
+
+  // new NativeModel({ vocabSize, embeddingSize, hiddenSize, layers, dropout }, dtype, cells: NativeCell[],
+  //                 rng: { model: [4 words], stack: [4 words] })
+  NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
+    guarded(info.Env(), [&] {
+      Napi::Env env = info.Env();
+      if (!info[0].IsObject()) fail("ERR_WNLSTM_TYPE", "config must be an object");
+      const Napi::Object o = info[0].As<Napi::Object>();
+      wnlstm::LanguageModelConfig config;
+      config.vocab_size = int_arg(o.Get("vocabSize"), "vocabSize", 1, wnlstm::kMaxElements);
+      config.embedding_size = int_arg(o.Get("embeddingSize"), "embeddingSize", 1, wnlstm::kMaxUnits);
+      config.hidden_size = int_arg(o.Get("hiddenSize"), "hiddenSize", 1, wnlstm::kMaxUnits);
+      config.layers = int_arg(o.Get("layers"), "layers", 1, 1024);
+      config.dropout = number_option(o, "dropout", 0);
+      const std::string dtype = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+      if (dtype != "float32" && dtype != "float64") fail("ERR_WNLSTM_CONFIG", "dtype must be 'float32' or 'float64'");
+      if (!info[2].IsArray()) fail("ERR_WNLSTM_TYPE", "cells must be an array of native cells");
+      const Napi::Array cells = info[2].As<Napi::Array>();
+      std::vector<std::shared_ptr<Cell<float>>> f32;
+      std::vector<std::shared_ptr<Cell<double>>> f64;
+      for (uint32_t l = 0; l < cells.Length(); ++l) {
+        std::shared_ptr<CellState> cell = NativeCell::state_of(env, cells.Get(l));
+        if (!cell) fail("ERR_WNLSTM_TYPE", "cells[" + std::to_string(l) + "] is not a native cell");
+        if (!cell->alive()) fail("ERR_WNLSTM_DISPOSED", "cells[" + std::to_string(l) + "] has been disposed");
+        if (dtype == "float32" ? !cell->f32 : !cell->f64) fail("ERR_WNLSTM_CONFIG", "the cells must have the model's dtype");
+        f32.push_back(cell->f32), f64.push_back(cell->f64);
+        cells_.push_back(cell);
+      }
+      if (dtype == "float32") s_->f32 = std::make_shared<wnlstm::LanguageModel<float>>(config, f32);
+      else s_->f64 = std::make_shared<wnlstm::LanguageModel<double>>(config, f64);
+      SetRngFrom(info[3]);
+      s_->report_memory(env);
+      return env.Undefined();
+    });
+  }
+
+  ~NativeModel() override { s_->reset(Env()); }
+
+ private:
+  // Calls fn(model) with the live model of either precision; refuses after dispose() and while an async
+  // step is in flight. A call that runs the cells or changes the weights (`Uses::Cells`) also waits for the
+  // cells' own async calls (a session's steps); reading the arena does not.
+  enum class Uses { Arena, Cells };
+  template <typename F>
+  Napi::Value with_model(const Napi::CallbackInfo& info, F&& fn, Uses uses = Uses::Arena) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      if (!s_->alive()) fail("ERR_WNLSTM_DISPOSED", "this model has been disposed");
+      if (s_->busy.load() > 0) fail("ERR_WNLSTM_BUSY", "an async step of this model is in flight: await it first");
+      for (const auto& cell : cells_)
+        if (uses == Uses::Cells && cell->busy.load() > 0)
+          fail("ERR_WNLSTM_BUSY", "an async call on one of this model's cells is in flight: await it first");
+      struct Report {  // also after a failed call: it may have grown buffers before failing
+        NativeModel* self;
+        Napi::Env env;
+        ~Report() { self->report_memory(env); }
+      } report{this, info.Env()};
+      if (s_->f32) return fn(s_->f32);
+      return fn(s_->f64);
+    });
+  }
+
+  void report_memory(Napi::Env env) {
+    s_->report_memory(env);
+    for (const auto& cell : cells_) cell->report_memory(env);
+  }
+
+  Napi::Value Blocks(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      const auto& blocks = model->arena().blocks;
+      Napi::Array out = Napi::Array::New(info.Env(), blocks.size());
+      for (size_t i = 0; i < blocks.size(); ++i) {
+        Napi::Object b = Napi::Object::New(info.Env());
+        b.Set("name", blocks[i].name);
+        b.Set("offset", double(blocks[i].offset));
+        b.Set("size", double(blocks[i].size));
+        out.Set(uint32_t(i), b);
+      }
+      return out;
+    });
+  }
+
+  static std::string name_arg(const Napi::Value& v) {
+    if (!v.IsString()) fail("ERR_WNLSTM_TYPE", "a block name must be a string");
+    return v.As<Napi::String>().Utf8Value();
+  }
+
+  // getValues(name) / getGrad(name) -> a copy of the block's parameters or gradient.
+  template <int Which>
+  Napi::Value GetBuffer(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      const auto& b = model->arena().block(name_arg(info[0]));
+      const T* from = (Which == 0 ? model->arena().params : model->arena().grads).data() + b.offset;
+      auto out = new_array<T>(info.Env(), b.size);
+      std::copy(from, from + b.size, out.Data());
+      return out;
+    });
+  }
+
+  // setValues(name, values): all of a block's parameters, checked before anything is written.
+  Napi::Value SetValues(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      const auto& b = model->arena().block(name_arg(info[0]));
+      const T* values = array_arg<T>(info[1], "values of '" + b.name + "'", size_t(b.size), false);
+      std::copy(values, values + b.size, model->arena().params.data() + b.offset);
+      model->params_changed();
+      return info.Env().Undefined();
+    }, Uses::Cells);
+  }
+
+  // zeroGrad(name?): one block's gradient, or all of them.
+  Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      auto& a = model->arena();
+      if (info[0].IsUndefined()) {
+        std::fill(a.grads.begin(), a.grads.end(), 0);
+      } else {
+        const auto& b = a.block(name_arg(info[0]));
+        std::fill_n(a.grads.begin() + b.offset, b.size, 0);
+      }
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value GradSumSquares(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      return Napi::Number::New(info.Env(), model->arena().grad_sum_squares());
+    });
+  }
+
+  // update(settings): one fused optimizer step over every parameter of the model.
+  Napi::Value Update(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      model->update(parse_step(info[0]));
+      return info.Env().Undefined();
+    }, Uses::Cells);
+  }
+
+  // getMoments(name) -> [s1 | null, s2 | null]: copies of the optimizer state of a block (null: none yet).
+  Napi::Value GetMoments(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      const auto& a = model->arena();
+      const auto& b = a.block(name_arg(info[0]));
+      Napi::Array out = Napi::Array::New(info.Env(), 2);
+      for (uint32_t k = 0; k < 2; ++k) {
+        const std::vector<T>& s = k == 0 ? a.s1 : a.s2;
+        if (s.empty()) {
+          out.Set(k, info.Env().Null());
+          continue;
+        }
+        auto copy = new_array<T>(info.Env(), b.size);
+        std::copy_n(s.begin() + b.offset, b.size, copy.Data());
+        out.Set(k, copy);
+      }
+      return out;
+    });
+  }
+
+  // setMoments(name, s1 | null, s2 | null): a block's optimizer state (null: zeros), checked first.
+  Napi::Value SetMoments(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      auto& a = model->arena();
+      const auto& b = a.block(name_arg(info[0]));
+      const T* given[2] = {array_arg<T>(info[1], "optimizer state 1 of '" + b.name + "'", size_t(b.size), true),
+                           array_arg<T>(info[2], "optimizer state 2 of '" + b.name + "'", size_t(b.size), true)};
+      for (int k = 0; k < 2; ++k) {
+        std::vector<T>& s = k == 0 ? a.s1 : a.s2;
+        if (!given[k] && s.empty()) continue;
+        if (s.empty()) s.assign(a.params.size(), T(0));
+        if (given[k]) std::copy(given[k], given[k] + b.size, s.begin() + b.offset);
+        else std::fill_n(s.begin() + b.offset, b.size, T(0));
+      }
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value GetRng(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      Napi::Object out = Napi::Object::New(info.Env());
+      for (auto [key, rng] : {std::pair{"model", &model->model_rng}, std::pair{"stack", &model->stack_rng}}) {
+        Napi::Array words = Napi::Array::New(info.Env(), 4);
+        const uint32_t w[4] = {rng->a, rng->b, rng->c, rng->d};
+        for (uint32_t k = 0; k < 4; ++k) words.Set(k, double(w[k]));
+        out.Set(key, words);
+      }
+      return out;
+    });
+  }
+
+  Napi::Value SetRng(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto) -> Napi::Value {
+      SetRngFrom(info[0]);
+      return info.Env().Undefined();
+    });
+  }
+
+  // { model: [4 words], stack: [4 words] }: each word an integer in [-2^31, 2^32) (taken mod 2^32).
+  void SetRngFrom(const Napi::Value& v) {
+    if (!v.IsObject()) fail("ERR_WNLSTM_TYPE", "the random state must be { model, stack }");
+    wnlstm::Rng rngs[2];
+    const char* keys[2] = {"model", "stack"};
+    for (int k = 0; k < 2; ++k) {
+      const Napi::Value words = v.As<Napi::Object>().Get(keys[k]);
+      if (!words.IsArray() || words.As<Napi::Array>().Length() != 4)
+        fail("ERR_WNLSTM_TYPE", std::string("the random state's ") + keys[k] + " must be an array of 4 integers");
+      uint32_t w[4];
+      for (uint32_t i = 0; i < 4; ++i)
+        w[i] = uint32_t(int_arg(words.As<Napi::Array>().Get(i), "a random state word", -(int64_t(1) << 31), (int64_t(1) << 32) - 1));
+      rngs[k] = {w[0], w[1], w[2], w[3]};
+    }
+    if (s_->f32) s_->f32->model_rng = rngs[0], s_->f32->stack_rng = rngs[1];
+    else s_->f64->model_rng = rngs[0], s_->f64->stack_rng = rngs[1];
+  }
+
+  static const int32_t* ids_arg(const Napi::Value& v, const char* name) {
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+      fail("ERR_WNLSTM_TYPE", std::string(name) + " must be an Int32Array");
+    return v.As<Napi::Int32Array>().Data();
+  }
+
+  // step(inputs, targets, batchSize, states | null, train) -> { loss, states: [{ c, h }] }; inputs and
+  // targets Int32Array [steps * batchSize], time-major; states one { c, h } per layer (null: zeros).
+  // stepAsync: a promise of it, with the inputs copied at the call.
+  template <bool Async>
+  Napi::Value Step(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      Napi::Env env = info.Env();
+      const wnlstm::LanguageModelConfig& c = model->config();
+      const int32_t* inputs = ids_arg(info[0], "inputs");
+      const int32_t* targets = ids_arg(info[1], "targets");
+      const int64_t n = int64_t(info[0].As<Napi::Int32Array>().ElementLength());
+      const int64_t batch = int_arg(info[2], "batchSize", 1, wnlstm::kMaxElements);
+      if (n == 0 || n % batch != 0)
+        fail("ERR_WNLSTM_SHAPE", "inputs has " + std::to_string(n) + " ids: not a positive multiple of batchSize (" +
+                                     std::to_string(batch) + ")");
+      if (int64_t(info[1].As<Napi::Int32Array>().ElementLength()) != n)
+        fail("ERR_WNLSTM_SHAPE", "targets must have as many ids as inputs (" + std::to_string(n) + ")");
+      const int64_t H = c.hidden_size, L = c.layers, per = batch * H;
+      // The states, gathered into [layers][c, h] (checked: type, length, finite).
+      std::vector<T> state_in;
+      if (!info[3].IsUndefined() && !info[3].IsNull()) {
+        if (!info[3].IsArray() || info[3].As<Napi::Array>().Length() != uint32_t(L))
+          fail("ERR_WNLSTM_TYPE", "states must be an array of " + std::to_string(L) + " { c, h } (one per layer)");
+        state_in.resize(2 * L * per);
+        for (int64_t l = 0; l < L; ++l) {
+          const Napi::Value s = info[3].As<Napi::Array>().Get(uint32_t(l));
+          if (!s.IsObject()) fail("ERR_WNLSTM_TYPE", "states[" + std::to_string(l) + "] must be { c, h }");
+          for (int k = 0; k < 2; ++k) {
+            const std::string name = "states[" + std::to_string(l) + "]." + (k == 0 ? "c" : "h");
+            const T* a = array_arg<T>(s.As<Napi::Object>().Get(k == 0 ? "c" : "h"), name, size_t(per), false);
+            std::copy(a, a + per, state_in.begin() + (2 * l + k) * per);
+          }
+        }
+      }
+      const bool train = info[4].ToBoolean();
+      struct Job {
+        std::vector<int32_t> inputs, targets;
+        std::vector<T> state_in, state_out;
+        double loss = 0;
+      };
+      auto job = std::make_shared<Job>();
+      job->state_in = std::move(state_in);
+      job->state_out.resize(2 * L * per);
+      auto result = [job, L, per](Napi::Env env) -> Napi::Value {
+        Napi::Object out = Napi::Object::New(env);
+        out.Set("loss", job->loss);
+        Napi::Array states = Napi::Array::New(env, size_t(L));
+        for (int64_t l = 0; l < L; ++l) {
+          Napi::Object s = Napi::Object::New(env);
+          for (int k = 0; k < 2; ++k) {
+            auto a = new_array<T>(env, per);
+            std::copy_n(job->state_out.begin() + (2 * l + k) * per, per, a.Data());
+            s.Set(k == 0 ? "c" : "h", a);
+          }
+          states.Set(uint32_t(l), s);
+        }
+        out.Set("states", states);
+        return out;
+      };
+      auto run = [job, model, n, batch, train](const int32_t* in, const int32_t* tg) {
+        job->loss = model->step(n / batch, batch, in, tg, job->state_in.empty() ? nullptr : job->state_in.data(),
+                                job->state_out.data(), train);
+      };
+      if constexpr (!Async) {
+        run(inputs, targets);
+        return result(env);
+      } else {
+        job->inputs.assign(inputs, inputs + n);
+        job->targets.assign(targets, targets + n);
+        return run_async(env, [job, run] { run(job->inputs.data(), job->targets.data()); }, result);
+      }
+    }, Uses::Cells);
+  }
+
+  // embed(ids) -> [ids.length, embeddingSize]: rows of the embedding.
+  Napi::Value Embed(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      const int32_t* ids = ids_arg(info[0], "ids");
+      const int64_t n = int64_t(info[0].As<Napi::Int32Array>().ElementLength());
+      if (double(n) * double(model->config().embedding_size) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "too many ids");
+      auto out = new_array<T>(info.Env(), n * model->config().embedding_size);
+      model->embed(ids, n, out.Data());
+      return out;
+    });
+  }
+
+  // logits(h, rows) -> [rows, vocabSize]: the softmax layer on h [rows, hiddenSize].
+  Napi::Value Logits(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      const int64_t rows = int_arg(info[1], "rows", 1, wnlstm::kMaxElements);
+      const int64_t H = model->config().hidden_size, V = model->config().vocab_size;
+      if (double(rows) * double(std::max(H, V)) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "too many rows");
+      const T* h = array_arg<T>(info[0], "h", size_t(rows * H), false);
+      auto out = new_array<T>(info.Env(), rows * V);
+      model->logits(h, rows, out.Data());
+      return out;
+    });
+  }
+
+  // Runs work on the thread pool with the model and its cells marked busy until the promise settles.
+  Napi::Value run_async(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> result) {
+    auto mark = [this](int delta) {
+      s_->busy.fetch_add(delta);
+      for (const auto& cell : cells_) cell->busy.fetch_add(delta);
+    };
+    mark(1);
+    try {
+      return Task::Run(env, std::move(work), std::move(result), [s = s_, cells = cells_](Napi::Env env) {
+        s->busy.fetch_sub(1);
+        for (const auto& cell : cells) cell->busy.fetch_sub(1);
+        s->report_memory(env);
+        for (const auto& cell : cells) cell->report_memory(env);
+      });
+    } catch (...) {  // not queued (e.g. the environment is shutting down): nothing is busy
+      mark(-1);
+      throw;
+    }
+  }
+
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    s_->reset(info.Env());
+    return info.Env().Undefined();
+  }
+
+  std::shared_ptr<ModelState> s_ = std::make_shared<ModelState>();
+  std::vector<std::shared_ptr<CellState>> cells_;  // the model's cells, also JS objects of their own
 };
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -578,8 +978,8 @@ Napi::Value OptimizerUpdate(const Napi::CallbackInfo& info) {
       const wnlstm::OptimizerStep step = parse_step(info[4]);
       T* params = info[0].As<Napi::TypedArrayOf<T>>().Data();
       const T* grads = array_arg<T>(info[1], "grads", n, false);
-      T* s1 = state_arg<T>(info[2], "optimizer state 1", n, needs_s1(step));
-      T* s2 = state_arg<T>(info[3], "optimizer state 2", n, needs_s2(step));
+      T* s1 = state_arg<T>(info[2], "optimizer state 1", n, step.needs_s1());
+      T* s2 = state_arg<T>(info[3], "optimizer state 2", n, step.needs_s2());
       wnlstm::optimizer_update(step, params, grads, s1, s2, int64_t(n));
       return info.Env().Undefined();
     });
@@ -659,7 +1059,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gemm", Napi::Function::New(env, Gemm));
   exports.Set("benchGemm", Napi::Function::New(env, BenchGemm));
   exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
-  exports.Set("NativeCell", NativeCell::Define(env));
+  Napi::Function cell_class = NativeCell::Define(env);
+  env.SetInstanceData(new AddonData{Napi::Persistent(cell_class)});
+  exports.Set("NativeCell", cell_class);
+  exports.Set("NativeModel", NativeModel::Define(env));
   exports.Set("info", Napi::Function::New(env, Info));
   return exports;
 }

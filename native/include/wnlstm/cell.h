@@ -8,13 +8,14 @@
 // Backends throw wnlstm::Error (never exit or abort); the N-API layer turns it into a JS error with a code.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "wnlstm/training.h"
+#include "wnlstm/ops.h"
 
 namespace wnlstm {
 
@@ -71,6 +72,38 @@ void validate_forward(const CellConfig& config, int64_t steps, int64_t batch, co
 constexpr int64_t kMaxUnits = 1 << 16;
 constexpr int64_t kMaxElements = int64_t(1) << 31;  // per buffer the cell allocates
 
+// A cell's parameters: its own buffer, or a model's arena once bound (the backends keep them on the host;
+// CUDA mirrors them on the device).
+template <typename T>
+class ParamStorage {
+ public:
+  explicit ParamStorage(int64_t n) : own_(size_t(n), T(0)), data_(own_.data()), n_(n) {}
+  ParamStorage(const ParamStorage&) = delete;
+  ParamStorage& operator=(const ParamStorage&) = delete;
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  int64_t size() const { return n_; }
+  T* begin() { return data_; }
+  T* end() { return data_ + n_; }
+  const T* begin() const { return data_; }
+  const T* end() const { return data_ + n_; }
+  T& operator[](int64_t i) { return data_[i]; }
+  const T& operator[](int64_t i) const { return data_[i]; }
+  void bind(T* storage, std::shared_ptr<void> owner) {
+    std::copy(data_, data_ + n_, storage);
+    data_ = storage;
+    owner_ = std::move(owner);
+    std::vector<T>().swap(own_);
+  }
+  int64_t memory_bytes() const { return int64_t(own_.capacity() * sizeof(T)); }  // a bound arena is the model's
+
+ private:
+  std::vector<T> own_;
+  T* data_;
+  int64_t n_;
+  std::shared_ptr<void> owner_;
+};
+
 template <typename T>
 class Cell {
  public:
@@ -97,6 +130,14 @@ class Cell {
   //   grads [param_count] out, by param_layout; dx [T,B,I], dc0 [B,H], dh0 [B,P] out.
   // Throws Error("ERR_WNLSTM_NO_FORWARD") when there is no training forward to differentiate.
   virtual void backward(const T* dy, const T* dc, const T* dh, T* grads, T* dx, T* dc0, T* dh0) = 0;
+
+  // From now on the parameters live in `storage` [param_count] (a model's arena): the current values are
+  // copied there, and `owner` keeps the storage alive as long as the cell. Changes made there directly
+  // must be followed by params_changed().
+  virtual void bind_params(T* storage, std::shared_ptr<void> owner) = 0;
+  // The parameters changed in place: rebuild what derives from them (normalised weights, device copy);
+  // invalidates the saved forward.
+  virtual void params_changed() = 0;
 
   // One optimizer update of the parameters in place: grads [param_count]; s1, s2 [param_count] the
   // optimizer's state (nullptr where the optimizer has none). Invalidates the saved forward.

@@ -1,11 +1,12 @@
-// The CPU side of training.h: one pass over each buffer, vectorised.
+// The host ops of ops.h: one pass over each buffer, vectorised; the products on the CPU GEMM.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "activations.h"
+#include "kernels.h"
 #include "thread_pool.h"
-#include "wnlstm/training.h"
+#include "wnlstm/ops.h"
 
 namespace wnlstm {
 namespace {
@@ -119,11 +120,67 @@ double softmax_cross_entropy(T* logits, const int32_t* targets, int64_t N, int64
   return total;
 }
 
-template void optimizer_update<float>(const OptimizerStep&, float*, const float*, float*, float*, int64_t);
-template void optimizer_update<double>(const OptimizerStep&, double*, const double*, double*, double*, int64_t);
-template double sum_squares<float>(const float*, int64_t);
-template double sum_squares<double>(const double*, int64_t);
-template double softmax_cross_entropy<float>(float*, const int32_t*, int64_t, int64_t, double);
-template double softmax_cross_entropy<double>(double*, const int32_t*, int64_t, int64_t, double);
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+          int64_t ldb, bool accumulate, T* C, int64_t ldc) {
+  cpu::gemm<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
+}
+
+template <typename T>
+void embedding_forward(const T* table, int64_t D, const int32_t* ids, int64_t N, T* out) {
+  for (int64_t n = 0; n < N; ++n) std::copy(table + int64_t(ids[n]) * D, table + int64_t(ids[n] + 1) * D, out + n * D);
+}
+
+template <typename T>
+void embedding_backward(const T* dy, int64_t D, const int32_t* ids, int64_t N, T* dtable) {
+  for (int64_t n = 0; n < N; ++n) {
+    T* row = dtable + int64_t(ids[n]) * D;
+    for (int64_t k = 0; k < D; ++k) row[k] += dy[n * D + k];
+  }
+}
+
+template <typename T>
+void dense_forward(const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O, T* y) {
+  for (int64_t n = 0; n < N; ++n) std::copy(b, b + O, y + n * O);
+  cpu::gemm<T>(false, false, N, O, I, x, I, W, O, true, y, O);
+}
+
+template <typename T>
+void dense_backward(const T* x, const T* W, const T* dy, int64_t N, int64_t I, int64_t O, T* dW, T* db, T* dx) {
+  cpu::gemm<T>(true, false, I, O, N, x, I, dy, O, true, dW, O);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < O; ++j) db[j] += dy[n * O + j];
+  if (dx) cpu::gemm<T>(false, true, N, I, O, dy, O, W, O, false, dx, I);
+}
+
+template <typename T>
+void dropout(T* x, T* mask, int64_t n, double rate, Rng& rng) {
+  const double keep = 1 - rate;
+  const T scale = T(1 / keep);
+  for (int64_t i = 0; i < n; ++i) {
+    mask[i] = rng.uniform() < keep ? scale : T(0);
+    x[i] *= mask[i];
+  }
+}
+
+template <typename T>
+void apply_mask(T* x, const T* mask, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= mask[i];
+}
+
+#define WNLSTM_HOST_OPS(T)                                                                                      \
+  template void optimizer_update<T>(const OptimizerStep&, T*, const T*, T*, T*, int64_t);                      \
+  template double sum_squares<T>(const T*, int64_t);                                                            \
+  template double softmax_cross_entropy<T>(T*, const int32_t*, int64_t, int64_t, double);                       \
+  template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, bool, T*,  \
+                        int64_t);                                                                               \
+  template void embedding_forward<T>(const T*, int64_t, const int32_t*, int64_t, T*);                           \
+  template void embedding_backward<T>(const T*, int64_t, const int32_t*, int64_t, T*);                          \
+  template void dense_forward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T*);                  \
+  template void dense_backward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T*, T*, T*);         \
+  template void dropout<T>(T*, T*, int64_t, double, Rng&);                                                      \
+  template void apply_mask<T>(T*, const T*, int64_t);
+WNLSTM_HOST_OPS(float)
+WNLSTM_HOST_OPS(double)
 
 }  // namespace wnlstm
