@@ -1,6 +1,7 @@
-// The CPU backend splits each step's units between threads (a team that waits for the complete h), and
-// every output element is computed by exactly one thread in a fixed order: so results must be
-// bit-identical whatever the thread count, including more threads than cores (members then sleep).
+// The CPU backend splits a sequence's batch rows between threads (or, with few rows, each step's units:
+// a team that waits for the complete h), and every output element is computed by exactly one thread in a
+// fixed order: so results must be bit-identical whatever the thread count, including more threads than
+// cores (members then sleep).
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';

@@ -18,6 +18,10 @@ namespace {
 
 constexpr double kNormEpsilon = 1e-12;       // TF's l2_normalize: rsqrt(max(sum v^2, eps))
 constexpr int64_t kChunkElements = 1 << 20;  // inference runs the input GEMM over chunks of steps
+// The recurrence is split by batch rows (no waiting between steps) when each thread gets at least kMinRows
+// rows and the recurrent weights (read whole by every thread, every step) fit in a core's L2.
+constexpr int64_t kMinRows = 8;
+constexpr double kRowSplitBytes = 1 << 20;
 
 // Splits [0, n) into one contiguous range per pool thread.
 template <typename F>
@@ -161,23 +165,32 @@ class CpuCell final : public Cell<T> {
     const T* wh[4] = {packed_gates_[0].data(), packed_gates_[1].data(), packed_gates_[2].data(),
                       packed_gates_[3].data()};
     const T* wp = packed_wp_.data();
-    // One team for the whole sequence. Each member owns a range of units (whole packed panels of nr
-    // columns): their columns of all four gates, their c, and their h (or, with a projection, a range
-    // of its output columns), so the only waits are for the complete h (and hh) of each step.
+    // One team for the whole sequence. The input GEMM of a chunk of steps is split by units (whole
+    // packed panels of nr columns). The recurrence is split by batch rows where it pays (kMinRows): rows
+    // are independent sequences, so the members never wait for each other inside the chunk. Otherwise
+    // it is split by units: each member owns their columns of all four gates,
+    // their c and their h (or a range of the projection's outputs), and waits for the complete h (and hh)
+    // of each step.
     const int64_t nr = kern.nr, unit_panels = (H + nr - 1) / nr, out_panels = (P + nr - 1) / nr;
     const bool small = double(B) * G * P < 64.0 * 64 * 64;
-    parallel_team(small ? 1 : int(std::min<int64_t>(num_threads(), unit_panels)), [&](Team& team) {
+    const int members = small ? 1 : int(std::min<int64_t>(num_threads(), unit_panels));
+    const bool by_rows = members > 1 && B >= kMinRows * members && double(P) * G * sizeof(T) <= kRowSplitBytes;
+    parallel_team(members, [&](Team& team) {
       auto share = [&](int64_t panels, int64_t limit) {
         return std::pair<int64_t, int64_t>{std::min(limit, panels * team.rank / team.size * nr),
                                            std::min(limit, panels * (team.rank + 1) / team.size * nr)};
       };
-      const auto [u0, u1] = share(unit_panels, H);
-      const auto [p0, p1] = proj ? share(out_panels, P) : std::pair<int64_t, int64_t>{u0, u1};
+      const auto [x0, x1] = share(unit_panels, H);  // this member's units in the input GEMM
+      const auto [u0, u1] = by_rows ? std::pair<int64_t, int64_t>{0, H} : std::pair{x0, x1};
+      const auto [p0, p1] = by_rows || !proj ? std::pair<int64_t, int64_t>{u0, proj ? P : u1} : share(out_panels, P);
+      const int64_t r0 = by_rows ? B * team.rank / team.size : 0, r1 = by_rows ? B * (team.rank + 1) / team.size : B;
       for (int64_t t0 = 0; t0 < steps; t0 += chunk) {
         const int64_t n = std::min(chunk, steps - t0);
+        if (by_rows && t0 > 0) team.sync();  // every member is done with the last chunk's gates
         // Input part of every step in the chunk, this member's columns (the bias comes in the pointwise).
         T* zc[4] = {a.gates.data(), a.gates.data() + H, a.gates.data() + 2 * H, a.gates.data() + 3 * H};
-        kern.gemm_prepacked(false, n * B, H, I_, x + t0 * B * I_, I_, 4, wx, u0, u1 - u0, false, zc, G);
+        kern.gemm_prepacked(false, n * B, H, I_, x + t0 * B * I_, I_, 4, wx, x0, x1 - x0, false, zc, G);
+        if (by_rows) team.sync();  // the chunk's input parts are complete
         for (int64_t t = t0; t < t0 + n; ++t) {
           T* z = a.gates.data() + (t - t0) * B * G;
           const T* c_prev = a.cs.data() + slot(t) * B * H;
@@ -187,20 +200,20 @@ class CpuCell final : public Cell<T> {
           const int64_t k = training ? t : 0;
           T* c_raw = a.c_raw.data() + k * B * H;
           T* hh = proj ? a.hh.data() + k * B * H : h_next;
-          team.sync();  // h_prev is complete
-          T* zg[4] = {z, z + H, z + 2 * H, z + 3 * H};
-          kern.gemm_prepacked(false, B, H, P, h_prev, P, 4, wh, u0, u1 - u0, true, zg, G);
-          pointwise(pw, 0, B, u0, u1, z, c_prev, c_raw, c_next, hh);
+          if (!by_rows) team.sync();  // h_prev is complete
+          T* zg[4] = {z + r0 * G, z + r0 * G + H, z + r0 * G + 2 * H, z + r0 * G + 3 * H};
+          kern.gemm_prepacked(false, r1 - r0, H, P, h_prev + r0 * P, P, 4, wh, u0, u1 - u0, true, zg, G);
+          pointwise(pw, r0, r1, u0, u1, z, c_prev, c_raw, c_next, hh);
           if (proj) {
-            team.sync();  // hh is complete
-            T* pre = a.pre.data() + k * B * P;
-            kern.gemm_prepacked(false, B, P, H, hh, H, 1, &wp, p0, p1 - p0, false, &pre, P);
-            for (int64_t b = 0; b < B; ++b)
+            if (!by_rows) team.sync();  // hh is complete
+            T* pre = a.pre.data() + k * B * P + r0 * P;
+            kern.gemm_prepacked(false, r1 - r0, P, H, hh + r0 * H, H, 1, &wp, p0, p1 - p0, false, &pre, P);
+            for (int64_t b = r0; b < r1; ++b)
               for (int64_t j = p0; j < p1; ++j)
-                h_next[b * P + j] = std::min(std::max(pre[b * P + j], -proj_clip), proj_clip);
+                h_next[b * P + j] = std::min(std::max(pre[(b - r0) * P + j], -proj_clip), proj_clip);
           }
           T* yt = y + t * B * P;
-          for (int64_t b = 0; b < B; ++b) {
+          for (int64_t b = r0; b < r1; ++b) {
             if (seq_len && t >= seq_len[b]) {  // finished row: zero output, state carried through
               std::copy(c_prev + b * H + u0, c_prev + b * H + u1, c_next + b * H + u0);
               std::copy(h_prev + b * P + p0, h_prev + b * P + p1, h_next + b * P + p0);
@@ -235,46 +248,71 @@ class CpuCell final : public Cell<T> {
 
     dz_.resize(steps * B * G);
     dpre_.resize(proj ? steps * B * P : 0);
-    std::vector<T> dc(B * H), dc_prev(B * H), dh(B * P), dh_prev(B * P), dtot(B * P), dhh(proj ? B * H : 0);
-    if (dc_in) std::copy(dc_in, dc_in + B * H, dc.begin());  // else zeros
-    if (dh_in) std::copy(dh_in, dh_in + B * P, dh.begin());
+    // The state gradients of two consecutive steps (in and out, by the parity of the step's index).
+    std::vector<T> dcs[2] = {std::vector<T>(B * H), std::vector<T>(B * H)};
+    std::vector<T> dhs[2] = {std::vector<T>(B * P), std::vector<T>(B * P)};
+    std::vector<T> dtot(B * P), dhh(proj ? B * H : 0);
+    if (dc_in) std::copy(dc_in, dc_in + B * H, dcs[0].begin());  // else zeros
+    if (dh_in) std::copy(dh_in, dh_in + B * P, dhs[0].begin());
     const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
     const Pointwise<T> pw = pointwise_params();
-    const PointwiseBackward<T> pointwise = kernels<T>().backward[int(cfg_.activation)];
+    const Kernels<T>& kern = kernels<T>();
+    const PointwiseBackward<T> pointwise = kern.backward[int(cfg_.activation)];
+    const T* wht = packed_wht_.data();
+    const T* wpt = proj ? packed_wpt_.data() : nullptr;
     auto done = [&](int64_t t, int64_t b) { return seq_len && t >= seq_len[b]; };
 
-    for (int64_t t = steps - 1; t >= 0; --t) {
-      const T* dyt = dy + t * B * P;
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < P; ++j) dtot[b * P + j] = done(t, b) ? T(0) : dh[b * P + j] + dyt[b * P + j];
-      const T* d_hh = dtot.data();
-      if (proj) {
-        const T* pre = a.pre.data() + t * B * P;
-        T* dpre = dpre_.data() + t * B * P;
-        for (int64_t i = 0; i < B * P; ++i) dpre[i] = (pre[i] >= -proj_clip && pre[i] <= proj_clip) ? dtot[i] : T(0);
-        gemm<T>(false, B, dpre, P, packed_wpt_, false, dhh.data(), H);
-        d_hh = dhh.data();
-      }
-      T* dzt = dz_.data() + t * B * G;
-      const T* c_prev = a.cs.data() + t * B * H;
-      const T* c_next = a.cs.data() + (t + 1) * B * H;
-      const T* c_raw = a.c_raw.data() + t * B * H;
-      parallel_rows(B, [&](int64_t b0, int64_t b1) {
-        pointwise(pw, b0, b1, a.gates.data() + t * B * G, c_prev, c_raw, c_next, d_hh, dc.data(), dzt,
-                  dc_prev.data());
-      });
-      gemm<T>(false, B, dzt, G, packed_wht_, false, dh_prev.data(), P);
-      for (int64_t b = 0; b < B; ++b)
-        if (done(t, b)) {  // a finished row's step is the identity on the state
-          std::fill(dzt + b * G, dzt + (b + 1) * G, T(0));
-          std::copy(dc.begin() + b * H, dc.begin() + (b + 1) * H, dc_prev.begin() + b * H);
-          std::copy(dh.begin() + b * P, dh.begin() + (b + 1) * P, dh_prev.begin() + b * P);
+    // Batch rows are independent sequences: where it pays (kMinRows), each member of a team runs every
+    // step for its own rows, with no waiting between steps; otherwise each step's products and pointwise
+    // work are split over the pool (`threaded`).
+    auto recurrence = [&](int64_t b0, int64_t b1, bool threaded) {
+      const int64_t rows = b1 - b0;
+      for (int64_t t = steps - 1; t >= 0; --t) {
+        const int in = (steps - 1 - t) & 1, out = in ^ 1;
+        const T *dc = dcs[in].data(), *dh = dhs[in].data();
+        T *dc_prev = dcs[out].data(), *dh_prev = dhs[out].data();
+        const T* dyt = dy + t * B * P;
+        for (int64_t b = b0; b < b1; ++b)
+          for (int64_t j = 0; j < P; ++j) dtot[b * P + j] = done(t, b) ? T(0) : dh[b * P + j] + dyt[b * P + j];
+        const T* d_hh = dtot.data();
+        if (proj) {
+          const T* pre = a.pre.data() + t * B * P;
+          T* dpre = dpre_.data() + t * B * P;
+          for (int64_t i = b0 * P; i < b1 * P; ++i)
+            dpre[i] = (pre[i] >= -proj_clip && pre[i] <= proj_clip) ? dtot[i] : T(0);
+          T* out_rows = dhh.data() + b0 * H;
+          if (threaded) gemm<T>(false, B, dpre, P, packed_wpt_, false, dhh.data(), H);
+          else kern.gemm_prepacked(false, rows, H, P, dpre + b0 * P, P, 1, &wpt, 0, H, false, &out_rows, H);
+          d_hh = dhh.data();
         }
-      dc.swap(dc_prev);
-      dh.swap(dh_prev);
-    }
-    std::copy(dc.begin(), dc.end(), dc0);
-    std::copy(dh.begin(), dh.end(), dh0);
+        T* dzt = dz_.data() + t * B * G;
+        auto pointwise_rows = [&](int64_t r0, int64_t r1) {
+          pointwise(pw, r0, r1, a.gates.data() + t * B * G, a.cs.data() + t * B * H, a.c_raw.data() + t * B * H,
+                    a.cs.data() + (t + 1) * B * H, d_hh, dc, dzt, dc_prev);
+        };
+        if (threaded) parallel_rows(B, pointwise_rows);
+        else pointwise_rows(b0, b1);
+        T* dh_rows = dh_prev + b0 * P;
+        if (threaded) gemm<T>(false, B, dzt, G, packed_wht_, false, dh_prev, P);
+        else kern.gemm_prepacked(false, rows, P, G, dzt + b0 * G, G, 1, &wht, 0, P, false, &dh_rows, P);
+        for (int64_t b = b0; b < b1; ++b)
+          if (done(t, b)) {  // a finished row's step is the identity on the state
+            std::fill(dzt + b * G, dzt + (b + 1) * G, T(0));
+            std::copy(dc + b * H, dc + (b + 1) * H, dc_prev + b * H);
+            std::copy(dh + b * P, dh + (b + 1) * P, dh_prev + b * P);
+          }
+      }
+    };
+    const int members = int(std::min<int64_t>(num_threads(), B / kMinRows));
+    if (members > 1 && double(P) * G * sizeof(T) <= kRowSplitBytes)
+      parallel_team(members, [&](Team& team) {
+        recurrence(B * team.rank / team.size, B * (team.rank + 1) / team.size, false);
+      });
+    else
+      recurrence(0, B, true);
+    const int last = steps & 1;  // the buffers the first step wrote
+    std::copy(dcs[last].begin(), dcs[last].end(), dc0);
+    std::copy(dhs[last].begin(), dhs[last].end(), dh0);
 
     // Everything that sums over steps: large GEMMs over all T*B rows at once.
     const int64_t rows = steps * B;
