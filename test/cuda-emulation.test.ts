@@ -22,7 +22,7 @@ t.test('CUDA kernels, emulated on the CPU, = the CPU backend', { skip: hasCompil
   const units: [string, string[]][] = [
     ['native/cuda/lstm_cell.cu', ['-x', 'c++']], ['test/native/cuda_vs_cpu.cc', []], ['native/common/config.cc', []],
     ['native/cpu/lstm_cell.cc', []], ['native/cpu/kernels.cc', []], ['native/cpu/thread_pool.cc', []],
-    ['native/cpu/ops.cc', []], ['native/cpu/kernels_generic.cc', []],
+    ['native/cpu/ops.cc', []], ['native/common/model.cc', []], ['native/cpu/kernels_generic.cc', []],
     ['native/cpu/kernels_avx2.cc', ['-mavx2', '-mfma']], ['native/cpu/kernels_avx512.cc', ['-mavx512f', '-mfma']],
   ];
   const objects = await Promise.all(units.map(async ([source, extra], i) => {
@@ -34,7 +34,7 @@ t.test('CUDA kernels, emulated on the CPU, = the CPU backend', { skip: hasCompil
   await run(compiler, [...objects, '-o', binary, '-lpthread']);
   const { stdout } = await run(binary, [], { maxBuffer: 1 << 24 });
   const report = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { cases: number; checks: number; failures: string[] };
-  t.equal(report.cases, 26, '13 configurations in float64 and float32');
+  t.equal(report.cases, 26, '13 configurations in float64 and float32 (and a language model in both)');
   t.ok(report.checks >= 400, `${report.checks} comparisons ran`);
   t.same(report.failures, [], 'every output, gradient and state matches the CPU backend');
 });

@@ -23,7 +23,6 @@
 #include <vector>
 
 #include "wnlstm/cell.h"
-#include "kernels.h"
 #include "wnlstm/model.h"
 #include "wnlstm/ops.h"
 
@@ -960,10 +959,10 @@ Napi::Value BenchGemm(const Napi::CallbackInfo& info) {
     std::vector<float> A(M * K), B(K * N), C(M * N);
     for (size_t i = 0; i < A.size(); ++i) A[i] = float(i % 7) * 0.1f - 0.3f;
     for (size_t i = 0; i < B.size(); ++i) B[i] = float(i % 5) * 0.1f - 0.2f;
-    wnlstm::cpu::gemm<float>(false, false, M, N, K, A.data(), K, B.data(), N, false, C.data(), N);  // warm-up
+    wnlstm::gemm<float>(false, false, M, N, K, A.data(), K, B.data(), N, false, C.data(), N);  // warm-up
     auto start = std::chrono::steady_clock::now();
     for (int64_t r = 0; r < repeats; ++r)
-      wnlstm::cpu::gemm<float>(false, false, M, N, K, A.data(), K, B.data(), N, false, C.data(), N);
+      wnlstm::gemm<float>(false, false, M, N, K, A.data(), K, B.data(), N, false, C.data(), N);
     std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
     return Napi::Number::New(info.Env(), elapsed.count() / double(repeats));
   });
@@ -1034,7 +1033,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
       const T* A = array_arg<T>(info[5], "A", size_t(M * K), false);
       const T* B = array_arg<T>(info[6], "B", size_t(K * N), false);
       T* C = state_arg<T>(info[7], "C", size_t(M * N), true);
-      wnlstm::cpu::gemm<T>(ta, tb, M, N, K, A, ta ? M : K, B, tb ? K : N, info[8].ToBoolean(), C, N);
+      wnlstm::gemm<T>(ta, tb, M, N, K, A, ta ? M : K, B, tb ? K : N, info[8].ToBoolean(), C, N);
       return info.Env().Undefined();
     });
   });

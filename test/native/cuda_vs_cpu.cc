@@ -1,6 +1,7 @@
 // The CUDA backend's code, run on the CPU through cuda_emulation.h, against the CPU backend: every option,
 // sizes off every tile, float64 and float32, forward, backward, sequence lengths, inference (and that it
-// leaves the saved forward alone), an optimizer update and the error for a stale backward.
+// leaves the saved forward alone), an optimizer update and the error for a stale backward; then whole
+// language-model training steps (model.h) on emulated CUDA cells against the same model on CPU cells.
 // Prints one JSON line: {"cases": N, "checks": M, "failures": [...]}. Built and run by
 // test/cuda-emulation.test.ts.
 #include <cmath>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "wnlstm/cell.h"
+#include "wnlstm/model.h"
 
 namespace wnlstm {
 // The emulation stands in for a device.
@@ -172,9 +174,62 @@ void run(const Case& c, const char* dtype, double rtol_out, double atol_out, dou
   }
 }
 
+// 20 training steps of a 2-layer language model (dropout on, RMSProp with clipping) whose cells run on
+// the emulated CUDA backend, against the same model on CPU cells: losses, the final state and every
+// parameter. The model's arena holds the weights of both (bind_params), the optimizer updates it in place
+// and the cells pick the change up (params_changed: a re-upload on CUDA).
+template <typename T>
+void run_model(const char* dtype, double rtol_loss, double rtol_params, double atol_params) {
+  const LanguageModelConfig config{11, 6, 9, 2, 0.2};
+  const std::string name = std::string(dtype) + " language model: ";
+  auto make = [&](bool cuda) {
+    std::vector<std::shared_ptr<Cell<T>>> cells;
+    for (int64_t l = 0; l < config.layers; ++l) {
+      CellConfig c;
+      c.input_size = l == 0 ? config.embedding_size : config.hidden_size, c.num_units = config.hidden_size;
+      cells.push_back(cuda ? std::shared_ptr<Cell<T>>(make_cuda_cell<T>(c)) : std::shared_ptr<Cell<T>>(make_cpu_cell<T>(c)));
+    }
+    auto model = std::make_unique<LanguageModel<T>>(config, cells);
+    std::mt19937_64 rng(7);
+    const std::vector<T> values = uniform<T>(rng, model->arena().params.size(), 0.3);
+    model->arena().params.assign(values.begin(), values.end());
+    model->params_changed();
+    model->model_rng = {1, 2, 3, 4}, model->stack_rng = {5, 6, 7, 8};
+    return model;
+  };
+  auto cpu = make(false), gpu = make(true);
+  const int64_t T_ = 5, B = 3, N = T_ * B, per = 2 * config.layers * B * config.hidden_size;
+  std::vector<T> state_cpu(per, T(0)), state_gpu(per, T(0)), next_cpu(per), next_gpu(per);
+  std::vector<int32_t> inputs(N), targets(N);
+  std::vector<double> losses_cpu, losses_gpu;
+  OptimizerStep step;
+  step.kind = OptimizerKind::RmsProp, step.lr = 0.01, step.beta1 = 0.95, step.eps = 1e-6;
+  for (int k = 0; k < 20; ++k) {
+    for (int64_t i = 0; i < N; ++i) inputs[i] = int32_t((i * 7 + k * 3) % 11), targets[i] = int32_t((i * 5 + k + 1) % 11);
+    for (auto* m : {cpu.get(), gpu.get()}) std::fill(m->arena().grads.begin(), m->arena().grads.end(), T(0));
+    losses_cpu.push_back(cpu->step(T_, B, inputs.data(), targets.data(), state_cpu.data(), next_cpu.data(), true));
+    losses_gpu.push_back(gpu->step(T_, B, inputs.data(), targets.data(), state_gpu.data(), next_gpu.data(), true));
+    state_cpu.swap(next_cpu), state_gpu.swap(next_gpu);
+    const double norm = std::sqrt(cpu->arena().grad_sum_squares());
+    step.t = k + 1, step.grad_scale = norm > 1 ? 1 / norm : 1;  // clip at 1, the CPU model's norm for both
+    cpu->update(step);
+    gpu->update(step);
+  }
+  compare(name + "20 training losses", losses_gpu, losses_cpu, rtol_loss, 0);
+  compare(name + "the final state", state_gpu, state_cpu, rtol_params, atol_params);
+  compare(name + "every parameter after 20 updates", gpu->arena().params, cpu->arena().params, rtol_params, atol_params);
+  std::vector<T> eval_cpu(per), eval_gpu(per);
+  const double l1 = cpu->step(T_, B, inputs.data(), targets.data(), nullptr, eval_cpu.data(), false);
+  const double l2 = gpu->step(T_, B, inputs.data(), targets.data(), nullptr, eval_gpu.data(), false);
+  compare(name + "an evaluation step", std::vector<double>{l2}, std::vector<double>{l1}, rtol_loss, 0);
+}
+
 }  // namespace
 
 int main() {
+  // Sums in different orders (float64), the CPU's approximate activations (float32), over 20 updates.
+  run_model<double>("float64", 1e-9, 1e-7, 1e-9);
+  run_model<float>("float32", 1e-4, 1e-2, 1e-3);
   for (const Case& c : kCases) {
     // float64: the backends sum in different orders; float32: the CPU's activations are approximations
     // within ~4e-7 and the sums run in different orders over up to T*B rows.
