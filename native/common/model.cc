@@ -96,15 +96,17 @@ double LanguageModel<T>::step(int64_t steps, int64_t batch, const int32_t* input
   embedding_forward(params + embedding_, E, inputs, N, emb.data());
   if (drop) dropout(emb.data(), (masks_[0].resize(N * E), masks_[0].data()), N * E, cfg_.dropout, model_rng);
   for (size_t l = 0; l < cells_.size(); ++l) {
-    if (l > 0) {
+    const T* x = l == 0 ? emb.data() : outputs_[l - 1].data();  // a copy only where dropout changes it
+    if (l > 0 && drop) {
       inputs_[l] = outputs_[l - 1];
-      if (drop) dropout(inputs_[l].data(), (masks_[l].resize(N * H), masks_[l].data()), N * H, cfg_.dropout, stack_rng);
+      dropout(inputs_[l].data(), (masks_[l].resize(N * H), masks_[l].data()), N * H, cfg_.dropout, stack_rng);
+      x = inputs_[l].data();
     }
     outputs_[l].resize(N * H);
     const T* c0 = state_in ? state_in + 2 * l * batch * H : nullptr;
     const T* h0 = state_in ? c0 + batch * H : nullptr;
     T* c = state_out + 2 * l * batch * H;
-    cells_[l]->forward(steps, batch, inputs_[l].data(), c0, h0, nullptr, outputs_[l].data(), c, c + batch * H, train);
+    cells_[l]->forward(steps, batch, x, c0, h0, nullptr, outputs_[l].data(), c, c + batch * H, train);
   }
   const T* h = outputs_.back().data();
   if (drop) {

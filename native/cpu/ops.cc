@@ -19,8 +19,10 @@ T exp_(T x) {
 
 }  // namespace
 
+namespace {
+
 template <typename T>
-void optimizer_update(const OptimizerStep& s, T* p, const T* grads, T* s1, T* s2, int64_t n) {
+void update_range(const OptimizerStep& s, T* p, const T* grads, T* s1, T* s2, int64_t n) {
   const T lr = T(s.lr), wd = T(s.weight_decay), scale = T(s.grad_scale), eps = T(s.eps);
   switch (s.kind) {
     case OptimizerKind::Sgd: {
@@ -78,14 +80,32 @@ void optimizer_update(const OptimizerStep& s, T* p, const T* grads, T* s1, T* s2
   }
 }
 
+}  // namespace
+
+// Elementwise: the ranges go to the pool's threads, with the same result as one pass.
+template <typename T>
+void optimizer_update(const OptimizerStep& s, T* p, const T* grads, T* s1, T* s2, int64_t n) {
+  constexpr int64_t kRange = 1 << 15;
+  const int tasks = int(std::min<int64_t>(cpu::num_threads(), (n + kRange - 1) / kRange));
+  if (tasks <= 1) return update_range(s, p, grads, s1, s2, n);
+  cpu::parallel_for(tasks, [&](int task) {
+    const int64_t i0 = n * task / tasks, i1 = n * (task + 1) / tasks;
+    update_range(s, p + i0, grads + i0, s1 ? s1 + i0 : nullptr, s2 ? s2 + i0 : nullptr, i1 - i0);
+  });
+}
+
 template <typename T>
 double sum_squares(const T* a, int64_t n) {
+  constexpr int64_t kBlock = 4096;  // blocks in T (on the pool's threads), summed in double in order
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<T> sums(size_t(blocks), T(0));
+  const int tasks = int(std::min<int64_t>(cpu::num_threads(), blocks / 8 + 1));
+  cpu::parallel_for(tasks, [&](int task) {
+    for (int64_t k = blocks * task / tasks; k < blocks * (task + 1) / tasks; ++k)
+      for (int64_t i = k * kBlock; i < std::min(n, (k + 1) * kBlock); ++i) sums[k] += a[i] * a[i];
+  });
   double total = 0;
-  for (int64_t i0 = 0; i0 < n; i0 += 4096) {  // blocks in T, summed in double
-    T block = 0;
-    for (int64_t i = i0; i < std::min(n, i0 + 4096); ++i) block += a[i] * a[i];
-    total += double(block);
-  }
+  for (T block : sums) total += double(block);
   return total;
 }
 
