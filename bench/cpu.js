@@ -15,7 +15,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { WeightNormLSTMCell, backendInfo } = require('..');
-const { addon } = require('../dist/native');
+const { addon } = require('../dist/core/native');
 
 const args = process.argv.slice(2);
 const repeats = Number(args[args.indexOf('--repeats') + 1]) || 15;

@@ -5,7 +5,7 @@
 // same cells on the same shapes) to show how much of the step is the recurrent layers.
 'use strict';
 const lib = require('../dist/index.js');
-const { loadData } = require('../dist/train.js');
+const { loadData } = require('../dist/lm/train.js');
 const B = 50, T = 50, H = 128;
 const data = loadData({ corpus: 'brown', level: 'char', vocabSize: 10000 });
 const lm = new lib.LanguageModel({ vocabSize: data.vocab.size, embeddingSize: 128, hiddenSize: H, layers: 2, norm: true, initScale: 0.08, seed: 1, backend: 'cpu' });

@@ -11,7 +11,8 @@ const path = require('node:path');
 
 const [root, rounds, steps] = [path.resolve(process.argv[2]), Number(process.argv[3]), Number(process.argv[4])];
 const lib = require(path.join(root, 'dist', 'index.js'));
-const { loadData } = require(path.join(root, 'dist', 'train.js'));
+// loadData: dist/lm/train.js since 0.3 (the layout by layer), dist/train.js before.
+const { loadData } = require(['lm/train.js', 'train.js'].map((f) => path.join(root, 'dist', f)).find((f) => require('node:fs').existsSync(f)));
 
 const B = 50, T = 50;
 const data = loadData({ corpus: 'brown', level: 'char', vocabSize: 10000 });
@@ -31,15 +32,14 @@ const step = () => {
   return r.loss;
 };
 for (let i = 0; i < 10; i++) losses.push(step()); // warm-up
-// Streaming: a LanguageModelSession over the same model, microseconds per step at 1 and 64 streams. It runs
-// before the timed training rounds: right after 60 training steps, the first ~0.5 s of calls of the model
-// runtime (0.3.0) ran at ~80 µs per token instead of ~40 (then as fast as or faster than 0.2.0, which has no
-// such transient), and a measurement there would time that transient rather than the session.
+// Streaming: a LanguageModelSession over the same model, microseconds per step at 1 and 64 streams, after a
+// warm-up of a second: V8 takes ~0.5 s of calls to settle on the session's path (it optimizes it in stages;
+// until then a step of 0.3 took ~50 µs instead of ~30), and the steady state is what a service sees.
 const streaming = {};
 for (const streams of [1, 64]) {
   const session = new lib.LanguageModelSession(lm, streams);
   const ids = Array.from({ length: streams }, (_, i) => i % data.vocab.size);
-  for (let i = 0; i < 20; i++) session.next(ids);
+  for (const until = Date.now() + 1000; Date.now() < until;) session.next(ids);
   const n = streams === 1 ? 3000 : 300, start = process.hrtime.bigint();
   for (let i = 0; i < n; i++) session.next(ids);
   streaming[streams] = Number(process.hrtime.bigint() - start) / 1e3 / n;

@@ -26,8 +26,8 @@ const write = !args.includes('--no-write');
 const STEP_GFLOP = 4.1; // forward 2 layers x 2·T·B·(I+H)·4H + dense 2·T·B·H·V, backward twice that (T = B = 50, H = I = 128, V = 86)
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-const { addon } = require(path.join(root, 'dist', 'native.js'));
-const { loadData } = require(path.join(root, 'dist', 'train.js'));
+const { addon } = require(path.join(root, 'dist', 'core', 'native.js'));
+const { loadData } = require(path.join(root, 'dist', 'lm', 'train.js'));
 const { batchify } = require(path.join(root, 'dist', 'index.js'));
 
 // The baseline: REV checked out and built in a worktree (npm ci builds the addon).

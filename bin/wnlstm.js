@@ -1,3 +1,3 @@
 #!/usr/bin/env node
 'use strict';
-process.exitCode = require('../dist/cli').main();
+process.exitCode = require('../dist/lm/cli').main();

@@ -8,8 +8,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { isWnlstmError } from '../lib/index';
-import { loadCheckpoint, saveCheckpoint } from '../lib/checkpoint';
-import { readCheckpoint, train } from '../lib/train';
+import { loadCheckpoint, saveCheckpoint } from '../lib/core/checkpoint';
+import { readCheckpoint, train } from '../lib/lm/train';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'wnlstm-ckpt-'));
 t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));

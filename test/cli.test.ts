@@ -6,8 +6,8 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { saveCheckpoint, loadCheckpoint } from '../lib/checkpoint';
-import { progressPrinter } from '../lib/cli';
+import { saveCheckpoint, loadCheckpoint } from '../lib/core/checkpoint';
+import { progressPrinter } from '../lib/lm/cli';
 
 const bin = path.join(__dirname, '..', 'bin', 'wnlstm.js');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'wnlstm-cli-'));

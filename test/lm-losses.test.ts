@@ -6,7 +6,7 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { batchify, LanguageModel, RMSProp, window } from '../lib/index';
-import { loadData } from '../lib/train';
+import { loadData } from '../lib/lm/train';
 
 const fixture = path.join(__dirname, 'fixtures', 'lm-losses.json');
 

@@ -8,9 +8,9 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { LanguageModelSession } from '../lib/session';
-import { readCheckpoint, train } from '../lib/train';
-import { Random } from '../lib/init';
+import { LanguageModelSession } from '../lib/nn/session';
+import { readCheckpoint, train } from '../lib/lm/train';
+import { Random } from '../lib/core/init';
 
 const root = path.join(__dirname, '..');
 const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');

@@ -6,11 +6,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { isWnlstmError, LSTMCell, Random, StackedLSTM, WeightNormLSTMCell } from '../lib/index';
-import { loadCheckpoint as loadCheckpointSync, loadCheckpointAsync, saveCheckpointAsync } from '../lib/checkpoint';
-import { fromPyTorch, fromTensorFlow, toPyTorch, toTensorFlow } from '../lib/interop';
-import { LanguageModel } from '../lib/lm';
-import { LanguageModelSession, StreamingSession } from '../lib/session';
-import { train, trainAsync } from '../lib/train';
+import { loadCheckpoint as loadCheckpointSync, loadCheckpointAsync, saveCheckpointAsync } from '../lib/core/checkpoint';
+import { fromPyTorch, fromTensorFlow, toPyTorch, toTensorFlow } from '../lib/nn/interop';
+import { LanguageModel } from '../lib/lm/model';
+import { LanguageModelSession, StreamingSession } from '../lib/nn/session';
+import { train, trainAsync } from '../lib/lm/train';
 import { assertClose, randomArray } from './helpers';
 
 const EXACT = { rtol: 0, atol: 0 };

@@ -5,11 +5,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Random, WeightNormLSTMCell } from '../lib/index';
-import { loadCheckpoint, saveCheckpoint } from '../lib/checkpoint';
-import { loadBrown, splitDocuments, tokenize, Vocabulary } from '../lib/corpus';
-import { LanguageModel } from '../lib/lm';
+import { loadCheckpoint, saveCheckpoint } from '../lib/core/checkpoint';
+import { loadBrown, splitDocuments, tokenize, Vocabulary } from '../lib/lm/corpus';
+import { LanguageModel } from '../lib/lm/model';
 import { Adagrad, Adam, AdamW, ArrayParams, exponentialDecay, Optimizer, RMSProp, SGD, stepDecay } from '../lib/optim';
-import { train } from '../lib/train';
+import { train } from '../lib/lm/train';
 import { assertClose } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'wnlstm-test-'));

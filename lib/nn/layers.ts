@@ -1,10 +1,10 @@
 // Layers around the cells for sequence models: embedding, dense, dropout, and a stack of cells
 // (TF's MultiRNNCell). Row-major arrays of the layer's dtype; gradients accumulate until zeroGrad().
-import { addon, FloatArray } from './native';
-import { wnlstmError } from './errors';
-import { Random } from './init';
-import { ArrayParams, HasParameters, ParamBlock } from './optim';
-import { Exclusive, snapshot } from './serial';
+import { addon, FloatArray } from '../core/native';
+import { wnlstmError } from '../core/errors';
+import { Random } from '../core/init';
+import { ArrayParams, HasParameters, ParamBlock } from '../optim';
+import { Exclusive, snapshot } from '../core/serial';
 import type { DType, LSTMCell, LSTMState, WeightNormLSTMCell } from './cell';
 
 type AnyCell = LSTMCell | WeightNormLSTMCell;

@@ -3,10 +3,10 @@
 // failure is one line on stderr: exit code 2 for a bad command line, 1 for a failure while running.
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { isWnlstmError } from './errors';
-import { Random } from './init';
+import { isWnlstmError } from '../core/errors';
+import { Random } from '../core/init';
 import * as fs from 'node:fs';
-import { BackendName } from './cell';
+import { BackendName } from '../nn/cell';
 import { checkOption, checkValue, DEFAULTS, OptionSpec, Progress, readCheckpoint, refusedWithResume, RESUME_OPTIONS, train, TRAIN_OPTIONS, TrainOptions } from './train';
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);

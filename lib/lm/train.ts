@@ -3,13 +3,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { loadCheckpoint, saveCheckpoint } from './checkpoint';
+import { loadCheckpoint, saveCheckpoint } from '../core/checkpoint';
 import { Document, Level, loadBrown, loadTextFile, splitDocuments, Vocabulary } from './corpus';
-import { wnlstmError } from './errors';
-import { batchify, LanguageModel, LMConfig, window } from './lm';
-import { Adagrad, Adam, AdamW, Optimizer, OptimizerState, RMSProp, SGD, stepDecay } from './optim';
+import { wnlstmError } from '../core/errors';
+import { batchify, LanguageModel, LMConfig, window } from './model';
+import { Adagrad, Adam, AdamW, Optimizer, OptimizerState, RMSProp, SGD, stepDecay } from '../optim';
 import { lineChart } from './plot';
-import type { BackendName, LSTMState } from './cell';
+import type { BackendName, LSTMState } from '../nn/cell';
 
 export type Arm = 'wn' | 'plain';
 export type OptimizerName = 'sgd' | 'momentum' | 'adam' | 'adamw' | 'rmsprop' | 'adagrad';
@@ -42,7 +42,7 @@ export interface TrainOptions {
   evalTokens: number;
   arms: Arm[];
   seed: number;
-  /** Data-dependent init of the weight-normalised arm (lib/lm.ts). */
+  /** Data-dependent init of the weight-normalised arm (lib/lm/model.ts). */
   dataInit: boolean;
   backend: BackendName;
   /** Where metrics.json and loss.svg go ('' for nowhere). */
@@ -413,7 +413,7 @@ export function train(options: Partial<TrainOptions> = {}, onProgress: (p: Progr
 export function trainAsync(options: Partial<TrainOptions> = {}, onProgress: (p: Progress) => void = () => {}): Promise<TrainResult> {
   let worker: Worker;
   try {
-    worker = new Worker(path.join(__dirname, '..', 'dist', 'train-worker.js'), { workerData: options });
+    worker = new Worker(path.join(__dirname, '..', '..', 'dist', 'lm', 'train-worker.js'), { workerData: options });
   } catch (err) { // options that cannot be copied to a thread (functions, symbols)
     return Promise.reject(wnlstmError('ERR_WNLSTM_CONFIG', `training options: ${(err as Error).message}`));
   }

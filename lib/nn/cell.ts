@@ -1,11 +1,11 @@
 // The cells: TensorFlow 1.x WeightNormLSTMCell and LSTMCell (SPEC section 1), over the native backend.
-import { addon, BackendInfo, FloatArray, NativeCell, NativeParam } from './native';
-import { wnlstmError } from './errors';
-import { CallQueue } from './serial';
-import { columnNorms, Initializer, initialValues, Random, Shape } from './init';
-import type { ParamBlock } from './optim';
+import { addon, BackendInfo, FloatArray, NativeCell, NativeParam } from '../core/native';
+import { wnlstmError } from '../core/errors';
+import { CallQueue } from '../core/serial';
+import { columnNorms, Initializer, initialValues, Random, Shape } from '../core/init';
+import type { ParamBlock } from '../optim';
 
-export type { FloatArray } from './native';
+export type { FloatArray } from '../core/native';
 export type Activation = 'tanh' | 'sigmoid' | 'relu' | 'softsign' | 'linear';
 export type DType = 'float32' | 'float64';
 export type BackendName = 'auto' | 'cpu' | 'cuda';
@@ -74,7 +74,7 @@ export function backendInfo(): BackendInfo {
   return structuredClone(backendInfoCache);
 }
 
-/** The native cell behind a cell, for the model runtime (lib/lm.ts): not part of the public API. */
+/** The native cell behind a cell, for the model runtime (lib/lm/model.ts): not part of the public API. */
 const nativeCells = new WeakMap<object, NativeCell>();
 export function nativeCellOf(cell: LSTMCell | WeightNormLSTMCell): NativeCell {
   const native = nativeCells.get(cell);
@@ -331,7 +331,7 @@ abstract class LSTMCellBase {
     return { grads: this.#split(r.grads), dInputs: r.dx, dInitialState: { c: r.dc0, h: r.dh0 } };
   }
 
-  /** The cell's parameters as one block for the optimizers (lib/optim.ts), in getWeights() order. */
+  /** The cell's parameters as one block for the optimizers (lib/optim), in getWeights() order. */
   parameters(): ParamBlock[] {
     const self = this;
     const zeros = () => (this.dtype === 'float64' ? new Float64Array(this.numParams) : new Float32Array(this.numParams));

@@ -6,8 +6,8 @@
 //   A weight-normalised cell exports its effective weights g·v/‖v‖; importing into one sets v = W and
 //   g = ‖W‖ per column, which reproduces W exactly.
 import type { FloatArray, LSTMCell, WeightNormLSTMCell } from './cell';
-import { wnlstmError } from './errors';
-import { columnNorms } from './init';
+import { wnlstmError } from '../core/errors';
+import { columnNorms } from '../core/init';
 
 type AnyCell = LSTMCell | WeightNormLSTMCell;
 

@@ -1,11 +1,11 @@
 // An RNN language model (Zaremba et al. 2014 / char-rnn): embedding -> dropout -> stacked LSTM cells ->
 // dropout -> dense -> softmax, trained by truncated BPTT with the state carried between windows.
-import { addon, FloatArray, NativeModel, RngState } from './native';
-import { WeightNormLSTMCell, LSTMState, BackendName, nativeCellOf } from './cell';
-import { wnlstmError } from './errors';
-import { columnNorms, Random } from './init';
-import { Dense, Embedding, StackedLSTM } from './layers';
-import { HasParameters, ParamArena, ParamBlock } from './optim';
+import { addon, FloatArray, NativeModel, RngState } from '../core/native';
+import { WeightNormLSTMCell, LSTMState, BackendName, nativeCellOf } from '../nn/cell';
+import { wnlstmError } from '../core/errors';
+import { columnNorms, Random } from '../core/init';
+import { Dense, Embedding, StackedLSTM } from '../nn/layers';
+import { HasParameters, ParamArena, ParamBlock } from '../optim';
 
 export interface LMConfig {
   vocabSize: number;

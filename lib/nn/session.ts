@@ -2,10 +2,10 @@
 // one frame) at a time. Sessions share the model's cells: any number of them serve one model without
 // copying weights, and they never disturb a training forward's saved activations.
 import type { FloatArray, LSTMCell, LSTMState, WeightNormLSTMCell } from './cell';
-import { wnlstmError } from './errors';
-import { CallQueue } from './serial';
+import { wnlstmError } from '../core/errors';
+import { CallQueue } from '../core/serial';
 import { StackedLSTM } from './layers';
-import type { LanguageModel } from './lm';
+import type { LanguageModel } from '../lm/model';
 
 type AnyCell = LSTMCell | WeightNormLSTMCell;
 

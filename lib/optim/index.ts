@@ -1,10 +1,10 @@
 // Optimizers over parameter blocks, PyTorch's formulas, one fused native update per step for all the
 // blocks of a model's arena (and one per block elsewhere), with global-norm gradient clipping folded into
 // that update (native/include/wnlstm/ops.h).
-import { addon, FloatArray, UpdateSettings } from './native';
-import { wnlstmError } from './errors';
+import { addon, FloatArray, UpdateSettings } from '../core/native';
+import { wnlstmError } from '../core/errors';
 
-export type { UpdateSettings } from './native';
+export type { UpdateSettings } from '../core/native';
 
 /** A flat block of parameters with its accumulated gradient: a cell, a layer's weights, or a block of a
  * model's arena. */
@@ -23,7 +23,7 @@ export interface ParamBlock {
   readonly arena?: ParamArena;
 }
 
-/** Parameters, gradients and optimizer state of a model in one backend buffer each (lib/lm.ts). */
+/** Parameters, gradients and optimizer state of a model in one backend buffer each (lib/lm/model.ts). */
 export interface ParamArena {
   readonly blockNames: readonly string[];
   /** Sum of the squared gradients of all its blocks. */

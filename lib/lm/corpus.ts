@@ -2,7 +2,7 @@
 // tags are stripped), or any UTF-8 text file; splits by document; character or word vocabularies.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { wnlstmError } from './errors';
+import { wnlstmError } from '../core/errors';
 
 /** One document: its sentences, one per line. */
 export interface Document { name: string; text: string }

@@ -100,7 +100,7 @@ interface Addon {
   benchGemm(M: number, N: number, K: number, repeats: number): number;
 }
 
-const root = path.join(__dirname, '..');
+const root = path.join(__dirname, '..', '..');
 
 /** A local build first, then the prebuilt binary for this platform (prebuildify names it <name>.napi.node). */
 function candidates(): string[] {
