@@ -11,6 +11,8 @@ export type { WnlstmError, WnlstmErrorCode } from './core/errors';
 export { SGD, Adam, AdamW, RMSProp, Adagrad, Optimizer, ArrayParams, globalNorm, stepDecay, exponentialDecay } from './optim';
 export type { ParamBlock, HasParameters, OptimizerOptions, OptimizerState, AdamOptions } from './optim';
 export { Dense, Embedding, StackedLSTM, dropout } from './nn/layers';
+export { softmaxCrossEntropy, meanSquaredError } from './nn/losses';
+export type { LossResult } from './nn/losses';
 export { LanguageModel, batchify, window } from './lm/model';
 export type { LMConfig } from './lm/model';
 export { loadBrown, loadTextFile, splitDocuments, tokenize, Vocabulary } from './lm/corpus';

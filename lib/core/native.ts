@@ -92,6 +92,8 @@ interface Addon {
   sumSquares(a: FloatArray): number;
   /** Summed loss; the logits are overwritten with d(loss * gradScale)/d logits. */
   softmaxCrossEntropy(logits: FloatArray, targets: Int32Array, vocabSize: number, gradScale: number): number;
+  /** Sum of (pred - target)^2 and its gradient times gradScale. */
+  squaredError(pred: FloatArray, target: FloatArray, gradScale: number): { sum: number; grad: FloatArray };
   /** C[M,N] (+)= op(A) op(B), row-major. */
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: FloatArray, B: FloatArray, C: FloatArray, accumulate: boolean): void;
   /** Bytes of external memory V8 counts, the cells' native memory included (for the tests). */

@@ -141,6 +141,18 @@ double softmax_cross_entropy(T* logits, const int32_t* targets, int64_t N, int64
 }
 
 template <typename T>
+double squared_error(const T* pred, const T* target, int64_t n, double grad_scale, T* dpred) {
+  double sum = 0;
+  const T scale = T(2 * grad_scale);
+  for (int64_t i = 0; i < n; ++i) {
+    const T d = pred[i] - target[i];
+    sum += double(d) * double(d);
+    if (dpred) dpred[i] = scale * d;
+  }
+  return sum;
+}
+
+template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
           int64_t ldb, bool accumulate, T* C, int64_t ldc) {
   cpu::gemm<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
@@ -192,6 +204,7 @@ void apply_mask(T* x, const T* mask, int64_t n) {
   template void optimizer_update<T>(const OptimizerStep&, T*, const T*, T*, T*, int64_t);                      \
   template double sum_squares<T>(const T*, int64_t);                                                            \
   template double softmax_cross_entropy<T>(T*, const int32_t*, int64_t, int64_t, double);                       \
+  template double squared_error<T>(const T*, const T*, int64_t, double, T*);                                    \
   template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, const T*, int64_t, const T*, int64_t, bool, T*,  \
                         int64_t);                                                                               \
   template void embedding_forward<T>(const T*, int64_t, const int32_t*, int64_t, T*);                           \

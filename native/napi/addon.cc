@@ -1019,6 +1019,27 @@ Napi::Value SoftmaxCrossEntropy(const Napi::CallbackInfo& info) {
   });
 }
 
+// squaredError(pred, target, gradScale) -> { sum, grad }: sum of (pred - target)^2 and its gradient
+// times gradScale (both arrays of one dtype and length).
+Napi::Value SquaredError(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return with_float_type(info[0], "predictions", [&](auto zero) -> Napi::Value {
+      using T = decltype(zero);
+      const size_t n = info[0].As<Napi::TypedArray>().ElementLength();
+      if (n == 0) fail("ERR_WNLSTM_SHAPE", "predictions must not be empty");
+      const T* pred = array_arg<T>(info[0], "predictions", n, false);
+      const T* target = array_arg<T>(info[1], "targets", n, false);
+      if (!info[2].IsNumber()) fail("ERR_WNLSTM_TYPE", "gradScale must be a number");
+      auto grad = new_array<T>(info.Env(), int64_t(n));
+      const double sum = wnlstm::squared_error(pred, target, int64_t(n), info[2].As<Napi::Number>().DoubleValue(), grad.Data());
+      Napi::Object out = Napi::Object::New(info.Env());
+      out.Set("sum", sum);
+      out.Set("grad", grad);
+      return out;
+    });
+  });
+}
+
 // gemm(transA, transB, M, N, K, A, B, C, accumulate): C[M,N] (+)= op(A) op(B), row-major.
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
@@ -1055,6 +1076,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("optimizerUpdate", Napi::Function::New(env, OptimizerUpdate));
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
   exports.Set("softmaxCrossEntropy", Napi::Function::New(env, SoftmaxCrossEntropy));
+  exports.Set("squaredError", Napi::Function::New(env, SquaredError));
   exports.Set("gemm", Napi::Function::New(env, Gemm));
   exports.Set("benchGemm", Napi::Function::New(env, BenchGemm));
   exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));

@@ -44,6 +44,11 @@ double sum_squares(const T* a, int64_t n);
 template <typename T>
 double softmax_cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, double grad_scale);
 
+// Squared error: returns sum_i (pred[i] - target[i])^2 (in double); dpred [n] out, unless nullptr:
+// d(sum * grad_scale)/d pred = 2 (pred - target) grad_scale.
+template <typename T>
+double squared_error(const T* pred, const T* target, int64_t n, double grad_scale, T* dpred);
+
 // C[M,N] = (accumulate ? C : 0) + op(A) op(B), row-major, lda/ldb/ldc the row strides; all threads.
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
