@@ -5,7 +5,9 @@
 import t from 'tap';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
-import { Adagrad, Adam, AdamW, ArrayParams, LanguageModel, Optimizer, ParamBlock, Random, RMSProp, SGD } from '../lib/index';
+import { Adagrad, Adam, AdamW, ArrayParams, LanguageModel, Optimizer, ParamBlock, Random, RMSProp, SGD, WeightNormLSTMCell } from '../lib/index';
+import { addon } from '../lib/core/native';
+import { nativeCellOf } from '../lib/nn/cell';
 import { assertClose } from './helpers';
 
 const small = (o: Partial<ConstructorParameters<typeof LanguageModel>[0]> = {}) =>
@@ -204,4 +206,40 @@ t.test('bad input to the model is a coded error and changes nothing', async (t) 
   t.throws(() => lm.step(good, good, B, state, true), { code: 'ERR_WNLSTM_DISPOSED' }, 'a disposed model');
   t.throws(() => lm.parameters()[0].getValues(), { code: 'ERR_WNLSTM_DISPOSED' }, "a disposed model's block");
   t.throws(() => lm.stack.cells[0].getWeights(), { code: 'ERR_WNLSTM_DISPOSED' }, 'its cells are disposed with it');
+});
+
+t.test('a new optimizer over a model starts from zeros, not from the last one\'s moments', async (t) => {
+  const lm = small({ dtype: 'float32' }), B = 2, ids = Int32Array.of(0, 1, 2, 3, 4, 5);
+  const steps = (opt: Optimizer, n: number) => { for (let k = 0; k < n; k++) { opt.zeroGrad(); lm.step(ids, ids, B, null, true); opt.step(); } };
+  steps(new Adam(lm, { learningRate: 0.05 }), 5); // Adam's first moments are signed: RMSProp reading them would take sqrt of < 0
+  const rms = new RMSProp(lm, { learningRate: 0.01 });
+  t.ok(Object.values(rms.getState().buffers).every(([a, b]) => a === null && b === null), 'no moments before its first step');
+  steps(rms, 3);
+  t.ok(lm.parameters().every((b) => b.getValues().every(Number.isFinite)), 'the weights stay finite');
+  lm.dispose();
+});
+
+t.test('the runtime refuses what would break it: oversized windows, shared cells, getters that start a step', async (t) => {
+  const wide = new LanguageModel({ vocabSize: 8, embeddingSize: 8, hiddenSize: 1024, layers: 1, norm: false, dropout: 0.5 });
+  const rng = wide.rngState, many = new Int32Array(2 ** 20);
+  t.throws(() => wide.step(many, many, 1, null, true), { code: 'ERR_WNLSTM_SIZE' }, 'a window whose gates would pass 2^31 values');
+  t.same(wide.rngState, rng, 'refused before any dropout mask was drawn');
+  wide.dispose();
+
+  const lm = small(), cells = lm.stack.cells.map(nativeCellOf);
+  const config = { vocabSize: 7, embeddingSize: 3, hiddenSize: 4, layers: 2, dropout: 0 }, seeds = { model: [1, 2, 3, 4], stack: [5, 6, 7, 8] };
+  t.throws(() => new addon.NativeModel(config, 'float64', cells, seeds), { code: 'ERR_WNLSTM_CONFIG' }, 'cells of another model');
+  const other = new LanguageModel({ vocabSize: 7, embeddingSize: 4, hiddenSize: 4, layers: 2, norm: true, dtype: 'float64' });
+  const free = new WeightNormLSTMCell(4, { inputSize: 4, dtype: 'float64' });
+  t.throws(() => new addon.NativeModel({ ...config, embeddingSize: 4 }, 'float64', [nativeCellOf(free), nativeCellOf(free)], seeds),
+    { code: 'ERR_WNLSTM_CONFIG' }, 'one cell for two layers');
+  other.dispose();
+  free.dispose();
+
+  const B = 2, good = Int32Array.of(0, 1, 2, 3), state = lm.zeroState(B);
+  let pending: Promise<unknown> | undefined;
+  const tricky = [{ c: state[0].c, get h() { pending ??= lm.stepAsync(good, good, B, null, true); return state[0].h; } }, state[1]];
+  t.throws(() => lm.step(good, good, B, tricky, true), { code: 'ERR_WNLSTM_BUSY' }, 'a state getter that starts an async step');
+  await t.resolves(pending!, 'and that step runs alone');
+  lm.dispose();
 });

@@ -68,6 +68,8 @@ export interface NativeModel {
   update(settings: UpdateSettings): void;
   getMoments(name: string): [FloatArray | null, FloatArray | null];
   setMoments(name: string, s1: FloatArray | null, s2: FloatArray | null): void;
+  /** No optimizer state: the next update starts from zeros. */
+  clearMoments(): void;
   getRng(): RngState;
   setRng(state: RngState): void;
   step(inputs: Int32Array, targets: Int32Array, batchSize: number, states: { c: FloatArray; h: FloatArray }[] | null,

@@ -103,6 +103,7 @@ export class LanguageModel implements HasParameters {
       update: (settings) => model().update(settings),
       getMoments: (name) => model().getMoments(name),
       setMoments: (name, s1, s2) => model().setMoments(name, s1, s2),
+      clearMoments: () => model().clearMoments(),
     };
     return this.#native.blocks().map(({ name, size }) => ({
       name, size, dtype, arena,

@@ -32,6 +32,8 @@ export interface ParamArena {
   /** Copies of a block's optimizer state (null: none yet). */
   getMoments(name: string): [FloatArray | null, FloatArray | null];
   setMoments(name: string, s1: FloatArray | null, s2: FloatArray | null): void;
+  /** Drops the optimizer state: the next update starts from zeros. */
+  clearMoments(): void;
 }
 
 /** Something that owns parameter blocks (a cell, a layer, a model). */
@@ -152,6 +154,8 @@ export abstract class Optimizer {
     this.learningRate = positive(options.learningRate ?? defaultLr, 'learningRate', true);
     this.weightDecay = positive(options.weightDecay ?? 0, 'weightDecay', false);
     this.clipNorm = options.clipNorm === undefined ? undefined : positive(options.clipNorm, 'clipNorm', true);
+    // An arena holds its optimizer state: a new optimizer starts from zeros, as one over JS-held blocks does.
+    for (const arena of arenas.keys()) arena.clearMoments();
   }
 
   /** The settings of this kind. */

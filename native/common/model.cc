@@ -82,7 +82,7 @@ double LanguageModel<T>::step(int64_t steps, int64_t batch, const int32_t* input
                               const T* state_in, T* state_out, bool train) {
   const int64_t N = steps * batch, E = cfg_.embedding_size, H = cfg_.hidden_size, V = cfg_.vocab_size;
   if (steps < 1 || batch < 1) throw Error("ERR_WNLSTM_SHAPE", "a window needs at least one step and one stream");
-  if (double(N) * double(std::max({E, H, V})) > double(kMaxElements))
+  if (double(N) * double(std::max({E, 4 * H, V})) > double(kMaxElements))
     throw Error("ERR_WNLSTM_SIZE", "steps x batch x width exceeds " + std::to_string(kMaxElements));
   check_ids(inputs, N, 0, "token id");
   check_ids(targets, N, -1, "target");

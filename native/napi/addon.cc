@@ -263,6 +263,7 @@ struct Held {
   std::shared_ptr<Double> f64;
   std::atomic<int> busy{0};  // async calls in flight
   int64_t reported = 0;      // bytes last reported to V8
+  bool in_model = false;     // a cell whose parameters a model's arena holds
 
   bool alive() const { return f32 || f64; }
   void reset(napi_env env) {
@@ -558,6 +559,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                         InstanceMethod("update", &NativeModel::Update),
                         InstanceMethod("getMoments", &NativeModel::GetMoments),
                         InstanceMethod("setMoments", &NativeModel::SetMoments),
+                        InstanceMethod("clearMoments", &NativeModel::ClearMoments),
                         InstanceMethod("getRng", &NativeModel::GetRng),
                         InstanceMethod("setRng", &NativeModel::SetRng),
                         InstanceMethod("step", &NativeModel::Step<false>),
@@ -590,6 +592,9 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
         std::shared_ptr<CellState> cell = NativeCell::state_of(env, cells.Get(l));
         if (!cell) fail("ERR_WNLSTM_TYPE", "cells[" + std::to_string(l) + "] is not a native cell");
         if (!cell->alive()) fail("ERR_WNLSTM_DISPOSED", "cells[" + std::to_string(l) + "] has been disposed");
+        if (cell->busy.load() > 0) fail("ERR_WNLSTM_BUSY", "cells[" + std::to_string(l) + "] has an async call in flight");
+        if (cell->in_model || std::find(cells_.begin(), cells_.end(), cell) != cells_.end())
+          fail("ERR_WNLSTM_CONFIG", "cells[" + std::to_string(l) + "] already belongs to a model (a cell serves one layer of one model)");
         if (dtype == "float32" ? !cell->f32 : !cell->f64) fail("ERR_WNLSTM_CONFIG", "the cells must have the model's dtype");
         f32.push_back(cell->f32), f64.push_back(cell->f64);
         cells_.push_back(cell);
@@ -597,6 +602,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       if (dtype == "float32") s_->f32 = std::make_shared<wnlstm::LanguageModel<float>>(config, f32);
       else s_->f64 = std::make_shared<wnlstm::LanguageModel<double>>(config, f64);
       SetRngFrom(info[3]);
+      for (const auto& cell : cells_) cell->in_model = true;
       s_->report_memory(env);
       return env.Undefined();
     });
@@ -612,11 +618,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   template <typename F>
   Napi::Value with_model(const Napi::CallbackInfo& info, F&& fn, Uses uses = Uses::Arena) {
     return guarded(info.Env(), [&]() -> Napi::Value {
-      if (!s_->alive()) fail("ERR_WNLSTM_DISPOSED", "this model has been disposed");
-      if (s_->busy.load() > 0) fail("ERR_WNLSTM_BUSY", "an async step of this model is in flight: await it first");
-      for (const auto& cell : cells_)
-        if (uses == Uses::Cells && cell->busy.load() > 0)
-          fail("ERR_WNLSTM_BUSY", "an async call on one of this model's cells is in flight: await it first");
+      check_idle(uses);
       struct Report {  // also after a failed call: it may have grown buffers before failing
         NativeModel* self;
         Napi::Env env;
@@ -625,6 +627,17 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       if (s_->f32) return fn(s_->f32);
       return fn(s_->f64);
     });
+  }
+
+  // Refuses a call after dispose() and while an async step (or, for Uses::Cells, a cell's async call) is in
+  // flight. A call whose arguments are JS objects checks again after reading them: a getter may have
+  // started an async step meanwhile.
+  void check_idle(Uses uses) const {
+    if (!s_->alive()) fail("ERR_WNLSTM_DISPOSED", "this model has been disposed");
+    if (s_->busy.load() > 0) fail("ERR_WNLSTM_BUSY", "an async step of this model is in flight: await it first");
+    for (const auto& cell : cells_)
+      if (uses == Uses::Cells && cell->busy.load() > 0)
+        fail("ERR_WNLSTM_BUSY", "an async call on one of this model's cells is in flight: await it first");
   }
 
   void report_memory(Napi::Env env) {
@@ -700,7 +713,9 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   // update(settings): one fused optimizer step over every parameter of the model.
   Napi::Value Update(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
-      model->update(parse_step(info[0]));
+      const wnlstm::OptimizerStep step = parse_step(info[0]);
+      check_idle(Uses::Cells);
+      model->update(step);
       return info.Env().Undefined();
     }, Uses::Cells);
   }
@@ -745,6 +760,16 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     });
   }
 
+  // clearMoments(): no optimizer state (a new optimizer starts from zeros).
+  Napi::Value ClearMoments(const Napi::CallbackInfo& info) {
+    return with_model(info, [&](auto model) -> Napi::Value {
+      auto& a = model->arena();
+      decltype(a.s1)().swap(a.s1);
+      decltype(a.s2)().swap(a.s2);
+      return info.Env().Undefined();
+    });
+  }
+
   Napi::Value GetRng(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
       Napi::Object out = Napi::Object::New(info.Env());
@@ -762,7 +787,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     return with_model(info, [&](auto) -> Napi::Value {
       SetRngFrom(info[0]);
       return info.Env().Undefined();
-    });
+    }, Uses::Cells);
   }
 
   // { model: [4 words], stack: [4 words] }: each word an integer in [-2^31, 2^32) (taken mod 2^32).
@@ -779,6 +804,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
         w[i] = uint32_t(int_arg(words.As<Napi::Array>().Get(i), "a random state word", -(int64_t(1) << 31), (int64_t(1) << 32) - 1));
       rngs[k] = {w[0], w[1], w[2], w[3]};
     }
+    check_idle(Uses::Cells);  // the words were read through getters
     if (s_->f32) s_->f32->model_rng = rngs[0], s_->f32->stack_rng = rngs[1];
     else s_->f64->model_rng = rngs[0], s_->f64->stack_rng = rngs[1];
   }
@@ -798,8 +824,8 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
       Napi::Env env = info.Env();
       const wnlstm::LanguageModelConfig& c = model->config();
-      const int32_t* inputs = ids_arg(info[0], "inputs");
-      const int32_t* targets = ids_arg(info[1], "targets");
+      ids_arg(info[0], "inputs");
+      ids_arg(info[1], "targets");
       const int64_t n = int64_t(info[0].As<Napi::Int32Array>().ElementLength());
       const int64_t batch = int_arg(info[2], "batchSize", 1, wnlstm::kMaxElements);
       if (n == 0 || n % batch != 0)
@@ -808,6 +834,10 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       if (int64_t(info[1].As<Napi::Int32Array>().ElementLength()) != n)
         fail("ERR_WNLSTM_SHAPE", "targets must have as many ids as inputs (" + std::to_string(n) + ")");
       const int64_t H = c.hidden_size, L = c.layers, per = batch * H;
+      // The largest buffer of a step (embedding, gates or logits) and the state, before anything is allocated.
+      if (double(n) * double(std::max({c.embedding_size, 4 * H, c.vocab_size})) > double(wnlstm::kMaxElements) ||
+          2.0 * double(L) * double(per) > double(wnlstm::kMaxElements))
+        fail("ERR_WNLSTM_SIZE", "steps x batch x width exceeds " + std::to_string(wnlstm::kMaxElements));
       // The states, gathered into [layers][c, h] (checked: type, length, finite).
       std::vector<T> state_in;
       if (!info[3].IsUndefined() && !info[3].IsNull()) {
@@ -825,6 +855,12 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
         }
       }
       const bool train = info[4].ToBoolean();
+      // The states were read through getters, which may have started an async step or detached the ids.
+      check_idle(Uses::Cells);
+      if (int64_t(info[0].As<Napi::Int32Array>().ElementLength()) != n || int64_t(info[1].As<Napi::Int32Array>().ElementLength()) != n)
+        fail("ERR_WNLSTM_SHAPE", "inputs or targets changed while the states were read");
+      const int32_t* inputs = info[0].As<Napi::Int32Array>().Data();
+      const int32_t* targets = info[1].As<Napi::Int32Array>().Data();
       struct Job {
         std::vector<int32_t> inputs, targets;
         std::vector<T> state_in, state_out;
