@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Where the default LM training step's time goes (this checkout; 100 steps after 10 warm-up steps):
 // node bench/lm-phases.js. The step runs in one native call (the model runtime), so the phases are timed
-// from outside: the whole step, the optimizer, and the two cells alone (forward and backward through the
-// same cells on the same shapes) to show how much of the step is the recurrent layers.
+// from outside: the whole step and the optimizer; then, outside the step, the same two cells on the same
+// shapes through the JS API (StackedLSTM: it adds the API's copies and its gradient records, so it shows an
+// upper bound of the recurrent layers' share).
 'use strict';
 const lib = require('../dist/index.js');
 const { loadData } = require('../dist/lm/train.js');
@@ -22,9 +23,9 @@ for (let k = 0; k < N + 10; k++) {
   s = now(); state = lm.step(w.inputs, w.targets, B, state, true).state; add('model step (native)', s);
   s = now(); opt.step(); add('optimizer (1 arena)', s);
   // Outside the step: the cells on their own, for their share of it.
-  s = now(); lm.stack.forward(x, { batchSize: B, training: true }); add('  of which: lstm fwd', s);
-  s = now(); lm.stack.backward(dy); add('  of which: lstm bwd', s);
+  s = now(); lm.stack.forward(x, { batchSize: B, training: true }); add('cells alone: fwd (API)', s);
+  s = now(); lm.stack.backward(dy); add('cells alone: bwd (API)', s);
 }
 const step = t['zeroGrad'] + t['model step (native)'] + t['optimizer (1 arena)'];
-for (const k in t) console.log(k.padEnd(24), (t[k] / N).toFixed(2), 'ms', (100 * t[k] / step).toFixed(1) + '%');
+for (const k in t) console.log(k.padEnd(24), (t[k] / N).toFixed(2), 'ms', k.startsWith('cells') ? '' : (100 * t[k] / step).toFixed(1) + '%');
 console.log('step'.padEnd(24), (step / N).toFixed(2), 'ms/step =', (1000 * N / step).toFixed(1), 'steps/s');
