@@ -21,3 +21,13 @@ export function assertClose(t: { ok(ok: boolean, message: string): unknown }, ac
   const problem = closeness(actual, expected, tol);
   t.ok(problem === null, problem === null ? what : `${what}: ${problem}`);
 }
+
+/** Central differences of a scalar function of x, element by element (float64). */
+export function centralDifferences(f: (x: Float64Array) => number, x: Float64Array, eps = 1e-6): Float64Array {
+  return Float64Array.from(x, (_, i) => {
+    const up = x.slice(), down = x.slice();
+    up[i] += eps;
+    down[i] -= eps;
+    return (f(up) - f(down)) / (2 * eps);
+  });
+}

@@ -2,7 +2,7 @@
 // reference written here, gradients against central differences, and bad input refused with a code.
 import t from 'tap';
 import { meanSquaredError, Random, softmaxCrossEntropy } from '../lib/index';
-import { assertClose, randomArray } from './helpers';
+import { assertClose, centralDifferences, randomArray } from './helpers';
 
 const rng = new Random(11);
 
@@ -20,12 +20,7 @@ t.test('softmax cross-entropy: value and gradient (float64), rows without loss',
   const before = logits.slice();
   const { loss, grad } = softmaxCrossEntropy(logits, targets, C);
   t.ok(Math.abs(loss - reference(logits)) < 1e-12, `loss ${loss.toFixed(6)} = the reference`);
-  const eps = 1e-6, fd = Array.from(logits, (_, i) => {
-    const up = logits.slice(), down = logits.slice();
-    up[i] += eps; down[i] -= eps;
-    return (reference(up) - reference(down)) / (2 * eps);
-  });
-  assertClose(t, grad, fd, { rtol: 1e-6, atol: 1e-10 }, 'gradient = central differences');
+  assertClose(t, grad, centralDifferences(reference, logits), { rtol: 1e-6, atol: 1e-10 }, 'gradient = central differences');
   t.ok(grad.subarray(2 * C, 3 * C).every((v) => v === 0), 'a row without loss has no gradient');
   t.same(Array.from(logits), Array.from(before), 'the logits are left as they were');
   const f32 = softmaxCrossEntropy(Float32Array.from(logits), Int32Array.from(targets), C);
@@ -37,12 +32,7 @@ t.test('mean squared error: value and gradient (float64 and float32)', async (t)
   const reference = (q: ArrayLike<number>) => Array.from(q).reduce((s, v, i) => s + (v - y[i]) ** 2, 0) / q.length;
   const { loss, grad } = meanSquaredError(p, y);
   t.ok(Math.abs(loss - reference(p)) < 1e-14, `loss ${loss.toFixed(6)} = the reference`);
-  const eps = 1e-6, fd = Array.from(p, (_, i) => {
-    const up = p.slice(), down = p.slice();
-    up[i] += eps; down[i] -= eps;
-    return (reference(up) - reference(down)) / (2 * eps);
-  });
-  assertClose(t, grad, fd, { rtol: 1e-7, atol: 1e-10 }, 'gradient = central differences');
+  assertClose(t, grad, centralDifferences(reference, p), { rtol: 1e-7, atol: 1e-10 }, 'gradient = central differences');
   const f32 = meanSquaredError(Float32Array.from(p), Float32Array.from(y));
   t.ok(f32.grad instanceof Float32Array && Math.abs(f32.loss - loss) < 1e-6, 'float32 in, float32 gradient out');
 });
