@@ -32,6 +32,8 @@ t.test('cells dropped without dispose() are collected and their memory returned'
   t.ok(m.reported > 20 && m.reported < 40, `a live cell's native memory is reported to V8 (${m.reported.toFixed(1)} MiB)`);
   t.ok(Math.abs(m.afterDispose) < 1 && Math.abs(m.afterCollect) < 1,
     `and released on dispose() (${m.afterDispose.toFixed(1)} MiB left) or collection (${m.afterCollect.toFixed(1)} MiB left)`);
+  t.ok(m.modelReported > 10, `a language model after a training step reports its arena, step buffers and cells (${m.modelReported.toFixed(1)} MiB)`);
+  t.ok(Math.abs(m.afterModelCollect) < 1, `and once dropped it is collected with its cells (${m.afterModelCollect.toFixed(1)} MiB left)`);
   const leaked = m.cells * m.cellMiB;
   t.ok(m.yieldingPeak - m.start < 250, `${m.cells} cells of ~${m.cellMiB} MiB (${leaked} MiB if none were freed) in a loop that yields: ` +
     `RSS ${m.start.toFixed(0)} -> peak ${m.yieldingPeak.toFixed(0)} MiB (bound: +250 MiB)`);
