@@ -94,6 +94,12 @@ interface Addon {
   sumSquares(a: FloatArray): number;
   /** Summed loss; the logits are overwritten with d(loss * gradScale)/d logits. */
   softmaxCrossEntropy(logits: FloatArray, targets: Int32Array, vocabSize: number, gradScale: number): number;
+  /** Rows ids of a [V, dim] table (each id checked). */
+  embeddingForward(table: FloatArray, dim: number, ids: Int32Array): FloatArray;
+  /** dtable[ids[n]] += dy[n]. */
+  embeddingBackward(dy: FloatArray, dim: number, ids: Int32Array, dtable: FloatArray): void;
+  /** Inverted dropout of x in place, drawing from the sfc32 state (moved on); returns the scaled mask. */
+  dropout(x: FloatArray, rate: number, state: Uint32Array): FloatArray;
   /** Sum of (pred - target)^2 and its gradient times gradScale. */
   squaredError(pred: FloatArray, target: FloatArray, gradScale: number): { sum: number; grad: FloatArray };
   /** C[M,N] (+)= op(A) op(B), row-major. */

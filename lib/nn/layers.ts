@@ -68,21 +68,15 @@ export class Embedding implements HasParameters {
 
   /** Rows of the table; keeps the ids for backward() unless `keep` is false (inference). */
   forward(ids: Int32Array, keep = true): FloatArray {
-    const D = this.dim, table = this.params.values;
-    const out = new (arrayOf(this.params.dtype))(ids.length * D);
-    for (let r = 0; r < ids.length; r++) {
-      const id = ids[r];
-      if (!(id >= 0 && id < this.vocabSize)) throw wnlstmError('ERR_WNLSTM_RANGE', `token id ${id} is outside the vocabulary (${this.vocabSize})`);
-      out.set(table.subarray(id * D, id * D + D), r * D);
-    }
-    if (keep) this.#ids = ids;
+    const out = addon.embeddingForward(this.params.values, this.dim, ids); // checks every id
+    if (keep) this.#ids = ids.slice();
     return out;
   }
 
+  /** Adds dy [ids, dim] into the rows of the table's gradient (repeated ids add up). */
   backward(dy: FloatArray): void {
     if (!this.#ids) throw wnlstmError('ERR_WNLSTM_NO_FORWARD', 'Embedding.backward needs a forward first');
-    const D = this.dim, g = this.params.grad;
-    this.#ids.forEach((id, r) => { for (let k = 0; k < D; k++) g[id * D + k] += dy[r * D + k]; });
+    addon.embeddingBackward(dy, this.dim, this.#ids, this.params.grad);
   }
 }
 
@@ -90,11 +84,10 @@ export class Embedding implements HasParameters {
  * Returns the mask (already scaled) for the backward pass, or null when rate is 0. */
 export function dropout(x: FloatArray, rate: number, rng: Random): FloatArray | null {
   if (rate <= 0) return null;
-  const keep = 1 - rate, mask = new (x.constructor as Float32ArrayConstructor)(x.length);
-  for (let i = 0; i < x.length; i++) {
-    mask[i] = rng.uniform() < keep ? 1 / keep : 0;
-    x[i] *= mask[i];
-  }
+  // The native op draws from the same generator (sfc32), one uniform() per element, and moves it on.
+  const state = Uint32Array.from(rng.getState());
+  const mask = addon.dropout(x, rate, state);
+  rng.setState(state);
   return mask;
 }
 

@@ -1055,6 +1055,24 @@ Napi::Value SoftmaxCrossEntropy(const Napi::CallbackInfo& info) {
   });
 }
 
+// An Int32Array of ids, each in [0, rows): its data and length (ERR_WNLSTM_RANGE names the first bad one).
+std::pair<const int32_t*, int64_t> checked_ids(const Napi::Value& v, int64_t rows, const char* name) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    fail("ERR_WNLSTM_TYPE", std::string(name) + " must be an Int32Array");
+  const auto ids = v.As<Napi::Int32Array>();
+  for (size_t i = 0; i < ids.ElementLength(); ++i)
+    if (ids[i] < 0 || ids[i] >= rows)
+      fail("ERR_WNLSTM_RANGE", "token id " + std::to_string(ids[i]) + " is outside the vocabulary (" + std::to_string(rows) + ")");
+  return {ids.Data(), int64_t(ids.ElementLength())};
+}
+
+// The rows of a [rows, dim] table argument (a typed array whose length is a positive multiple of dim).
+int64_t table_rows(const Napi::Value& table, int64_t dim) {
+  const size_t size = table.As<Napi::TypedArray>().ElementLength();
+  if (size == 0 || size % size_t(dim) != 0) fail("ERR_WNLSTM_SHAPE", "the table's length is not a positive multiple of dim");
+  return int64_t(size) / dim;
+}
+
 // squaredError(pred, target, gradScale) -> { sum, grad }: sum of (pred - target)^2 and its gradient
 // times gradScale (both arrays of one dtype and length).
 Napi::Value SquaredError(const Napi::CallbackInfo& info) {
@@ -1072,6 +1090,60 @@ Napi::Value SquaredError(const Napi::CallbackInfo& info) {
       out.Set("sum", sum);
       out.Set("grad", grad);
       return out;
+    });
+  });
+}
+
+// The layer ops of ops.h for the JS layers (lib/nn/layers.ts), with their arguments checked.
+// embeddingForward(table [V*D], dim, ids) -> out [ids.length * D]
+Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return with_float_type(info[0], "table", [&](auto zero) -> Napi::Value {
+      using T = decltype(zero);
+      const int64_t D = int_arg(info[1], "dim", 1, wnlstm::kMaxElements);
+      const T* table = info[0].As<Napi::TypedArrayOf<T>>().Data();
+      const auto [ids, n] = checked_ids(info[2], table_rows(info[0], D), "ids");
+      if (double(n) * double(D) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "too many ids");
+      auto out = new_array<T>(info.Env(), n * D);
+      wnlstm::embedding_forward(table, D, ids, n, out.Data());
+      return out;
+    });
+  });
+}
+
+// embeddingBackward(dy [ids.length * D], dim, ids, dtable [V*D]): dtable[ids[n]] += dy[n].
+Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return with_float_type(info[3], "dtable", [&](auto zero) -> Napi::Value {
+      using T = decltype(zero);
+      const int64_t D = int_arg(info[1], "dim", 1, wnlstm::kMaxElements);
+      const auto [ids, n] = checked_ids(info[2], table_rows(info[3], D), "ids");
+      const T* dy = array_arg<T>(info[0], "dy", size_t(n * D), false);
+      wnlstm::embedding_backward(dy, D, ids, n, info[3].As<Napi::TypedArrayOf<T>>().Data());
+      return info.Env().Undefined();
+    });
+  });
+}
+
+// dropout(x, rate, state Uint32Array [4]) -> mask: x *= mask in place; the generator's state moves on.
+Napi::Value Dropout(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return with_float_type(info[0], "x", [&](auto zero) -> Napi::Value {
+      using T = decltype(zero);
+      const size_t n = info[0].As<Napi::TypedArray>().ElementLength();
+      T* x = const_cast<T*>(array_arg<T>(info[0], "x", n, false));
+      if (!info[1].IsNumber()) fail("ERR_WNLSTM_TYPE", "rate must be a number");
+      const double rate = info[1].As<Napi::Number>().DoubleValue();
+      if (!(rate >= 0 && rate < 1)) fail("ERR_WNLSTM_RANGE", "rate must be in [0, 1)");
+      if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
+          info[2].As<Napi::TypedArray>().ElementLength() != 4)
+        fail("ERR_WNLSTM_TYPE", "the random state must be a Uint32Array of 4 words");
+      uint32_t* words = info[2].As<Napi::Uint32Array>().Data();
+      wnlstm::Rng rng{words[0], words[1], words[2], words[3]};
+      auto mask = new_array<T>(info.Env(), int64_t(n));
+      wnlstm::dropout(x, mask.Data(), int64_t(n), rate, rng);
+      words[0] = rng.a, words[1] = rng.b, words[2] = rng.c, words[3] = rng.d;
+      return mask;
     });
   });
 }
@@ -1114,6 +1186,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("softmaxCrossEntropy", Napi::Function::New(env, SoftmaxCrossEntropy));
   exports.Set("squaredError", Napi::Function::New(env, SquaredError));
   exports.Set("gemm", Napi::Function::New(env, Gemm));
+  exports.Set("embeddingForward", Napi::Function::New(env, EmbeddingForward));
+  exports.Set("embeddingBackward", Napi::Function::New(env, EmbeddingBackward));
+  exports.Set("dropout", Napi::Function::New(env, Dropout));
   exports.Set("benchGemm", Napi::Function::New(env, BenchGemm));
   exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
   Napi::Function cell_class = NativeCell::Define(env);
