@@ -57,6 +57,13 @@ t.test('backend selection says why', async (t) => {
     throwsCode(t, () => new WeightNormLSTMCell(4, { inputSize: 3, backend: 'cuda' }), 'ERR_WNLSTM_BACKEND_UNAVAILABLE', "backend 'cuda'");
   }
   t.equal(new WeightNormLSTMCell(4, { inputSize: 3, backend: 'cpu' }).backend, 'cpu');
+  for (const device of [-1, 1.5, 2 ** 20, '0']) {
+    throwsCode(t, () => new WeightNormLSTMCell(4, { inputSize: 3, backend: 'cuda', device: device as number }), 'ERR_WNLSTM_CONFIG', `device ${String(device)}`);
+  }
+  if (info.cuda.available) {
+    const missing = info.cuda.devices.length;
+    throwsCode(t, () => new WeightNormLSTMCell(4, { inputSize: 3, backend: 'cuda', device: missing }), 'ERR_WNLSTM_CONFIG', `device ${missing} of ${missing}`);
+  }
 });
 
 t.test('step and forward inputs', async (t) => {

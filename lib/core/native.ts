@@ -87,7 +87,7 @@ export interface BackendInfo {
 }
 
 interface Addon {
-  NativeCell: new (config: NativeConfig, dtype: 'float32' | 'float64', backend: 'cpu' | 'cuda') => NativeCell;
+  NativeCell: new (config: NativeConfig, dtype: 'float32' | 'float64', backend: 'cpu' | 'cuda', device?: number) => NativeCell;
   NativeModel: new (config: NativeModelConfig, dtype: 'float32' | 'float64', cells: NativeCell[], rng: RngState) => NativeModel;
   info(): BackendInfo;
   optimizerUpdate(params: FloatArray, grads: FloatArray, s1: FloatArray | null, s2: FloatArray | null, settings: UpdateSettings): void;

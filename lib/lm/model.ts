@@ -21,6 +21,8 @@ export interface LMConfig {
   initScale?: number;
   seed?: number;
   backend?: BackendName;
+  /** With backend 'cuda': the device's index (default 0). */
+  device?: number;
   dtype?: 'float32' | 'float64';
 }
 
@@ -64,7 +66,7 @@ export class LanguageModel implements HasParameters {
     const cells = Array.from({ length: layers }, (_, l) => {
       const cell = new WeightNormLSTMCell(hiddenSize, {
         inputSize: l === 0 ? embeddingSize : hiddenSize, norm, seed: (seed + 101 * (l + 1)) >>> 0, dtype,
-        backend: config.backend, name: `lstm_${l}`, initializer: { kind: 'uniform', min: -initScale, max: initScale },
+        backend: config.backend, device: config.device, name: `lstm_${l}`, initializer: { kind: 'uniform', min: -initScale, max: initScale },
       });
       cell.setWeights({ bias: new Float64Array(4 * hiddenSize) });
       if (norm) { // gains = column norms: W = V at the start, the same function as the plain arm

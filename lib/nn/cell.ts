@@ -27,6 +27,8 @@ export interface LSTMCellOptions {
   /** 'auto' (default): the CPU in this version, since the CUDA kernels are built but not yet verified on a
    *  GPU; 'cuda' runs them when a device answers (else throws ERR_WNLSTM_BACKEND_UNAVAILABLE). */
   backend?: BackendName;
+  /** With backend 'cuda': which device, an index into backendInfo().cuda.devices (default 0). */
+  device?: number;
   /** 'float64' is slower; it exists for gradient checks and for users who need it. */
   dtype?: DType;
   /** Name of the cell's parameter block (optimizer state and checkpoints); default 'lstm_cell'. */
@@ -83,7 +85,7 @@ export function nativeCellOf(cell: LSTMCell | WeightNormLSTMCell): NativeCell {
 }
 
 const OPTION_NAMES = ['inputSize', 'usePeepholes', 'cellClip', 'initializer', 'numProj', 'projClip',
-  'forgetBias', 'activation', 'seed', 'backend', 'dtype', 'name'];
+  'forgetBias', 'activation', 'seed', 'backend', 'device', 'dtype', 'name'];
 
 abstract class LSTMCellBase {
   readonly numUnits: number;
@@ -131,6 +133,9 @@ abstract class LSTMCellBase {
     if (!['auto', 'cpu', 'cuda'].includes(requested)) {
       throw wnlstmError('ERR_WNLSTM_CONFIG', `backend must be 'auto', 'cpu' or 'cuda', got ${String(requested)}`);
     }
+    if (o.device !== undefined && !(Number.isInteger(o.device) && o.device >= 0 && o.device < 1024)) {
+      throw wnlstmError('ERR_WNLSTM_CONFIG', `device must be a device index (an integer from 0), got ${String(o.device)}`);
+    }
     const cuda = backendInfo().cuda;
     if (requested === 'cuda' && !cuda.available) {
       throw wnlstmError('ERR_WNLSTM_BACKEND_UNAVAILABLE', `backend 'cuda' is not available: ${cuda.reason}`);
@@ -143,7 +148,7 @@ abstract class LSTMCellBase {
     this.#native = new addon.NativeCell({
       inputSize: o.inputSize, numUnits, numProj: o.numProj, norm, usePeepholes: o.usePeepholes ?? false,
       cellClip: o.cellClip, projClip: o.projClip, forgetBias: o.forgetBias ?? 1, activation: o.activation ?? 'tanh',
-    }, dtype, requested === 'cuda' ? 'cuda' : 'cpu');
+    }, dtype, requested === 'cuda' ? 'cuda' : 'cpu', o.device ?? 0);
     this.numUnits = numUnits;
     this.inputSize = o.inputSize;
     this.numProj = o.numProj ?? undefined;
@@ -158,7 +163,7 @@ abstract class LSTMCellBase {
     this.seed = o.seed ?? Math.floor(Math.random() * 2 ** 32);
     this.name = o.name ?? 'lstm_cell';
     this.backend = requested === 'cuda' ? 'cuda' : 'cpu';
-    this.backendReason = requested === 'cuda' ? `backend 'cuda' was asked for: ${cuda.reason}`
+    this.backendReason = requested === 'cuda' ? `backend 'cuda' (device ${o.device ?? 0}) was asked for: ${cuda.reason}`
       : requested === 'cpu' ? "backend 'cpu' was asked for"
       : cuda.available ? "CUDA not used: 'auto' keeps the CPU until the CUDA kernels are verified on a GPU (ask for backend 'cuda' to use them)"
       : `CUDA not used: ${cuda.reason}`;

@@ -9,9 +9,9 @@ CudaStatus cuda_status() {
 }
 
 template <typename T>
-std::unique_ptr<Cell<T>> make_cuda_cell(const CellConfig&) {
+std::unique_ptr<Cell<T>> make_cuda_cell(const CellConfig&, int) {
   throw Error("ERR_WNLSTM_BACKEND_UNAVAILABLE", "backend 'cuda' is not available: " + cuda_status().reason);
 }
-template std::unique_ptr<Cell<float>> make_cuda_cell<float>(const CellConfig&);
-template std::unique_ptr<Cell<double>> make_cuda_cell<double>(const CellConfig&);
+template std::unique_ptr<Cell<float>> make_cuda_cell<float>(const CellConfig&, int);
+template std::unique_ptr<Cell<double>> make_cuda_cell<double>(const CellConfig&, int);
 }  // namespace wnlstm

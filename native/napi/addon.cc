@@ -311,7 +311,7 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
                         InstanceMethod("dispose", &NativeCell::Dispose)});
   }
 
-  // new NativeCell(config, dtype: 'float32' | 'float64', backend: 'cpu' | 'cuda')
+  // new NativeCell(config, dtype: 'float32' | 'float64', backend: 'cpu' | 'cuda', device = 0)
   NativeCell(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeCell>(info) {
     guarded(info.Env(), [&] {
       if (!info[0].IsObject()) fail("ERR_WNLSTM_TYPE", "config must be an object");
@@ -321,8 +321,9 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
       std::string backend = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu";
       if (backend != "cpu" && backend != "cuda") fail("ERR_WNLSTM_CONFIG", "backend must be 'cpu' or 'cuda'");
       const bool cuda = backend == "cuda";
-      if (dtype == "float32") s_->f32 = cuda ? wnlstm::make_cuda_cell<float>(config) : wnlstm::make_cpu_cell<float>(config);
-      else if (dtype == "float64") s_->f64 = cuda ? wnlstm::make_cuda_cell<double>(config) : wnlstm::make_cpu_cell<double>(config);
+      const int device = info[3].IsUndefined() ? 0 : int(int_arg(info[3], "device", 0, 1023));
+      if (dtype == "float32") s_->f32 = cuda ? wnlstm::make_cuda_cell<float>(config, device) : wnlstm::make_cpu_cell<float>(config);
+      else if (dtype == "float64") s_->f64 = cuda ? wnlstm::make_cuda_cell<double>(config, device) : wnlstm::make_cpu_cell<double>(config);
       else fail("ERR_WNLSTM_CONFIG", "dtype must be 'float32' or 'float64'");
       s_->report_memory(info.Env());
       return info.Env().Undefined();

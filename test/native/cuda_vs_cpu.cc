@@ -19,6 +19,7 @@ CudaStatus cuda_status() {
   CudaStatus s;
   s.compiled = s.available = true;
   s.reason = "CPU emulation of the CUDA kernels";
+  s.devices = {"CPU emulation"};
   return s;
 }
 }  // namespace wnlstm
@@ -227,6 +228,13 @@ void run_model(const char* dtype, double rtol_loss, double rtol_params, double a
 }  // namespace
 
 int main() {
+  ++checks;  // a device index the machine does not have
+  try {
+    make_cuda_cell<float>(with([](CellConfig& c) { c.input_size = 2, c.num_units = 3; }), 1);
+    failures.push_back("make_cuda_cell on device 1 of 1 did not throw");
+  } catch (const Error& e) {
+    if (e.code != "ERR_WNLSTM_CONFIG") failures.push_back("make_cuda_cell on device 1 of 1 threw " + e.code);
+  }
   // Sums in different orders (float64), the CPU's approximate activations (float32), over 20 updates.
   run_model<double>("float64", 1e-9, 1e-7, 1e-9);
   run_model<float>("float32", 1e-4, 1e-2, 1e-3);

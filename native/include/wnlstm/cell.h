@@ -154,9 +154,10 @@ class Cell {
 
 template <typename T>
 std::unique_ptr<Cell<T>> make_cpu_cell(const CellConfig& config);
-// Throws Error("ERR_WNLSTM_BACKEND_UNAVAILABLE") when the build has no CUDA or no device answers.
+// On CUDA device `device` (an index into CudaStatus::devices). Throws Error("ERR_WNLSTM_BACKEND_UNAVAILABLE")
+// when the build has no CUDA or no device answers, Error("ERR_WNLSTM_CONFIG") for an index with no device.
 template <typename T>
-std::unique_ptr<Cell<T>> make_cuda_cell(const CellConfig& config);
+std::unique_ptr<Cell<T>> make_cuda_cell(const CellConfig& config, int device = 0);
 
 // What the build and the machine offer, for the loader's report.
 struct CudaStatus {
