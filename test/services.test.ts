@@ -113,13 +113,20 @@ t.test('the event loop stays responsive during async work and async training', a
   const x = randomArray(new Random(3), 64 * 64 * 512, 1, Float32Array);
   const delay = monitorEventLoopDelay({ resolution: 5 });
   delay.enable();
+  // A timer that asks for a turn every millisecond: a blocked loop would run it once per forward. (The
+  // worst single delay is not asserted: on 2 cores the OS may pause the main thread for a time slice
+  // while the forward's threads run, whatever the library does.)
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 1);
   const start = Date.now();
   let work = 0;
   while (Date.now() - start < 1500) { await cell.forwardAsync(x, { batchSize: 64 }); work++; }
+  clearInterval(timer);
   delay.disable();
-  const maxMs = delay.max / 1e6;
+  const ms = (q: number) => (delay.percentile(q) / 1e6).toFixed(1);
   t.ok(work >= 3, `${work} M-sized forwards (T64 B64 H512) in 1.5 s`);
-  t.ok(maxMs < 60, `event-loop delay max ${maxMs.toFixed(1)} ms, p99 ${(delay.percentile(99) / 1e6).toFixed(1)} ms during async forwards`);
+  t.ok(ticks >= 20 * work, `the loop turned ${ticks} times during ${work} async forwards`);
+  t.ok(delay.percentile(50) / 1e6 < 15, `event-loop delay median ${ms(50)} ms (p99 ${ms(99)}, max ${(delay.max / 1e6).toFixed(1)}) during async forwards`);
   cell.dispose();
 
   const corpus = path.join(tmp, 'tiny.txt');
@@ -133,7 +140,7 @@ t.test('the event loop stays responsive during async work and async training', a
   const syncResult = train(options);
   t.same(asyncResult.arms[0].curve.map((p) => p.trainLoss), syncResult.arms[0].curve.map((p) => p.trainLoss), 'trainAsync gives the same losses as train');
   t.ok(seen.includes(60), 'progress arrives from the worker');
-  t.ok(d2.max / 1e6 < 60, `event-loop delay max ${(d2.max / 1e6).toFixed(1)} ms during trainAsync`);
+  t.ok(d2.percentile(99) / 1e6 < 60, `event-loop delay p99 ${(d2.percentile(99) / 1e6).toFixed(1)} ms (max ${(d2.max / 1e6).toFixed(1)}) during trainAsync`);
   await t.rejects(trainAsync({ ...options, steps: 0 }), { code: 'ERR_WNLSTM_CONFIG' }, 'errors in the worker reject with their code');
 });
 
