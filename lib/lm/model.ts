@@ -75,7 +75,7 @@ export class LanguageModel implements HasParameters {
       }
       return cell;
     });
-    this.stack = new StackedLSTM(cells, { dropout: d, seed: seed + 7 });
+    this.stack = new StackedLSTM(cells); // the cells as a group: the model's step draws its own dropout masks
     const dense = new Dense(hiddenSize, vocabSize, { seed: seed + 13, initScale, dtype }).params.values;
     this.#native = new addon.NativeModel({ vocabSize, embeddingSize, hiddenSize, layers, dropout: d }, dtype,
       cells.map(nativeCellOf), { model: new Random(seed + 17).getState(), stack: new Random(seed + 7).getState() });
@@ -98,16 +98,16 @@ export class LanguageModel implements HasParameters {
 
   #makeBlocks(dtype: 'float32' | 'float64'): ParamBlock[] {
     const model = () => this.#model();
-    const names = this.#native.blocks().map((b) => b.name);
+    const blocks = this.#native.blocks();
     const arena: ParamArena = {
-      blockNames: names,
+      blockNames: blocks.map((b) => b.name),
       gradSumSquares: () => model().gradSumSquares(),
       update: (settings) => model().update(settings),
       getMoments: (name) => model().getMoments(name),
       setMoments: (name, s1, s2) => model().setMoments(name, s1, s2),
       clearMoments: () => model().clearMoments(),
     };
-    return this.#native.blocks().map(({ name, size }) => ({
+    return blocks.map(({ name, size }) => ({
       name, size, dtype, arena,
       get grad() { return model().getGrad(name); },
       zeroGrad: () => model().zeroGrad(name),
