@@ -20,7 +20,7 @@ t.test('CUDA kernels, emulated on the CPU, = the CPU backend', { skip: hasCompil
   const flags = ['-O2', '-std=c++17', '-DWNLSTM_CUDA_EMULATION', '-fno-trapping-math', '-ffp-contract=fast',
     ...['test/native', 'native/include', 'native/cpu', 'native/cuda'].map((d) => `-I${path.join(root, d)}`)];
   const units: [string, string[]][] = [
-    ['native/cuda/lstm_cell.cu', ['-x', 'c++']], ['test/native/cuda_vs_cpu.cc', []], ['native/common/config.cc', []],
+    ['native/cuda/lstm_cell.cu', ['-x', 'c++']], ['native/cuda/ops.cu', ['-x', 'c++']], ['test/native/cuda_vs_cpu.cc', []], ['native/common/config.cc', []],
     ['native/cpu/lstm_cell.cc', []], ['native/cpu/kernels.cc', []], ['native/cpu/thread_pool.cc', []],
     ['native/cpu/ops.cc', []], ['native/common/model.cc', []], ['native/cpu/kernels_generic.cc', []],
     ['native/cpu/kernels_avx2.cc', ['-mavx2', '-mfma']], ['native/cpu/kernels_avx512.cc', ['-mavx512f', '-mfma']],
@@ -35,6 +35,6 @@ t.test('CUDA kernels, emulated on the CPU, = the CPU backend', { skip: hasCompil
   const { stdout } = await run(binary, [], { maxBuffer: 1 << 24 });
   const report = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { cases: number; checks: number; failures: string[] };
   t.equal(report.cases, 26, '13 configurations in float64 and float32 (and a language model in both)');
-  t.ok(report.checks >= 400, `${report.checks} comparisons ran`);
+  t.ok(report.checks >= 500, `${report.checks} comparisons ran (cells, backend ops, language models)`);
   t.same(report.failures, [], 'every output, gradient and state matches the CPU backend');
 });

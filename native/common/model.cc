@@ -1,4 +1,4 @@
-// The model runtime of model.h, over any backend's cells and the host ops.
+// The model runtime of model.h, over any backend's memory, ops and cells.
 #include "wnlstm/model.h"
 
 #include <algorithm>
@@ -7,44 +7,106 @@
 namespace wnlstm {
 
 template <typename T>
-void Arena<T>::add(const std::string& name, int64_t size) {
-  blocks.push_back({name, int64_t(params.size()), size});
-  params.resize(params.size() + size_t(size), T(0));
-  grads.resize(params.size(), T(0));
+std::shared_ptr<Backend<T>> make_backend(const std::string& device) {
+  if (device == "cpu") return make_cpu_backend<T>();
+  if (device.rfind("cuda:", 0) == 0) return make_cuda_backend<T>(std::stoi(device.substr(5)));
+  throw Error("ERR_WNLSTM_CONFIG", "unknown device '" + device + "'");
+}
+template std::shared_ptr<Backend<float>> make_backend<float>(const std::string&);
+template std::shared_ptr<Backend<double>> make_backend<double>(const std::string&);
+
+template <typename T>
+Arena<T>::Arena(std::shared_ptr<Backend<T>> backend, std::vector<Block> blocks)
+    : backend_(std::move(backend)), blocks_(std::move(blocks)), params_(backend_), grads_(backend_), s1_(backend_),
+      s2_(backend_) {
+  for (const Block& b : blocks_) size_ = std::max(size_, b.offset + b.size);
+  for (Buffer<T>* buf : {&params_, &grads_}) backend_->zero(buf->resize(size_), size_t(size_) * sizeof(T));
 }
 
 template <typename T>
 const typename Arena<T>::Block& Arena<T>::block(const std::string& name) const {
-  for (const Block& b : blocks)
+  for (const Block& b : blocks_)
     if (b.name == name) return b;
   std::string names;
-  for (const Block& b : blocks) names += (names.empty() ? "" : ", ") + b.name;
+  for (const Block& b : blocks_) names += (names.empty() ? "" : ", ") + b.name;
   throw Error("ERR_WNLSTM_UNKNOWN_WEIGHT", "this model has no block '" + name + "' (it has: " + names + ")");
+}
+
+template <typename T>
+Buffer<T>& Arena<T>::buffer(Part part) const {
+  switch (part) {
+    case Part::Params: return params_;
+    case Part::Grads: return grads_;
+    case Part::S1: return s1_;
+    case Part::S2: break;
+  }
+  return s2_;
+}
+
+template <typename T>
+void Arena<T>::ensure(Part part) {
+  Buffer<T>& b = buffer(part);
+  if (!b.data()) backend_->zero(b.resize(size_), size_t(size_) * sizeof(T));
+}
+
+template <typename T>
+void Arena<T>::read(Part part, int64_t offset, int64_t n, T* host) const {
+  backend_->download(host, buffer(part).data() + offset, size_t(n) * sizeof(T));
+}
+
+template <typename T>
+void Arena<T>::write(Part part, int64_t offset, int64_t n, const T* host) {
+  ensure(part);
+  backend_->upload(buffer(part).data() + offset, host, size_t(n) * sizeof(T));
+}
+
+template <typename T>
+void Arena<T>::zero(Part part, int64_t offset, int64_t n) {
+  if (has(part)) backend_->zero(buffer(part).data() + offset, size_t(n) * sizeof(T));
+}
+
+template <typename T>
+void Arena<T>::clear_state() {
+  s1_.release(), s2_.release();
 }
 
 template <typename T>
 double Arena<T>::grad_sum_squares() const {
   double sum = 0;
-  for (const Block& b : blocks) sum += sum_squares(grads.data() + b.offset, b.size);
+  for (const Block& b : blocks_) sum += backend_->sum_squares(grads_.data() + b.offset, b.size);
   return sum;
 }
 
 template <typename T>
 void Arena<T>::update(const OptimizerStep& step) {
-  if (step.needs_s1() && s1.empty()) s1.assign(params.size(), T(0));
-  if (step.needs_s2() && s2.empty()) s2.assign(params.size(), T(0));
-  optimizer_update(step, params.data(), grads.data(), s1.empty() ? nullptr : s1.data(),
-                   s2.empty() ? nullptr : s2.data(), int64_t(params.size()));
+  if (step.needs_s1()) ensure(Part::S1);
+  if (step.needs_s2()) ensure(Part::S2);
+  backend_->optimizer_update(step, params_.data(), grads_.data(), s1_.data(), s2_.data(), size_);
 }
 
 template <typename T>
 int64_t Arena<T>::memory_bytes() const {
-  return int64_t((params.capacity() + grads.capacity() + s1.capacity() + s2.capacity()) * sizeof(T));
+  return params_.bytes() + grads_.bytes() + s1_.bytes() + s2_.bytes();
 }
+
+namespace {
+// The backend of the cells' device (all the cells must share it).
+template <typename T>
+std::shared_ptr<Backend<T>> backend_of(const std::vector<std::shared_ptr<Cell<T>>>& cells) {
+  if (cells.empty()) throw Error("ERR_WNLSTM_CONFIG", "the model needs one cell per layer");
+  for (const auto& cell : cells)
+    if (cell->device() != cells[0]->device())
+      throw Error("ERR_WNLSTM_CONFIG", "the model's cells must all be on one device (found " + cells[0]->device() +
+                                           " and " + cell->device() + ")");
+  return make_backend<T>(cells[0]->device());
+}
+}  // namespace
 
 template <typename T>
 LanguageModel<T>::LanguageModel(const LanguageModelConfig& config, std::vector<std::shared_ptr<Cell<T>>> cells)
-    : cfg_(config), arena_(std::make_shared<Arena<T>>()), cells_(std::move(cells)) {
+    : cfg_(config), backend_(backend_of(cells)), cells_(std::move(cells)), head_(backend_), head_mask_(backend_),
+      logits_(backend_), grad_{Buffer<T>(backend_), Buffer<T>(backend_)}, cell_grads_(backend_), dc0_(backend_),
+      dh0_(backend_), state_in_(backend_), state_out_(backend_), rows_in_(backend_), rows_out_(backend_) {
   const int64_t V = cfg_.vocab_size, E = cfg_.embedding_size, H = cfg_.hidden_size;
   auto fail = [](const std::string& m) { throw Error("ERR_WNLSTM_CONFIG", m); };
   if (V < 1 || E < 1 || H < 1 || cfg_.layers < 1) fail("vocabSize, embeddingSize, hiddenSize and layers must be at least 1");
@@ -57,16 +119,24 @@ LanguageModel<T>::LanguageModel(const LanguageModelConfig& config, std::vector<s
     if (c.input_size != (l == 0 ? E : H) || c.num_units != H || c.num_proj != 0)
       fail("layer " + std::to_string(l) + "'s cell does not fit the model (inputs, units or projection)");
   }
-  arena_->add("embedding", V * E);
+  std::vector<typename Arena<T>::Block> blocks;
+  int64_t size = 0;
+  auto add = [&](const std::string& name, int64_t n) {
+    blocks.push_back({name, size, n});
+    size += n;
+  };
+  add("embedding", V * E);
   for (size_t l = 0; l < cells_.size(); ++l) {
-    cell_offsets_.push_back(int64_t(arena_->params.size()));
-    arena_->add("lstm_" + std::to_string(l), param_count(cells_[l]->config()));
+    cell_offsets_.push_back(size);
+    add("lstm_" + std::to_string(l), param_count(cells_[l]->config()));
   }
-  dense_ = int64_t(arena_->params.size());
-  arena_->add("dense", H * V + V);
+  dense_ = size;
+  add("dense", H * V + V);
+  arena_ = std::make_shared<Arena<T>>(backend_, std::move(blocks));
   for (size_t l = 0; l < cells_.size(); ++l)
-    cells_[l]->bind_params(arena_->params.data() + cell_offsets_[l], std::shared_ptr<void>(arena_));
-  inputs_.resize(cells_.size()), outputs_.resize(cells_.size()), masks_.resize(cells_.size());
+    cells_[l]->bind_params(arena_->params() + cell_offsets_[l], std::shared_ptr<void>(arena_));
+  for (size_t l = 0; l < cells_.size(); ++l)
+    for (auto* group : {&inputs_, &outputs_, &masks_}) group->emplace_back(backend_);
 }
 
 template <typename T>
@@ -81,74 +151,91 @@ template <typename T>
 double LanguageModel<T>::step(int64_t steps, int64_t batch, const int32_t* inputs, const int32_t* targets,
                               const T* state_in, T* state_out, bool train) {
   const int64_t N = steps * batch, E = cfg_.embedding_size, H = cfg_.hidden_size, V = cfg_.vocab_size;
+  const int64_t L = cfg_.layers, per = batch * H;
   if (steps < 1 || batch < 1) throw Error("ERR_WNLSTM_SHAPE", "a window needs at least one step and one stream");
   if (double(N) * double(std::max({E, 4 * H, V})) > double(kMaxElements))
     throw Error("ERR_WNLSTM_SIZE", "steps x batch x width exceeds " + std::to_string(kMaxElements));
   check_ids(inputs, N, 0, "token id");
   check_ids(targets, N, -1, "target");
+  Backend<T>& be = *backend_;
   const bool drop = train && cfg_.dropout > 0;
-  T* params = arena_->params.data();
-  T* grads = arena_->grads.data();
+  T* params = arena_->params();
+  T* grads = arena_->grads();
+  const T* states = nullptr;
+  if (state_in) {
+    states = state_in_.resize(2 * L * per);
+    be.upload(state_in_.data(), state_in, size_t(2 * L * per) * sizeof(T));
+  }
+  T* next = state_out_.resize(2 * L * per);
 
   // Forward, in the order the JS layers drew their dropout masks: embedding, between layers, head.
-  std::vector<T>& emb = inputs_[0];
-  emb.resize(N * E);
-  embedding_forward(params + embedding_, E, inputs, N, emb.data());
-  if (drop) dropout(emb.data(), (masks_[0].resize(N * E), masks_[0].data()), N * E, cfg_.dropout, model_rng);
+  T* emb = inputs_[0].resize(N * E);
+  be.embedding_forward(params + embedding_, E, inputs, N, emb);
+  if (drop) be.dropout(emb, masks_[0].resize(N * E), N * E, cfg_.dropout, model_rng);
   for (size_t l = 0; l < cells_.size(); ++l) {
-    const T* x = l == 0 ? emb.data() : outputs_[l - 1].data();  // a copy only where dropout changes it
+    const T* x = l == 0 ? emb : outputs_[l - 1].data();  // a copy only where dropout changes it
     if (l > 0 && drop) {
-      inputs_[l] = outputs_[l - 1];
-      dropout(inputs_[l].data(), (masks_[l].resize(N * H), masks_[l].data()), N * H, cfg_.dropout, stack_rng);
-      x = inputs_[l].data();
+      T* kept = inputs_[l].resize(N * H);
+      be.copy(kept, x, size_t(N * H) * sizeof(T));
+      be.dropout(kept, masks_[l].resize(N * H), N * H, cfg_.dropout, stack_rng);
+      x = kept;
     }
-    outputs_[l].resize(N * H);
-    const T* c0 = state_in ? state_in + 2 * l * batch * H : nullptr;
-    const T* h0 = state_in ? c0 + batch * H : nullptr;
-    T* c = state_out + 2 * l * batch * H;
-    cells_[l]->forward(steps, batch, x, c0, h0, nullptr, outputs_[l].data(), c, c + batch * H, train);
+    const T* c0 = states ? states + 2 * l * per : nullptr;
+    const T* h0 = states ? c0 + per : nullptr;
+    T* c = next + 2 * l * per;
+    cells_[l]->device_forward(steps, batch, x, c0, h0, nullptr, outputs_[l].resize(N * H), c, c + per, train);
   }
   const T* h = outputs_.back().data();
   if (drop) {
-    head_ = outputs_.back();
-    head_mask_.resize(N * H);
-    dropout(head_.data(), head_mask_.data(), N * H, cfg_.dropout, model_rng);
-    h = head_.data();
+    T* kept = head_.resize(N * H);
+    be.copy(kept, h, size_t(N * H) * sizeof(T));
+    be.dropout(kept, head_mask_.resize(N * H), N * H, cfg_.dropout, model_rng);
+    h = kept;
   }
-  logits_.resize(N * V);
+  T* logits = logits_.resize(N * V);
   const T* kernel = params + dense_;
-  dense_forward(h, kernel, kernel + H * V, N, H, V, logits_.data());
-  const double loss = softmax_cross_entropy(logits_.data(), targets, N, V, 1.0 / double(N)) / double(N);
+  be.dense_forward(h, kernel, kernel + H * V, N, H, V, logits);
+  const double loss = be.softmax_cross_entropy(logits, targets, N, V, 1.0 / double(N)) / double(N);
+  be.download(state_out, next, size_t(2 * L * per) * sizeof(T));
   if (!train) return loss;
 
-  // Backward: logits_ now holds d loss / d logits.
-  dh_.resize(N * H);
-  dense_backward(h, kernel, logits_.data(), N, H, V, grads + dense_, grads + dense_ + H * V, dh_.data());
-  if (drop) apply_mask(dh_.data(), head_mask_.data(), N * H);
+  // Backward: logits now holds d loss / d logits; grad_[k] is the gradient flowing into the layer below.
+  int k = 0;
+  T* dh = grad_[k].resize(N * H);
+  be.dense_backward(h, kernel, logits, N, H, V, grads + dense_, grads + dense_ + H * V, dh);
+  if (drop) be.apply_mask(dh, head_mask_.data(), N * H);
   for (size_t l = cells_.size(); l-- > 0;) {
     const int64_t I = l == 0 ? E : H, n = param_count(cells_[l]->config());
-    cell_grads_.resize(n), dx_.resize(N * I), dc0_.resize(batch * H), dh0_.resize(batch * H);
-    cells_[l]->backward(dh_.data(), nullptr, nullptr, cell_grads_.data(), dx_.data(), dc0_.data(), dh0_.data());
-    T* g = grads + cell_offsets_[l];
-    for (int64_t i = 0; i < n; ++i) g[i] += cell_grads_[i];
-    if (drop) apply_mask(dx_.data(), masks_[l].data(), N * I);
-    dh_.swap(dx_);
+    T* dx = grad_[1 - k].resize(N * I);
+    T* g = cell_grads_.resize(n);
+    cells_[l]->device_backward(grad_[k].data(), nullptr, nullptr, g, dx, dc0_.resize(per), dh0_.resize(per));
+    be.add(grads + cell_offsets_[l], g, n);
+    if (drop) be.apply_mask(dx, masks_[l].data(), N * I);
+    k = 1 - k;
   }
-  embedding_backward(dh_.data(), E, inputs, N, grads + embedding_);
+  be.embedding_backward(grad_[k].data(), E, inputs, N, grads + embedding_);
   return loss;
 }
 
 template <typename T>
-void LanguageModel<T>::embed(const int32_t* ids, int64_t N, T* out) const {
+void LanguageModel<T>::embed(const int32_t* ids, int64_t N, T* out) {
   check_ids(ids, N, 0, "token id");
-  embedding_forward(arena_->params.data() + embedding_, cfg_.embedding_size, ids, N, out);
+  const int64_t E = cfg_.embedding_size;
+  T* rows = backend_->is_host() ? out : rows_out_.resize(N * E);
+  backend_->embedding_forward(arena_->params() + embedding_, E, ids, N, rows);
+  if (rows != out) backend_->download(out, rows, size_t(N * E) * sizeof(T));
 }
 
 template <typename T>
-void LanguageModel<T>::logits(const T* h, int64_t N, T* out) const {
+void LanguageModel<T>::logits(const T* h, int64_t N, T* out) {
   const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
-  const T* kernel = arena_->params.data() + dense_;
-  dense_forward(h, kernel, kernel + H * V, N, H, V, out);
+  const T* kernel = arena_->params() + dense_;
+  if (backend_->is_host()) return backend_->dense_forward(h, kernel, kernel + H * V, N, H, V, out);
+  T* x = rows_in_.resize(N * H);
+  backend_->upload(x, h, size_t(N * H) * sizeof(T));
+  T* y = rows_out_.resize(N * V);
+  backend_->dense_forward(x, kernel, kernel + H * V, N, H, V, y);
+  backend_->download(out, y, size_t(N * V) * sizeof(T));
 }
 
 template <typename T>
@@ -164,16 +251,17 @@ void LanguageModel<T>::update(const OptimizerStep& step) {
 
 template <typename T>
 int64_t LanguageModel<T>::memory_bytes() const {
-  auto bytes = [](const std::vector<T>& v) { return int64_t(v.capacity() * sizeof(T)); };
   int64_t n = arena_->memory_bytes();
   for (const auto* group : {&inputs_, &outputs_, &masks_})
-    for (const std::vector<T>& v : *group) n += bytes(v);
-  for (const std::vector<T>* v : {&head_, &head_mask_, &logits_, &dh_, &dx_, &cell_grads_, &dc0_, &dh0_}) n += bytes(*v);
+    for (const Buffer<T>& b : *group) n += b.bytes();
+  for (const Buffer<T>* b : {&head_, &head_mask_, &logits_, &grad_[0], &grad_[1], &cell_grads_, &dc0_, &dh0_,
+                             &state_in_, &state_out_, &rows_in_, &rows_out_})
+    n += b->bytes();
   return n;
 }
 
-template struct Arena<float>;
-template struct Arena<double>;
+template class Arena<float>;
+template class Arena<double>;
 template class LanguageModel<float>;
 template class LanguageModel<double>;
 

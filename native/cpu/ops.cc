@@ -1,11 +1,15 @@
 // The host ops of ops.h: one pass over each buffer, vectorised; the products on the CPU GEMM.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "activations.h"
 #include "kernels.h"
 #include "thread_pool.h"
+#include "wnlstm/backend.h"
+#include "wnlstm/cell.h"
 #include "wnlstm/ops.h"
 
 namespace wnlstm {
@@ -215,5 +219,60 @@ void apply_mask(T* x, const T* mask, int64_t n) {
   template void apply_mask<T>(T*, const T*, int64_t);
 WNLSTM_HOST_OPS(float)
 WNLSTM_HOST_OPS(double)
+
+namespace {
+
+// The CPU backend's memory is the host's; its ops are the host ops above.
+template <typename T>
+class CpuBackend final : public Backend<T> {
+ public:
+  std::string device() const override { return "cpu"; }
+  bool is_host() const override { return true; }
+  void* allocate(size_t bytes) override {
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64 * (bytes == 0));
+    if (!p) throw Error("ERR_WNLSTM_OUT_OF_MEMORY", "could not allocate " + std::to_string(bytes >> 20) + " MiB");
+    return p;
+  }
+  void release(void* p) noexcept override { std::free(p); }
+  void upload(void* dst, const void* host, size_t bytes) override { std::memcpy(dst, host, bytes); }
+  void download(void* host, const void* src, size_t bytes) override { std::memcpy(host, src, bytes); }
+  void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
+
+  void optimizer_update(const OptimizerStep& step, T* p, const T* g, T* s1, T* s2, int64_t n) override {
+    wnlstm::optimizer_update(step, p, g, s1, s2, n);
+  }
+  double sum_squares(const T* a, int64_t n) override { return wnlstm::sum_squares(a, n); }
+  double softmax_cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, double scale) override {
+    return wnlstm::softmax_cross_entropy(logits, targets, N, V, scale);
+  }
+  void embedding_forward(const T* table, int64_t D, const int32_t* ids, int64_t N, T* out) override {
+    wnlstm::embedding_forward(table, D, ids, N, out);
+  }
+  void embedding_backward(const T* dy, int64_t D, const int32_t* ids, int64_t N, T* dtable) override {
+    wnlstm::embedding_backward(dy, D, ids, N, dtable);
+  }
+  void dense_forward(const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O, T* y) override {
+    wnlstm::dense_forward(x, W, b, N, I, O, y);
+  }
+  void dense_backward(const T* x, const T* W, const T* dy, int64_t N, int64_t I, int64_t O, T* dW, T* db,
+                      T* dx) override {
+    wnlstm::dense_backward(x, W, dy, N, I, O, dW, db, dx);
+  }
+  void dropout(T* x, T* mask, int64_t n, double rate, Rng& rng) override { wnlstm::dropout(x, mask, n, rate, rng); }
+  void apply_mask(T* x, const T* mask, int64_t n) override { wnlstm::apply_mask(x, mask, n); }
+  void add(T* y, const T* x, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+  }
+};
+
+}  // namespace
+
+template <typename T>
+std::shared_ptr<Backend<T>> make_cpu_backend() {
+  return std::make_shared<CpuBackend<T>>();
+}
+template std::shared_ptr<Backend<float>> make_cpu_backend<float>();
+template std::shared_ptr<Backend<double>> make_cpu_backend<double>();
 
 }  // namespace wnlstm

@@ -8,9 +8,9 @@
 // that scale by s on the fly, then computes the weight gradients as large GEMMs over all T*B rows, and
 // turns them into dV and dg in a per-column kernel (SPEC section 2).
 //
-// Weights, gradients, saved activations and states live on the device across steps and calls; the host
-// keeps a mirror of the parameters (for get_params and the optimizer update) and sees activations only
-// through the inputs and outputs of each call.
+// Weights, gradients, saved activations and states live on the device across steps and calls. The host
+// forms (forward, backward) copy their arguments through pinned staging; the device forms, which the model
+// runtime uses, take device buffers and queue everything on the device's stream without waiting.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -305,13 +305,12 @@ __global__ void carry_state_grad_kernel(int64_t B, int64_t P, int64_t t, const i
 template <typename T>
 class CudaCell final : public Cell<T> {
  public:
-  explicit CudaCell(const CellConfig& config) : cfg_(checked(config)), host_params_(param_count(cfg_)) {
+  explicit CudaCell(const CellConfig& config) : cfg_(checked(config)) {
     I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), G_ = 4 * H_;
     off_ = param_offsets(cfg_);
     const int64_t n = param_count(cfg_);
-    params_.resize(n);
-    grads_.resize(n);
-    check(cudaMemsetAsync(params_.data(), 0, n * sizeof(T), stream_), "zero parameters");
+    params_ = own_params_.resize(n);
+    check(cudaMemsetAsync(params_, 0, n * sizeof(T), stream_), "zero parameters");
     // Without norm the scales stay 1 and the GEMMs multiply by V itself.
     for (auto* s : {&s0_, &s1_}) fill(s->resize(G_), G_, T(1));
     fill(sp_.resize(P_), P_, T(1));
@@ -320,99 +319,169 @@ class CudaCell final : public Cell<T> {
   }
 
   const CellConfig& config() const override { return cfg_; }
+  std::string device() const override { return "cuda:" + std::to_string(device_); }
 
-  void get_params(T* out) const override { std::copy(host_params_.begin(), host_params_.end(), out); }
+  void get_params(T* out) const override {
+    const_cast<CudaCell*>(this)->use_device();
+    const_cast<Staging&>(staging_).download(out, params_, param_count(cfg_) * sizeof(T));
+  }
 
   void set_params(const T* in, int64_t offset, int64_t count) override {
-    if (offset < 0 || count < 0 || offset + count > int64_t(host_params_.size()))
+    if (offset < 0 || count < 0 || offset + count > param_count(cfg_))
       throw Error("ERR_WNLSTM_SHAPE", "parameter range out of bounds");
     use_device();
-    std::copy(in, in + count, host_params_.begin() + offset);
-    upload(params_.data() + offset, host_params_.data() + offset, count);
+    upload(params_ + offset, in, count);
     sync("set parameters");
+    params_changed();
+  }
+
+  // storage: device memory of this cell's device (a model's arena).
+  void bind_params(T* storage, std::shared_ptr<void> owner) override {
+    use_device();
+    check(cudaMemcpyAsync(storage, params_, param_count(cfg_) * sizeof(T), cudaMemcpyDeviceToDevice, stream_),
+          "copy parameters into the arena");
+    params_ = storage;
+    params_owner_ = std::move(owner);
+    own_params_.release();
+    params_changed();
+  }
+
+  void params_changed() override {
     scales_dirty_ = true;
     saved_steps_ = saved_batch_ = 0;  // a backward must see the weights its forward used
   }
 
-  void bind_params(T* storage, std::shared_ptr<void> owner) override { host_params_.bind(storage, std::move(owner)); }
-
-  void params_changed() override {
-    use_device();
-    upload(params_.data(), host_params_.data(), host_params_.size());
-    sync("upload parameters");
-    scales_dirty_ = true;
-    saved_steps_ = saved_batch_ = 0;
-  }
-
   void apply_update(const OptimizerStep& step, const T* grads, T* s1, T* s2) override {
-    // The optimizer's state lives in the caller's (host) arrays, so the update runs on the host mirror and
-    // the parameters go up once.
-    use_device();
-    optimizer_update(step, host_params_.data(), grads, s1, s2, host_params_.size());
-    params_changed();
+    // The optimizer's state lives in the caller's (host) arrays: the update runs on a host copy.
+    std::vector<T> host(size_t(param_count(cfg_)));
+    get_params(host.data());
+    optimizer_update(step, host.data(), grads, s1, s2, int64_t(host.size()));
+    set_params(host.data(), 0, int64_t(host.size()));
   }
 
   int64_t saved_steps() const override { return saved_steps_; }
   int64_t saved_batch() const override { return saved_batch_; }
 
   int64_t memory_bytes() const override {  // what is allocated, whatever the last call's shapes
-    double n = double(host_params_.memory_bytes());
+    double n = double(staging_.capacity());
     for (const Activations* a : {&saved_, &scratch_}) {
       for (const DeviceBuffer<T>* b : {&a->x, &a->cs, &a->hs, &a->gates, &a->c_raw, &a->hh, &a->pre})
         n += double(b->capacity()) * sizeof(T);
       n += double(a->len.capacity()) * sizeof(int32_t);
     }
-    for (const DeviceBuffer<T>* b : {&params_, &grads_, &s0_, &s1_, &sp_, &sumsq0_, &sumsq1_, &sumsqp_, &y_, &dy_, &dz_,
-                                     &dpre_, &dx_, &dc_, &dc_prev_, &dh_, &dh_prev_, &dtot_, &dhh_})
+    for (const DeviceBuffer<T>* b : {&own_params_, &grads_, &s0_, &s1_, &sp_, &sumsq0_, &sumsq1_, &sumsqp_, &y_, &dy_,
+                                     &dz_, &dpre_, &dx_, &dc_, &dc_prev_, &dh_, &dh_prev_, &dtot_, &dhh_, &x_in_,
+                                     &c_in_, &h_in_, &c_out_, &h_out_})
       n += double(b->capacity()) * sizeof(T);
     return int64_t(n);
   }
 
+  // The host form: the arguments go up, run(), the results come down.
   void forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0, const int32_t* seq_len, T* y,
                T* c_out, T* h_out, bool training) override {
     validate_forward(cfg_, steps, batch, seq_len);
+    const int64_t B = batch, H = H_, P = P_;
+    use_device();
+    check_memory(sizeof(T) * double(steps) * double(B) * (I_ + P));
+    T* xs = x_in_.resize(steps * B * I_);
+    upload(xs, x, steps * B * I_);
+    T* c0s = c0 ? c_in_.resize(B * H) : nullptr;
+    T* h0s = h0 ? h_in_.resize(B * P) : nullptr;
+    if (c0) upload(c0s, c0, B * H);
+    if (h0) upload(h0s, h0, B * P);
+    int32_t* lens = nullptr;
+    if (seq_len) {
+      lens = len_in_.resize(B);
+      staging_.upload(lens, seq_len, B * sizeof(int32_t));
+    }
+    T *ys = y_.resize(steps * B * P), *cs = c_out_.resize(B * H), *hs = h_out_.resize(B * P);
+    run_forward(steps, B, xs, c0s, h0s, lens, ys, cs, hs, training);
+    download(y, ys, steps * B * P);
+    download(c_out, cs, B * H);
+    download(h_out, hs, B * P);
+    sync("forward");
+  }
+
+  void device_forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0, const int32_t* seq_len,
+                      T* y, T* c_out, T* h_out, bool training) override {
+    validate_forward(cfg_, steps, batch, nullptr);  // device lengths are the caller's to check
+    use_device();
+    run_forward(steps, batch, x, c0, h0, seq_len, y, c_out, h_out, training);
+  }
+
+  void backward(const T* dy, const T* dc_in, const T* dh_in, T* grads, T* dx, T* dc0, T* dh0) override {
+    require_forward();
+    const int64_t rows = saved_steps_ * saved_batch_, B = saved_batch_, H = H_, P = P_;
+    use_device();
+    T* dys = dy_.resize(rows * P);
+    upload(dys, dy, rows * P);
+    T* dcs = dc_in ? c_in_.resize(B * H) : nullptr;
+    T* dhs = dh_in ? h_in_.resize(B * P) : nullptr;
+    if (dc_in) upload(dcs, dc_in, B * H);
+    if (dh_in) upload(dhs, dh_in, B * P);
+    T *g = grads_.resize(param_count(cfg_)), *dxs = dx_.resize(rows * I_);
+    T *dc0s = c_out_.resize(B * H), *dh0s = h_out_.resize(B * P);
+    run_backward(dys, dcs, dhs, g, dxs, dc0s, dh0s);
+    download(grads, g, param_count(cfg_));
+    download(dx, dxs, rows * I_);
+    download(dc0, dc0s, B * H);
+    download(dh0, dh0s, B * P);
+    sync("backward");
+  }
+
+  void device_backward(const T* dy, const T* dc_in, const T* dh_in, T* grads, T* dx, T* dc0, T* dh0) override {
+    require_forward();
+    use_device();
+    run_backward(dy, dc_in, dh_in, grads, dx, dc0, dh0);
+  }
+
+ private:
+  // forward and backward on device buffers (the contract of cell.h), queued on the stream.
+  void run_forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0, const int32_t* seq_len, T* y,
+                   T* c_out, T* h_out, bool training) {
     const double rows = double(steps) * double(batch);
     const int64_t B = batch, H = H_, P = P_, G = G_;
     const bool proj = cfg_.num_proj > 0;
-    use_device();
-    check_memory(sizeof(T) * rows * (I_ + G + P + (training ? 3 * H + 2 * P : 0)));
+    check_memory(sizeof(T) * rows * (I_ + G + (training ? 3 * H + 2 * P : 0)));
     if (training) saved_steps_ = saved_batch_ = 0;  // a failed forward leaves nothing to differentiate
     refresh_scales();
 
-    // Training keeps every step (cs[t] is c before step t); inference uses two slots, in its own
-    // buffers, so a step() between forward() and backward() changes nothing.
+    // Training keeps every step (cs[t] is c before step t) and its own copy of x; inference uses two
+    // slots, in its own buffers, so a step() between forward() and backward() changes nothing.
     Activations& a = training ? saved_ : scratch_;
     const int64_t slots = training ? steps + 1 : 2;
     auto slot = [&](int64_t t) { return training ? t : (t & 1); };
-    T* xs = a.x.resize(steps * B * I_);
+    const T* xs = x;
+    if (training) {
+      T* kept = a.x.resize(steps * B * I_);
+      copy(kept, x, steps * B * I_);
+      xs = kept;
+    }
     T* cs = a.cs.resize(slots * B * H);
     T* hs = a.hs.resize(slots * B * P);
     T* z = a.gates.resize(steps * B * G);
     T* c_raw = training ? a.c_raw.resize(steps * B * H) : nullptr;
     T* hh_all = proj ? a.hh.resize((training ? steps : 1) * B * H) : nullptr;
     T* pre_all = proj ? a.pre.resize((training ? steps : 1) * B * P) : nullptr;
-    T* ys = y_.resize(steps * B * P);
     int32_t* lens = nullptr;
     if (seq_len) {
       lens = a.len.resize(B);
-      check(cudaMemcpyAsync(lens, seq_len, B * sizeof(int32_t), cudaMemcpyHostToDevice, stream_), "upload lengths");
+      check(cudaMemcpyAsync(lens, seq_len, B * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream_), "copy lengths");
     }
-    upload(xs, x, steps * B * I_);
-    if (c0) upload(cs, c0, B * H);
+    if (c0) copy(cs, c0, B * H);
     else check(cudaMemsetAsync(cs, 0, B * H * sizeof(T), stream_), "zero c0");
-    if (h0) upload(hs, h0, B * P);
+    if (h0) copy(hs, h0, B * P);
     else check(cudaMemsetAsync(hs, 0, B * P * sizeof(T), stream_), "zero h0");
 
-    const T* kernel = params_.data() + off_.kernel;
+    const T* kernel = params_ + off_.kernel;
     // Input part of every step: one GEMM (its column scale and the bias come in the step kernel).
     gemm<T>(stream_, false, false, steps * B, G, I_, xs, I_, kernel, G, nullptr, false, z, G);
 
     StepForward<T> sp{};
     sp.B = B, sp.H = H, sp.P = P;
     sp.vh = kernel + I_ * G;
-    sp.s0 = s0_.data(), sp.s1 = s1_.data(), sp.bias = params_.data() + off_.bias;
-    if (cfg_.use_peepholes)
-      sp.wi = params_.data() + off_.w_i, sp.wf = params_.data() + off_.w_f, sp.wo = params_.data() + off_.w_o;
+    sp.s0 = s0_.data(), sp.s1 = s1_.data(), sp.bias = params_ + off_.bias;
+    if (cfg_.use_peepholes) sp.wi = params_ + off_.w_i, sp.wf = params_ + off_.w_f, sp.wo = params_ + off_.w_o;
     sp.forget_bias = T(cfg_.forget_bias);
     sp.cell_clip = cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity();
     sp.seq_len = lens;
@@ -428,51 +497,49 @@ class CudaCell final : public Cell<T> {
       sp.c_next = cs + slot(t + 1) * B * H;
       T* h_next = hs + slot(t + 1) * B * P;
       sp.hh = proj ? hh_all + k * B * H : h_next;
-      sp.y = ys + t * B * P;
+      sp.y = y + t * B * P;
       launch_step_forward(grid, sp);
       if (proj) {
         T* pre = pre_all + k * B * P;
-        gemm<T>(stream_, false, false, B, P, H, sp.hh, H, params_.data() + off_.proj_kernel, P, nullptr, false, pre, P);
+        gemm<T>(stream_, false, false, B, P, H, sp.hh, H, params_ + off_.proj_kernel, P, nullptr, false, pre, P);
         launch("projection output kernel", projection_output_kernel<T>, grid_for(B * P), 256, stream_, B, P, t, pre,
                sp_.data(), proj_clip, lens, sp.h_prev, h_next, sp.y);
       }
     }
-    download(y, ys, steps * B * P);
-    download(c_out, cs + slot(steps) * B * H, B * H);
-    download(h_out, hs + slot(steps) * B * P, B * P);
-    sync("forward");
+    copy(c_out, cs + slot(steps) * B * H, B * H);
+    copy(h_out, hs + slot(steps) * B * P, B * P);
     if (training) saved_steps_ = steps, saved_batch_ = batch, has_lengths_ = seq_len != nullptr;
   }
 
-  void backward(const T* dy, const T* dc_in, const T* dh_in, T* grads, T* dx, T* dc0, T* dh0) override {
+  void require_forward() const {
     if (saved_steps_ == 0)
       throw Error("ERR_WNLSTM_NO_FORWARD", "backward needs a training forward first (and the weights unchanged since)");
+  }
+
+  void run_backward(const T* dys, const T* dc_in, const T* dh_in, T* g, T* dxs, T* dc0, T* dh0) {
     const int64_t steps = saved_steps_, B = saved_batch_, H = H_, P = P_, G = G_, I = I_, rows = steps * B;
     const bool proj = cfg_.num_proj > 0;
-    use_device();
-    check_memory(sizeof(T) * (double(rows) * (G + 2 * P + I) + 6.0 * B * (H + P)));
+    check_memory(sizeof(T) * (double(rows) * (G + 2 * P) + 6.0 * B * (H + P)));
     const Activations& a = saved_;
     const int32_t* lens = has_lengths_ ? a.len.data() : nullptr;
-    const T* kernel = params_.data() + off_.kernel;
+    const T* kernel = params_ + off_.kernel;
     const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
 
-    T* dys = dy_.resize(rows * P);
-    upload(dys, dy, rows * P);
     T* dz = dz_.resize(rows * G);
     T* dpre = proj ? dpre_.resize(rows * P) : nullptr;
     T *dc = dc_.resize(B * H), *dc_prev = dc_prev_.resize(B * H);
     T *dh = dh_.resize(B * P), *dh_prev = dh_prev_.resize(B * P);
     T* dtot = dtot_.resize(B * P);
     T* dhh = proj ? dhh_.resize(B * H) : nullptr;
-    if (dc_in) upload(dc, dc_in, B * H);
+    if (dc_in) copy(dc, dc_in, B * H);
     else check(cudaMemsetAsync(dc, 0, B * H * sizeof(T), stream_), "zero dc");
-    if (dh_in) upload(dh, dh_in, B * P);
+    if (dh_in) copy(dh, dh_in, B * P);
     else check(cudaMemsetAsync(dh, 0, B * P * sizeof(T), stream_), "zero dh");
 
     StepBackward<T> sb{};
     sb.B = B, sb.H = H;
     if (cfg_.use_peepholes)
-      sb.wi = params_.data() + off_.w_i, sb.wf = params_.data() + off_.w_f, sb.wo = params_.data() + off_.w_o;
+      sb.wi = params_ + off_.w_i, sb.wf = params_ + off_.w_f, sb.wo = params_ + off_.w_o;
     sb.cell_clip = cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity();
     sb.seq_len = lens;
     for (int64_t t = steps - 1; t >= 0; --t) {
@@ -482,7 +549,7 @@ class CudaCell final : public Cell<T> {
         T* dpre_t = dpre + t * B * P;
         launch("projection clip gradient kernel", projection_clip_grad_kernel<T>, grid_for(B * P), 256, stream_,
                B * P, a.pre.data() + t * B * P, proj_clip, dtot, dpre_t);
-        gemm<T>(stream_, false, true, B, H, P, dpre_t, P, params_.data() + off_.proj_kernel, P, sp_.data(), false,
+        gemm<T>(stream_, false, true, B, H, P, dpre_t, P, params_ + off_.proj_kernel, P, sp_.data(), false,
                 dhh, H);
       }
       sb.t = t;
@@ -503,12 +570,10 @@ class CudaCell final : public Cell<T> {
     }
 
     // Everything that sums over steps: large GEMMs over all T*B rows at once.
-    T* g = grads_.data();
-    check(cudaMemsetAsync(g, 0, grads_.size() * sizeof(T), stream_), "zero gradients");
+    check(cudaMemsetAsync(g, 0, param_count(cfg_) * sizeof(T), stream_), "zero gradients");
     T* dkernel = g + off_.kernel;
     gemm<T>(stream_, true, false, I, G, rows, a.x.data(), I, dz, G, nullptr, false, dkernel, G);
     gemm<T>(stream_, true, false, P, G, rows, a.hs.data(), P, dz, G, nullptr, false, dkernel + I * G, G);
-    T* dxs = dx_.resize(rows * I);
     gemm<T>(stream_, false, true, rows, I, G, dz, G, kernel, G, s0_.data(), false, dxs, I);  // (dz * s0) . Vx^T
     launch("bias gradient kernel", column_sums_kernel<T>, unsigned((G + 255) / 256), 256, stream_, dz, rows, G,
            g + off_.bias);
@@ -522,29 +587,22 @@ class CudaCell final : public Cell<T> {
       weight_norm_grad(kernel, I, G, off_.norm_0, sumsq0_.data(), s0_.data(), dkernel, g + off_.norm_0);
       weight_norm_grad(kernel + I * G, P, G, off_.norm_1, sumsq1_.data(), s1_.data(), dkernel + I * G, g + off_.norm_1);
       if (proj)
-        weight_norm_grad(params_.data() + off_.proj_kernel, H, P, off_.proj_norm, sumsqp_.data(), sp_.data(),
+        weight_norm_grad(params_ + off_.proj_kernel, H, P, off_.proj_norm, sumsqp_.data(), sp_.data(),
                          g + off_.proj_kernel, g + off_.proj_norm);
     }
-    download(grads, g, grads_.size());
-    download(dx, dxs, rows * I);
-    download(dc0, dc, B * H);
-    download(dh0, dh, B * P);
-    sync("backward");
+    copy(dc0, dc, B * H);
+    copy(dh0, dh, B * P);
   }
 
  private:
-  static int current_device() {
-    int device = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    return device;
-  }
   void use_device() { check(cudaSetDevice(device_), "cudaSetDevice"); }
   void sync(const char* what) { check(cudaStreamSynchronize(stream_), what); }
-  void upload(T* device, const T* host, int64_t n) {
-    if (n > 0) check(cudaMemcpyAsync(device, host, n * sizeof(T), cudaMemcpyHostToDevice, stream_), "copy to device");
-  }
-  void download(T* host, const T* device, int64_t n) {
-    if (n > 0) check(cudaMemcpyAsync(host, device, n * sizeof(T), cudaMemcpyDeviceToHost, stream_), "copy to host");
+  // The host <-> device copies of the host forms go through pinned staging; a download waits for the stream.
+  void upload(T* device, const T* host, int64_t n) { staging_.upload(device, host, size_t(n) * sizeof(T)); }
+  void download(T* host, const T* device, int64_t n) { staging_.download(host, device, size_t(n) * sizeof(T)); }
+  void copy(T* to, const T* from, int64_t n) {
+    if (n > 0 && to != from)
+      check(cudaMemcpyAsync(to, from, size_t(n) * sizeof(T), cudaMemcpyDeviceToDevice, stream_), "copy on the device");
   }
   void fill(T* p, int64_t n, T value) {
     launch("fill kernel", fill_kernel<T>, grid_for(n), 256, stream_, p, n, value);
@@ -564,22 +622,22 @@ class CudaCell final : public Cell<T> {
     for (const Activations* a : {&saved_, &scratch_})
       for (const DeviceBuffer<T>* b : {&a->x, &a->cs, &a->hs, &a->gates, &a->c_raw, &a->hh, &a->pre})
         n += double(b->size());
-    for (const DeviceBuffer<T>* b : {&y_, &dy_, &dz_, &dpre_, &dx_}) n += double(b->size());
+    for (const DeviceBuffer<T>* b : {&y_, &dy_, &dz_, &dpre_, &dx_, &x_in_}) n += double(b->size());
     return n * sizeof(T);
   }
 
   void refresh_scales() {
     if (!scales_dirty_) return;
     if (cfg_.norm) {
-      const T* kernel = params_.data() + off_.kernel;
+      const T* kernel = params_ + off_.kernel;
       auto norms = [&](const T* V, int64_t rows, int64_t cols, int64_t off_g, T* sumsq, T* s) {
         launch("column norms kernel", column_norms_kernel<T>, unsigned((cols + 255) / 256), 256, stream_, V, rows,
-               cols, params_.data() + off_g, sumsq, s);
+               cols, params_ + off_g, sumsq, s);
       };
       norms(kernel, I_, G_, off_.norm_0, sumsq0_.data(), s0_.data());
       norms(kernel + I_ * G_, P_, G_, off_.norm_1, sumsq1_.data(), s1_.data());
       if (cfg_.num_proj > 0)
-        norms(params_.data() + off_.proj_kernel, H_, P_, off_.proj_norm, sumsqp_.data(), sp_.data());
+        norms(params_ + off_.proj_kernel, H_, P_, off_.proj_norm, sumsqp_.data(), sp_.data());
     }
     scales_dirty_ = false;
   }
@@ -587,7 +645,7 @@ class CudaCell final : public Cell<T> {
   void weight_norm_grad(const T* V, int64_t rows, int64_t cols, int64_t off_g, const T* sumsq, const T* s, T* dV,
                         T* dg) {
     launch("weight norm gradient kernel", weight_norm_grad_kernel<T>, unsigned((cols + 255) / 256), 256, stream_, V,
-           rows, cols, params_.data() + off_g, sumsq, s, dV, dg);
+           rows, cols, params_ + off_g, sumsq, s, dV, dg);
   }
 
   // The step kernels are instantiated per activation; these pick the one of this cell.
@@ -624,9 +682,13 @@ class CudaCell final : public Cell<T> {
   int64_t I_, H_, P_, G_;
   ParamOffsets off_;
   int device_ = current_device();  // the device of the thread that made the cell; every call uses it
-  ParamStorage<T> host_params_;  // the mirror that get_params reads and the optimizer updates
+  cudaStream_t stream_ = device_stream(device_);
 
-  DeviceBuffer<T> params_, grads_;
+  // The parameters: its own buffer, or a model's arena (kept alive by params_owner_) once bound.
+  DeviceBuffer<T> own_params_;
+  T* params_ = nullptr;
+  std::shared_ptr<void> params_owner_;
+  DeviceBuffer<T> grads_;
   bool scales_dirty_ = true;
   DeviceBuffer<T> s0_, s1_, sp_, sumsq0_, sumsq1_, sumsqp_;  // weight-norm scales (ones without norm)
 
@@ -645,10 +707,12 @@ class CudaCell final : public Cell<T> {
   bool has_lengths_ = false;
   int64_t saved_steps_ = 0, saved_batch_ = 0;
 
-  // Scratch.
+  // Scratch (x_in_ to h_out_: the host forms' arguments and results on the device).
   DeviceBuffer<T> y_, dy_, dz_, dpre_, dx_, dc_, dc_prev_, dh_, dh_prev_, dtot_, dhh_;
+  DeviceBuffer<T> x_in_, c_in_, h_in_, c_out_, h_out_;
+  DeviceBuffer<int32_t> len_in_;
 
-  Stream stream_;  // declared last, so destroyed first: its queued work ends before the buffers are freed
+  Staging staging_{stream_};  // declared last, so destroyed first: it waits for the queued copies
 };
 
 }  // namespace

@@ -648,7 +648,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
 
   Napi::Value Blocks(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
-      const auto& blocks = model->arena().blocks;
+      const auto& blocks = model->arena().blocks();
       Napi::Array out = Napi::Array::New(info.Env(), blocks.size());
       for (size_t i = 0; i < blocks.size(); ++i) {
         Napi::Object b = Napi::Object::New(info.Env());
@@ -670,11 +670,11 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   template <int Which>
   Napi::Value GetBuffer(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
-      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      using T = typename std::decay_t<decltype(*model)>::value_type;
+      using Part = typename wnlstm::Arena<T>::Part;
       const auto& b = model->arena().block(name_arg(info[0]));
-      const T* from = (Which == 0 ? model->arena().params : model->arena().grads).data() + b.offset;
       auto out = new_array<T>(info.Env(), b.size);
-      std::copy(from, from + b.size, out.Data());
+      model->arena().read(Which == 0 ? Part::Params : Part::Grads, b.offset, b.size, out.Data());
       return out;
     });
   }
@@ -682,10 +682,10 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   // setValues(name, values): all of a block's parameters, checked before anything is written.
   Napi::Value SetValues(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
-      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      using T = typename std::decay_t<decltype(*model)>::value_type;
       const auto& b = model->arena().block(name_arg(info[0]));
       const T* values = array_arg<T>(info[1], "values of '" + b.name + "'", size_t(b.size), false);
-      std::copy(values, values + b.size, model->arena().params.data() + b.offset);
+      model->arena().write(wnlstm::Arena<T>::Part::Params, b.offset, b.size, values);
       model->params_changed();
       return info.Env().Undefined();
     }, Uses::Cells);
@@ -694,12 +694,13 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   // zeroGrad(name?): one block's gradient, or all of them.
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
+      using T = typename std::decay_t<decltype(*model)>::value_type;
       auto& a = model->arena();
       if (info[0].IsUndefined()) {
-        std::fill(a.grads.begin(), a.grads.end(), 0);
+        a.zero(wnlstm::Arena<T>::Part::Grads, 0, a.size());
       } else {
         const auto& b = a.block(name_arg(info[0]));
-        std::fill_n(a.grads.begin() + b.offset, b.size, 0);
+        a.zero(wnlstm::Arena<T>::Part::Grads, b.offset, b.size);
       }
       return info.Env().Undefined();
     });
@@ -724,18 +725,18 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   // getMoments(name) -> [s1 | null, s2 | null]: copies of the optimizer state of a block (null: none yet).
   Napi::Value GetMoments(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
-      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      using T = typename std::decay_t<decltype(*model)>::value_type;
       const auto& a = model->arena();
       const auto& b = a.block(name_arg(info[0]));
       Napi::Array out = Napi::Array::New(info.Env(), 2);
       for (uint32_t k = 0; k < 2; ++k) {
-        const std::vector<T>& s = k == 0 ? a.s1 : a.s2;
-        if (s.empty()) {
+        const auto part = k == 0 ? wnlstm::Arena<T>::Part::S1 : wnlstm::Arena<T>::Part::S2;
+        if (!a.has(part)) {
           out.Set(k, info.Env().Null());
           continue;
         }
         auto copy = new_array<T>(info.Env(), b.size);
-        std::copy_n(s.begin() + b.offset, b.size, copy.Data());
+        a.read(part, b.offset, b.size, copy.Data());
         out.Set(k, copy);
       }
       return out;
@@ -745,17 +746,15 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   // setMoments(name, s1 | null, s2 | null): a block's optimizer state (null: zeros), checked first.
   Napi::Value SetMoments(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
-      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      using T = typename std::decay_t<decltype(*model)>::value_type;
       auto& a = model->arena();
       const auto& b = a.block(name_arg(info[0]));
       const T* given[2] = {array_arg<T>(info[1], "optimizer state 1 of '" + b.name + "'", size_t(b.size), true),
                            array_arg<T>(info[2], "optimizer state 2 of '" + b.name + "'", size_t(b.size), true)};
       for (int k = 0; k < 2; ++k) {
-        std::vector<T>& s = k == 0 ? a.s1 : a.s2;
-        if (!given[k] && s.empty()) continue;
-        if (s.empty()) s.assign(a.params.size(), T(0));
-        if (given[k]) std::copy(given[k], given[k] + b.size, s.begin() + b.offset);
-        else std::fill_n(s.begin() + b.offset, b.size, T(0));
+        const auto part = k == 0 ? wnlstm::Arena<T>::Part::S1 : wnlstm::Arena<T>::Part::S2;
+        if (given[k]) a.write(part, b.offset, b.size, given[k]);
+        else a.zero(part, b.offset, b.size);  // absent state is zeros already
       }
       return info.Env().Undefined();
     });
@@ -764,9 +763,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   // clearMoments(): no optimizer state (a new optimizer starts from zeros).
   Napi::Value ClearMoments(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
-      auto& a = model->arena();
-      decltype(a.s1)().swap(a.s1);
-      decltype(a.s2)().swap(a.s2);
+      model->arena().clear_state();
       return info.Env().Undefined();
     });
   }
@@ -822,7 +819,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   template <bool Async>
   Napi::Value Step(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
-      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      using T = typename std::decay_t<decltype(*model)>::value_type;
       Napi::Env env = info.Env();
       const wnlstm::LanguageModelConfig& c = model->config();
       ids_arg(info[0], "inputs");
@@ -904,7 +901,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   // embed(ids) -> [ids.length, embeddingSize]: rows of the embedding.
   Napi::Value Embed(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
-      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      using T = typename std::decay_t<decltype(*model)>::value_type;
       const int32_t* ids = ids_arg(info[0], "ids");
       const int64_t n = int64_t(info[0].As<Napi::Int32Array>().ElementLength());
       if (double(n) * double(model->config().embedding_size) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "too many ids");
@@ -917,7 +914,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   // logits(h, rows) -> [rows, vocabSize]: the softmax layer on h [rows, hiddenSize].
   Napi::Value Logits(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
-      using T = typename std::remove_reference_t<decltype(model->arena().params)>::value_type;
+      using T = typename std::decay_t<decltype(*model)>::value_type;
       const int64_t rows = int_arg(info[1], "rows", 1, wnlstm::kMaxElements);
       const int64_t H = model->config().hidden_size, V = model->config().vocab_size;
       if (double(rows) * double(std::max(H, V)) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "too many rows");

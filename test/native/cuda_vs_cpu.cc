@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "wnlstm/backend.h"
 #include "wnlstm/cell.h"
 #include "wnlstm/model.h"
 
@@ -175,10 +176,10 @@ void run(const Case& c, const char* dtype, double rtol_out, double atol_out, dou
   }
 }
 
-// 20 training steps of a 2-layer language model (dropout on, RMSProp with clipping) whose cells run on
-// the emulated CUDA backend, against the same model on CPU cells: losses, the final state and every
-// parameter. The model's arena holds the weights of both (bind_params), the optimizer updates it in place
-// and the cells pick the change up (params_changed: a re-upload on CUDA).
+// 20 training steps of a 2-layer language model (dropout on, RMSProp with clipping) on the emulated CUDA
+// backend (arena, activations and every op on the device), against the same model on the CPU: losses, the
+// final state and every parameter. The cells read their weights from the arena (bind_params) and rebuild
+// their scales when the optimizer has updated it (params_changed).
 template <typename T>
 void run_model(const char* dtype, double rtol_loss, double rtol_params, double atol_params) {
   const LanguageModelConfig config{11, 6, 9, 2, 0.2};
@@ -192,8 +193,8 @@ void run_model(const char* dtype, double rtol_loss, double rtol_params, double a
     }
     auto model = std::make_unique<LanguageModel<T>>(config, cells);
     std::mt19937_64 rng(7);
-    const std::vector<T> values = uniform<T>(rng, model->arena().params.size(), 0.3);
-    model->arena().params.assign(values.begin(), values.end());
+    const std::vector<T> values = uniform<T>(rng, size_t(model->arena().size()), 0.3);
+    model->arena().write(Arena<T>::Part::Params, 0, model->arena().size(), values.data());
     model->params_changed();
     model->model_rng = {1, 2, 3, 4}, model->stack_rng = {5, 6, 7, 8};
     return model;
@@ -207,7 +208,7 @@ void run_model(const char* dtype, double rtol_loss, double rtol_params, double a
   step.kind = OptimizerKind::RmsProp, step.lr = 0.01, step.beta1 = 0.95, step.eps = 1e-6;
   for (int k = 0; k < 20; ++k) {
     for (int64_t i = 0; i < N; ++i) inputs[i] = int32_t((i * 7 + k * 3) % 11), targets[i] = int32_t((i * 5 + k + 1) % 11);
-    for (auto* m : {cpu.get(), gpu.get()}) std::fill(m->arena().grads.begin(), m->arena().grads.end(), T(0));
+    for (auto* m : {cpu.get(), gpu.get()}) m->arena().zero(Arena<T>::Part::Grads, 0, m->arena().size());
     losses_cpu.push_back(cpu->step(T_, B, inputs.data(), targets.data(), state_cpu.data(), next_cpu.data(), true));
     losses_gpu.push_back(gpu->step(T_, B, inputs.data(), targets.data(), state_gpu.data(), next_gpu.data(), true));
     state_cpu.swap(next_cpu), state_gpu.swap(next_gpu);
@@ -218,11 +219,126 @@ void run_model(const char* dtype, double rtol_loss, double rtol_params, double a
   }
   compare(name + "20 training losses", losses_gpu, losses_cpu, rtol_loss, 0);
   compare(name + "the final state", state_gpu, state_cpu, rtol_params, atol_params);
-  compare(name + "every parameter after 20 updates", gpu->arena().params, cpu->arena().params, rtol_params, atol_params);
+  auto params = [](LanguageModel<T>& m) {
+    std::vector<T> v(size_t(m.arena().size()));
+    m.arena().read(Arena<T>::Part::Params, 0, m.arena().size(), v.data());
+    return v;
+  };
+  compare(name + "every parameter after 20 updates", params(*gpu), params(*cpu), rtol_params, atol_params);
   std::vector<T> eval_cpu(per), eval_gpu(per);
   const double l1 = cpu->step(T_, B, inputs.data(), targets.data(), nullptr, eval_cpu.data(), false);
   const double l2 = gpu->step(T_, B, inputs.data(), targets.data(), nullptr, eval_gpu.data(), false);
   compare(name + "an evaluation step", std::vector<double>{l2}, std::vector<double>{l1}, rtol_loss, 0);
+}
+
+// Every op of backend.h on the emulated CUDA backend against the CPU backend, on sizes off every block
+// and tile: repeated ids, skipped targets, more classes than a block has threads, every optimizer.
+template <typename T>
+void run_ops(const char* dtype, double rtol) {
+  const std::string name = std::string(dtype) + " backend ops: ";
+  auto cpu = make_cpu_backend<T>();
+  auto gpu = make_cuda_backend<T>(0);
+  std::mt19937_64 rng(11);
+  // A host vector on both backends; results come back as host vectors.
+  struct Pair {
+    Buffer<T> cpu, gpu;
+  };
+  auto both = [&](const std::vector<T>& v) {
+    Pair p{Buffer<T>(cpu), Buffer<T>(gpu)};
+    cpu->upload(p.cpu.resize(int64_t(v.size())), v.data(), v.size() * sizeof(T));
+    gpu->upload(p.gpu.resize(int64_t(v.size())), v.data(), v.size() * sizeof(T));
+    return p;
+  };
+  auto host = [](Backend<T>& b, const Buffer<T>& buf) {
+    std::vector<T> v(size_t(buf.size()));
+    b.download(v.data(), buf.data(), v.size() * sizeof(T));
+    return v;
+  };
+  auto check = [&](const std::string& what, Pair& p, double tol) {
+    compare(name + what, host(*gpu, p.gpu), host(*cpu, p.cpu), tol, tol);  // atol: sums that cancel
+  };
+
+  const int64_t V = 300, D = 37, N = 53;  // V: more classes than the 256 threads of a row's block
+  std::vector<int32_t> ids(N), targets(N);
+  for (int64_t n = 0; n < N; ++n) ids[n] = int32_t((n * n * 7) % 13), targets[n] = n % 9 == 4 ? -1 : int32_t((n * 31) % V);
+  Pair table = both(uniform<T>(rng, size_t(V * D), 1)), rows = both(std::vector<T>(size_t(N * D)));
+  cpu->embedding_forward(table.cpu.data(), D, ids.data(), N, rows.cpu.data());
+  gpu->embedding_forward(table.gpu.data(), D, ids.data(), N, rows.gpu.data());
+  check("embedding rows", rows, 0);
+  Pair dy = both(uniform<T>(rng, size_t(N * D), 1));
+  cpu->embedding_backward(dy.cpu.data(), D, ids.data(), N, table.cpu.data());
+  gpu->embedding_backward(dy.gpu.data(), D, ids.data(), N, table.gpu.data());
+  check("embedding gradient (repeated ids, added in order)", table, 0);
+
+  const int64_t I = 70, O = 67;
+  Pair x = both(uniform<T>(rng, size_t(N * I), 1)), W = both(uniform<T>(rng, size_t(I * O), 0.3)),
+       b = both(uniform<T>(rng, size_t(O), 0.3)), y = both(std::vector<T>(size_t(N * O)));
+  cpu->dense_forward(x.cpu.data(), W.cpu.data(), b.cpu.data(), N, I, O, y.cpu.data());
+  gpu->dense_forward(x.gpu.data(), W.gpu.data(), b.gpu.data(), N, I, O, y.gpu.data());
+  check("dense outputs", y, rtol);
+  Pair dW = both(uniform<T>(rng, size_t(I * O), 0.1)), db = both(uniform<T>(rng, size_t(O), 0.1)),
+       dx = both(std::vector<T>(size_t(N * I)));
+  cpu->dense_backward(x.cpu.data(), W.cpu.data(), y.cpu.data(), N, I, O, dW.cpu.data(), db.cpu.data(), dx.cpu.data());
+  gpu->dense_backward(x.gpu.data(), W.gpu.data(), y.gpu.data(), N, I, O, dW.gpu.data(), db.gpu.data(), dx.gpu.data());
+  check("dense kernel gradient (accumulated)", dW, rtol);
+  check("dense bias gradient (accumulated)", db, rtol);
+  check("dense input gradient", dx, rtol);
+
+  Pair logits = both(uniform<T>(rng, size_t(N * V), 4));
+  const double l1 = cpu->softmax_cross_entropy(logits.cpu.data(), targets.data(), N, V, 0.5);
+  const double l2 = gpu->softmax_cross_entropy(logits.gpu.data(), targets.data(), N, V, 0.5);
+  compare(name + "softmax cross-entropy loss", std::vector<double>{l2}, std::vector<double>{l1}, rtol, 0);
+  check("softmax cross-entropy gradient (skipped rows zero)", logits, rtol);
+
+  for (int64_t n : {0, 1, 4095, 4097, 20000}) {
+    Pair a = both(uniform<T>(rng, size_t(n), 1));
+    compare(name + "sum of squares of " + std::to_string(n), std::vector<double>{gpu->sum_squares(a.gpu.data(), n)},
+            std::vector<double>{cpu->sum_squares(a.cpu.data(), n)}, rtol, 1e-30);
+  }
+
+  const int64_t M = 5000;  // several blocks of the grid-stride kernels
+  Pair xs = both(uniform<T>(rng, size_t(M), 1)), mask = both(std::vector<T>(size_t(M)));
+  Rng r1{9, 8, 7, 6}, r2 = r1;
+  cpu->dropout(xs.cpu.data(), mask.cpu.data(), M, 0.3, r1);
+  gpu->dropout(xs.gpu.data(), mask.gpu.data(), M, 0.3, r2);
+  check("dropout mask (the same draws)", mask, 0);
+  check("dropout outputs", xs, 0);
+  compare(name + "generator state after dropout", std::vector<double>{double(r2.a), double(r2.b), double(r2.c), double(r2.d)},
+          std::vector<double>{double(r1.a), double(r1.b), double(r1.c), double(r1.d)}, 0, 0);
+  Pair other = both(uniform<T>(rng, size_t(M), 1));
+  cpu->apply_mask(other.cpu.data(), mask.cpu.data(), M);
+  gpu->apply_mask(other.gpu.data(), mask.gpu.data(), M);
+  check("mask applied", other, 0);
+  cpu->add(other.cpu.data(), xs.cpu.data(), M);
+  gpu->add(other.gpu.data(), xs.gpu.data(), M);
+  check("add", other, 0);
+
+  struct Kind {
+    const char* label;
+    OptimizerKind kind;
+    double momentum;
+    bool nesterov;
+  };
+  for (const Kind& k : {Kind{"sgd", OptimizerKind::Sgd, 0, false}, Kind{"momentum", OptimizerKind::Sgd, 0.9, false},
+                        Kind{"nesterov", OptimizerKind::Sgd, 0.9, true}, Kind{"adam", OptimizerKind::Adam, 0, false},
+                        Kind{"adamw", OptimizerKind::AdamW, 0, false}, Kind{"rmsprop", OptimizerKind::RmsProp, 0, false},
+                        Kind{"rmsprop with momentum", OptimizerKind::RmsProp, 0.5, false},
+                        Kind{"adagrad", OptimizerKind::Adagrad, 0, false}}) {
+    Pair p = both(uniform<T>(rng, size_t(M), 1)), g = both(uniform<T>(rng, size_t(M), 1)),
+         s1 = both(std::vector<T>(size_t(M))), s2 = both(std::vector<T>(size_t(M)));
+    OptimizerStep step;
+    step.kind = k.kind, step.lr = 0.01, step.momentum = k.momentum, step.nesterov = k.nesterov;
+    step.beta1 = k.kind == OptimizerKind::RmsProp ? 0.99 : 0.9, step.beta2 = 0.999, step.eps = 1e-8;
+    step.weight_decay = 0.01, step.grad_scale = 0.7;
+    for (int64_t t = 1; t <= 3; ++t) {
+      step.t = t;
+      cpu->optimizer_update(step, p.cpu.data(), g.cpu.data(), s1.cpu.data(), s2.cpu.data(), M);
+      gpu->optimizer_update(step, p.gpu.data(), g.gpu.data(), s1.gpu.data(), s2.gpu.data(), M);
+    }
+    check(std::string(k.label) + ": parameters after 3 updates", p, rtol);
+    check(std::string(k.label) + ": optimizer state 1", s1, rtol);
+    check(std::string(k.label) + ": optimizer state 2", s2, rtol);
+  }
 }
 
 }  // namespace
@@ -235,6 +351,8 @@ int main() {
   } catch (const Error& e) {
     if (e.code != "ERR_WNLSTM_CONFIG") failures.push_back("make_cuda_cell on device 1 of 1 threw " + e.code);
   }
+  run_ops<double>("float64", 1e-12);
+  run_ops<float>("float32", 1e-5);
   // Sums in different orders (float64), the CPU's approximate activations (float32), over 20 updates.
   run_model<double>("float64", 1e-9, 1e-7, 1e-9);
   run_model<float>("float32", 1e-4, 1e-2, 1e-3);

@@ -72,8 +72,7 @@ void validate_forward(const CellConfig& config, int64_t steps, int64_t batch, co
 constexpr int64_t kMaxUnits = 1 << 16;
 constexpr int64_t kMaxElements = int64_t(1) << 31;  // per buffer the cell allocates
 
-// A cell's parameters: its own buffer, or a model's arena once bound (the backends keep them on the host;
-// CUDA mirrors them on the device).
+// A CPU cell's parameters: its own buffer, or a model's arena once bound.
 template <typename T>
 class ParamStorage {
  public:
@@ -131,9 +130,23 @@ class Cell {
   // Throws Error("ERR_WNLSTM_NO_FORWARD") when there is no training forward to differentiate.
   virtual void backward(const T* dy, const T* dc, const T* dh, T* grads, T* dx, T* dc0, T* dh0) = 0;
 
-  // From now on the parameters live in `storage` [param_count] (a model's arena): the current values are
-  // copied there, and `owner` keeps the storage alive as long as the cell. Changes made there directly
-  // must be followed by params_changed().
+  // "cpu" or "cuda:<index>": the backend (backend.h) whose memory device_forward, device_backward and
+  // bind_params take.
+  virtual std::string device() const { return "cpu"; }
+
+  // forward and backward over buffers in the backend's memory (what the model runtime keeps): the same
+  // contract, with every pointer (seq_len too) in device memory on CUDA. On the CPU they are the same calls.
+  virtual void device_forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0,
+                              const int32_t* seq_len, T* y, T* c, T* h, bool training) {
+    forward(steps, batch, x, c0, h0, seq_len, y, c, h, training);
+  }
+  virtual void device_backward(const T* dy, const T* dc, const T* dh, T* grads, T* dx, T* dc0, T* dh0) {
+    backward(dy, dc, dh, grads, dx, dc0, dh0);
+  }
+
+  // From now on the parameters live in `storage` [param_count] (a model's arena, in the backend's memory):
+  // the current values are copied there, and `owner` keeps the storage alive as long as the cell. Changes
+  // made there directly must be followed by params_changed().
   virtual void bind_params(T* storage, std::shared_ptr<void> owner) = 0;
   // The parameters changed in place: rebuild what derives from them (normalised weights, device copy);
   // invalidates the saved forward.

@@ -1,7 +1,8 @@
 // The model runtime: a model's parameters, gradients and optimizer state live here, each in one flat
 // buffer (an arena), and a whole training step (embedding, dropout, the stacked cells, softmax layer,
 // loss, all backward passes) runs here, so that per step only token ids go in and the loss comes out.
-// The cells are the backend's (cell.h); the ops around them are the host ops of ops.h.
+// Everything runs on the cells' backend (backend.h): on CUDA the arena, the activations and every op stay
+// on the device, and only the ids, the state and the loss cross the bus.
 #pragma once
 
 #include <cstdint>
@@ -9,33 +10,56 @@
 #include <string>
 #include <vector>
 
+#include "wnlstm/backend.h"
 #include "wnlstm/cell.h"
 #include "wnlstm/ops.h"
 
 namespace wnlstm {
 
-// Parameters, gradients and optimizer state of a model, each one flat host buffer; blocks are named
-// ranges of them (the same range in each). One contiguous gradient buffer is also what an all-reduce
-// over devices needs.
+// Parameters, gradients and optimizer state of a model, each one flat buffer in the backend's memory;
+// blocks are named ranges of them (the same range in each). One contiguous gradient buffer is also what an
+// all-reduce over devices needs. Host copies go through read() and write().
 template <typename T>
-struct Arena {
+class Arena {
+ public:
+  enum class Part { Params, Grads, S1, S2 };  // S1, S2: the optimizer's state, absent until needed
   struct Block {
     std::string name;
     int64_t offset, size;
   };
-  std::vector<Block> blocks;
-  std::vector<T> params, grads;
-  std::vector<T> s1, s2;  // the optimizer's state: empty until an update needs it
 
-  // Appends a block of `size` zeros (before any cell is bound: the buffers never move after that).
-  void add(const std::string& name, int64_t size);
+  // Parameters and gradients start at zero.
+  Arena(std::shared_ptr<Backend<T>> backend, std::vector<Block> blocks);
+
+  Backend<T>& backend() const { return *backend_; }
+  const std::vector<Block>& blocks() const { return blocks_; }
   // Throws ERR_WNLSTM_UNKNOWN_WEIGHT for a name the model does not have.
   const Block& block(const std::string& name) const;
+  int64_t size() const { return size_; }
+  T* params() { return params_.data(); }
+  T* grads() { return grads_.data(); }
+  bool has(Part part) const { return buffer(part).data() != nullptr; }
+
+  // Host copies of [offset, offset + n) of a part; write() creates absent state (zeros) first.
+  void read(Part part, int64_t offset, int64_t n, T* host) const;
+  void write(Part part, int64_t offset, int64_t n, const T* host);
+  void zero(Part part, int64_t offset, int64_t n);
+  // Drops the optimizer's state (a new optimizer starts from zeros).
+  void clear_state();
   // Sum of squared gradients, block by block (sum_squares of each, added in block order).
   double grad_sum_squares() const;
   // One fused update of every parameter; creates the state buffers (zeros) the kind needs.
   void update(const OptimizerStep& step);
   int64_t memory_bytes() const;
+
+ private:
+  Buffer<T>& buffer(Part part) const;
+  void ensure(Part part);
+
+  std::shared_ptr<Backend<T>> backend_;
+  std::vector<Block> blocks_;
+  int64_t size_ = 0;
+  mutable Buffer<T> params_, grads_, s1_, s2_;
 };
 
 struct LanguageModelConfig {
@@ -49,8 +73,10 @@ struct LanguageModelConfig {
 template <typename T>
 class LanguageModel {
  public:
+  using value_type = T;
   // cells: layer 0 takes embedding_size inputs, each next one hidden_size; all have hidden_size units and
-  // no projection (ERR_WNLSTM_CONFIG otherwise). Their parameters move into the arena (bind_params).
+  // no projection, and all live on one device (ERR_WNLSTM_CONFIG otherwise). The model runs on that
+  // device's backend; the cells' parameters move into its arena (bind_params).
   LanguageModel(const LanguageModelConfig& config, std::vector<std::shared_ptr<Cell<T>>> cells);
 
   const LanguageModelConfig& config() const { return cfg_; }
@@ -59,18 +85,19 @@ class LanguageModel {
 
   // One window of `batch` streams over `steps` steps. inputs, targets [steps*batch] in, time-major; each
   // input in [0, V), each target in [0, V) or -1 (no loss); ERR_WNLSTM_RANGE before anything changes.
-  // state_in [layers][c [B,H], h [B,H]] in (nullptr = zeros); state_out, same shape, out. With `train`:
-  // dropout on, and the gradients of the mean loss accumulate into arena().grads. Returns the mean loss
-  // over the window's tokens (nats).
+  // state_in [layers][c [B,H], h [B,H]] in (nullptr = zeros); state_out, same shape, out (all host memory).
+  // With `train`: dropout on, and the gradients of the mean loss accumulate into the arena's gradients
+  // (on CUDA still queued when this returns; whatever reads them waits). Returns the mean loss over the
+  // window's tokens (nats).
   double step(int64_t steps, int64_t batch, const int32_t* inputs, const int32_t* targets, const T* state_in,
               T* state_out, bool train);
 
-  // Rows of the embedding: ids [N] (checked) -> out [N,E].
-  void embed(const int32_t* ids, int64_t N, T* out) const;
-  // The softmax layer's logits: h [N,H] -> out [N,V].
-  void logits(const T* h, int64_t N, T* out) const;
+  // Rows of the embedding: ids [N] (checked) -> out [N,E], host memory.
+  void embed(const int32_t* ids, int64_t N, T* out);
+  // The softmax layer's logits: h [N,H] -> out [N,V], host memory.
+  void logits(const T* h, int64_t N, T* out);
 
-  // After arena().params changed in place: the cells rebuild what they derive from them.
+  // After the arena's parameters changed in place: the cells rebuild what they derive from them.
   void params_changed();
   // One optimizer update over the whole arena.
   void update(const OptimizerStep& step);
@@ -84,13 +111,15 @@ class LanguageModel {
   void check_ids(const int32_t* ids, int64_t n, int32_t lowest, const char* what) const;
 
   LanguageModelConfig cfg_;
+  std::shared_ptr<Backend<T>> backend_;
   std::shared_ptr<Arena<T>> arena_;
   std::vector<std::shared_ptr<Cell<T>>> cells_;
   int64_t embedding_ = 0, dense_ = 0;  // arena offsets
   std::vector<int64_t> cell_offsets_;
-  // Per step, reused: layer inputs and outputs, dropout masks, logits and the gradients flowing back.
-  std::vector<std::vector<T>> inputs_, outputs_, masks_;
-  std::vector<T> head_, head_mask_, logits_, dh_, dx_, cell_grads_, dc0_, dh0_;
+  // Per step, reused (backend memory): layer inputs and outputs, dropout masks, the state, logits and the
+  // gradients flowing back (grad_[0] and grad_[1] take turns as a layer's dy and dx).
+  std::vector<Buffer<T>> inputs_, outputs_, masks_;
+  Buffer<T> head_, head_mask_, logits_, grad_[2], cell_grads_, dc0_, dh0_, state_in_, state_out_, rows_in_, rows_out_;
 };
 
 }  // namespace wnlstm
