@@ -1,9 +1,11 @@
 export { WeightNormLSTMCell, LSTMCell, backendInfo } from './nn/cell';
 export type {
   Activation, BackendName, BackwardResult, DType, FloatArray, ForwardOptions, ForwardResult, LSTMCellOptions,
-  LSTMState, WeightNormLSTMCellOptions,
+  LSTMState, WeightNormLSTMCellOptions, TensorState, TensorForwardOptions, TensorForwardResult, TensorBackwardResult,
 } from './nn/cell';
 export type { BackendInfo } from './core/native';
+export { Tensor, tensor, tensorMemory, zeros } from './core/tensor';
+export type { TensorDType, TensorOptions } from './core/tensor';
 export { Random } from './core/init';
 export type { Initializer, Shape } from './core/init';
 export { isWnlstmError } from './core/errors';

@@ -6,9 +6,10 @@ import t from 'tap';
 import { backendInfo, WeightNormLSTMCell } from '../lib/index';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const { cases, compareBackends } = require('./cuda-compare.js') as {
+const { cases, compareBackends, compareLanguageModels } = require('./cuda-compare.js') as {
   cases: { I: number; H: number; T: number; B: number; lengths?: boolean; options: object }[];
   compareBackends(c: object, dtype: 'float64' | 'float32'): Promise<{ checks: number; failures: string[] }>;
+  compareLanguageModels(dtype: 'float64' | 'float32'): Promise<{ checks: number; failures: string[] }>;
 };
 
 const cuda = backendInfo().cuda;
@@ -19,6 +20,11 @@ t.test('backend cuda without a device is a coded error', { skip: cuda.available 
 });
 
 for (const dtype of ['float64', 'float32'] as const) {
+  t.test(`a language model on CUDA = on the CPU over 20 training steps, ${dtype}`, { skip }, async (t) => {
+    const { checks, failures } = await compareLanguageModels(dtype);
+    t.ok(checks >= 10, `${checks} comparisons ran`);
+    t.same(failures, [], 'losses, states and every parameter block match the CPU backend');
+  });
   for (const c of cases) {
     t.test(`CUDA = CPU, ${dtype}: ${JSON.stringify(c)}`, { skip }, async (t) => {
       const { checks, failures } = await compareBackends(c, dtype);

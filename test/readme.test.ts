@@ -11,7 +11,7 @@ const examples = [...fs.readFileSync(path.join(root, 'README.md'), 'utf8').match
 const run = (code: string) => spawnSync(process.execPath, ['-e', code], { cwd: root, encoding: 'utf8', timeout: 60000 });
 
 t.test('the README has its examples', async (t) => {
-  t.equal(examples.length, 3, 'three js examples: a cell, training, an HTTP service');
+  t.equal(examples.length, 4, 'four js examples: a cell, tensors, training, an HTTP service');
   t.ok(examples.every((code) => code.includes("require('wnlstm')")), 'each requires the package by name');
 });
 
@@ -19,6 +19,12 @@ t.test('the cell example', async (t) => {
   const r = run(examples.find((code) => code.includes('cell.backward(outputs)'))!);
   t.equal(r.status, 0, `runs${r.status ? `: ${r.stderr}` : ''}`);
   t.match(r.stdout.replace(/\s+/g, ' '), /'kernel', 'bias', 'norm_0', 'norm_1', 'w_i_diag', 'w_f_diag', 'w_o_diag'/, 'prints the gradient names');
+});
+
+t.test('the tensor example', async (t) => {
+  const r = run(examples.find((code) => code.includes('tensor('))!);
+  t.equal(r.status, 0, `runs${r.status ? `: ${r.stderr}` : ''}`);
+  t.match(r.stdout.replace(/\s+/g, ' '), /^\[ 5, 2, 8 \] \[ \[ (-?\d\.\d+(e-\d+)?,? ){8}\], \[ (-?\d\.\d+(e-\d+)?,? ){8}\] \]/, 'prints the shape and h as 2 x 8 numbers');
 });
 
 t.test('the training example learns', async (t) => {

@@ -12,6 +12,7 @@ export type WnlstmErrorCode =
   | 'ERR_WNLSTM_BUSY' // a sync call on a cell while one of its async calls is in flight
   | 'ERR_WNLSTM_NO_FORWARD' // backward() without a training forward()
   | 'ERR_WNLSTM_BACKEND_UNAVAILABLE' // backend 'cuda' asked for but not usable
+  | 'ERR_WNLSTM_DEVICE' // a tensor on another device than the object it is given to
   | 'ERR_WNLSTM_OUT_OF_MEMORY'
   | 'ERR_WNLSTM_CUDA' // a CUDA runtime call or kernel launch failed (the message names the call and error)
   | 'ERR_WNLSTM_LOAD' // the native addon could not be loaded

@@ -31,8 +31,22 @@ export interface NativeCell {
   /** The same, off the main thread (inputs copied); the cell is busy until the promise settles. */
   forwardAsync(...args: Parameters<NativeCell['forward']>): Promise<ReturnType<NativeCell['forward']>>;
   backwardAsync(...args: Parameters<NativeCell['backward']>): Promise<ReturnType<NativeCell['backward']>>;
+  /** forward/backward on tensors of the cell's device and dtype (the data stays on the device). */
+  forwardTensors(x: NativeTensor, steps: number, batch: number, c0: NativeTensor | null, h0: NativeTensor | null,
+    seqLen: Int32Array | null, training: boolean): { y: NativeTensor; c: NativeTensor; h: NativeTensor };
+  backwardTensors(dy: NativeTensor, dc: NativeTensor | null, dh: NativeTensor | null):
+    { grads: FloatArray; dx: NativeTensor; dc0: NativeTensor; dh0: NativeTensor };
+  forwardTensorsAsync(...args: Parameters<NativeCell['forwardTensors']>): Promise<ReturnType<NativeCell['forwardTensors']>>;
+  backwardTensorsAsync(...args: Parameters<NativeCell['backwardTensors']>): Promise<ReturnType<NativeCell['backwardTensors']>>;
   /** One fused optimizer step on the parameters. */
   update(grads: FloatArray, s1: FloatArray | null, s2: FloatArray | null, settings: UpdateSettings): void;
+  dispose(): void;
+}
+
+/** A tensor's data in a backend's memory ('cpu' or 'cuda:<index>'); lib/core/tensor.ts keeps its shape. */
+export interface NativeTensor {
+  read(): FloatArray;
+  write(values: FloatArray): void;
   dispose(): void;
 }
 
@@ -88,6 +102,7 @@ export interface BackendInfo {
 
 interface Addon {
   NativeCell: new (config: NativeConfig, dtype: 'float32' | 'float64', backend: 'cpu' | 'cuda', device?: number) => NativeCell;
+  NativeTensor: new (device: string, dtype: 'float32' | 'float64', length: number, values?: FloatArray) => NativeTensor;
   NativeModel: new (config: NativeModelConfig, dtype: 'float32' | 'float64', cells: NativeCell[], rng: RngState) => NativeModel;
   info(): BackendInfo;
   optimizerUpdate(params: FloatArray, grads: FloatArray, s1: FloatArray | null, s2: FloatArray | null, settings: UpdateSettings): void;
@@ -100,6 +115,12 @@ interface Addon {
   embeddingBackward(dy: FloatArray, dim: number, ids: Int32Array, dtable: FloatArray): void;
   /** Inverted dropout of x in place, drawing from the sfc32 state (moved on); returns the scaled mask. */
   dropout(x: FloatArray, rate: number, state: Uint32Array): FloatArray;
+  /** dropout() on a tensor, in place on its device; returns the mask as a tensor there. */
+  tensorDropout(x: NativeTensor, rate: number, state: Uint32Array): NativeTensor;
+  /** x *= mask, tensors of one device and dtype. */
+  tensorMultiply(x: NativeTensor, mask: NativeTensor): void;
+  /** The tensor data alive in this process, on every device. */
+  tensorMemory(): { tensors: number; bytes: number };
   /** Sum of (pred - target)^2 and its gradient times gradScale. */
   squaredError(pred: FloatArray, target: FloatArray, gradScale: number): { sum: number; grad: FloatArray };
   /** C[M,N] (+)= op(A) op(B), row-major. */

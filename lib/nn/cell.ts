@@ -1,7 +1,8 @@
 // The cells: TensorFlow 1.x WeightNormLSTMCell and LSTMCell (SPEC section 1), over the native backend.
-import { addon, BackendInfo, FloatArray, NativeCell, NativeParam } from '../core/native';
+import { addon, BackendInfo, FloatArray, NativeCell, NativeParam, NativeTensor } from '../core/native';
 import { wnlstmError } from '../core/errors';
 import { CallQueue } from '../core/serial';
+import { Tensor } from '../core/tensor';
 import { columnNorms, Initializer, initialValues, Random, Shape } from '../core/init';
 import type { ParamBlock } from '../optim';
 
@@ -69,6 +70,31 @@ export interface BackwardResult {
   dInitialState: LSTMState;
 }
 
+/** A state as tensors on the cell's device: c [batch, numUnits], h [batch, outputSize]. */
+export interface TensorState { c: Tensor; h: Tensor }
+
+export interface TensorForwardOptions {
+  /** Zeros when omitted. */
+  initialState?: TensorState;
+  sequenceLength?: Int32Array | ArrayLike<number>;
+  training?: boolean;
+}
+
+export interface TensorForwardResult {
+  /** [steps, batch, outputSize], on the cell's device. */
+  outputs: Tensor;
+  state: TensorState;
+  steps: number;
+}
+
+export interface TensorBackwardResult {
+  /** Gradient of every parameter, by TF name and layout (host arrays: they are small). */
+  grads: Record<string, FloatArray>;
+  /** [steps, batch, inputSize], on the cell's device. */
+  dInputs: Tensor;
+  dInitialState: TensorState;
+}
+
 let backendInfoCache: BackendInfo | undefined;
 /** What this machine and build offer: the CPU's vector ISA and threads, and CUDA's status with a reason. */
 export function backendInfo(): BackendInfo {
@@ -103,12 +129,15 @@ abstract class LSTMCellBase {
   readonly seed: number;
   /** The backend that runs this cell. */
   readonly backend: 'cpu' | 'cuda';
+  /** The device's index on that backend (0 on the CPU): tensors given to the cell must be there. */
+  readonly device: number;
   /** Why this backend was chosen (e.g. why CUDA was not used). */
   readonly backendReason: string;
   readonly name: string;
   readonly #native: NativeCell;
   #disposed = false;
   #grad: FloatArray | null = null;
+  #saved: [steps: number, batch: number] | null = null;  // of the last training forward, for the tensors' shapes
   readonly #queue = new CallQueue();
   readonly #layout: Map<string, NativeParam>;
 
@@ -163,6 +192,7 @@ abstract class LSTMCellBase {
     this.seed = o.seed ?? Math.floor(Math.random() * 2 ** 32);
     this.name = o.name ?? 'lstm_cell';
     this.backend = requested === 'cuda' ? 'cuda' : 'cpu';
+    this.device = this.backend === 'cuda' ? o.device ?? 0 : 0;
     this.backendReason = requested === 'cuda' ? `backend 'cuda' (device ${o.device ?? 0}) was asked for: ${cuda.reason}`
       : requested === 'cpu' ? "backend 'cpu' was asked for"
       : cuda.available ? "CUDA not used: 'auto' keeps the CPU until the CUDA kernels are verified on a GPU (ask for backend 'cuda' to use them)"
@@ -258,21 +288,72 @@ abstract class LSTMCellBase {
     });
   }
 
-  /** Runs the cell over time-major inputs [steps, batch, inputSize]. */
-  forward(inputs: FloatArray, options: ForwardOptions): ForwardResult {
-    const args = this.#forwardArgs(inputs, options);
+  /** Runs the cell over time-major inputs [steps, batch, inputSize]: a typed array (with options.batchSize),
+   * or a tensor of that shape on the cell's device, whose results are then tensors there too (on CUDA the
+   * data never leaves the device). */
+  forward(inputs: Tensor, options?: TensorForwardOptions): TensorForwardResult;
+  forward(inputs: FloatArray, options: ForwardOptions): ForwardResult;
+  forward(inputs: FloatArray | Tensor, options?: ForwardOptions | TensorForwardOptions): ForwardResult | TensorForwardResult {
+    if (inputs instanceof Tensor) {
+      const args = this.#tensorArgs(inputs, options as TensorForwardOptions | undefined);
+      return this.#tensorResult(this.#cell().forwardTensors(...args), args);
+    }
+    const args = this.#forwardArgs(inputs, options as ForwardOptions);
     const r = this.#cell().forward(...args);
+    if (args[6]) this.#saved = [args[1], args[2]];
     return { outputs: r.y, state: { c: r.c, h: r.h }, steps: args[1] };
   }
 
   /** forward() off the main thread: the work runs on libuv's thread pool, so the event loop stays free.
-   * The inputs are taken as they are at the call (copied), so the caller may reuse its buffers at once.
+   * Typed-array inputs are taken as they are at the call (copied), so the caller may reuse its buffers at
+   * once; tensors are read when the call runs, and the promise settles when the device has finished.
    * Async calls on one cell run in order; a sync call meanwhile throws ERR_WNLSTM_BUSY. */
-  forwardAsync(inputs: FloatArray, options: ForwardOptions): Promise<ForwardResult> {
-    return this.#enqueue(() => this.#forwardArgs(inputs, options), async (args) => {
+  forwardAsync(inputs: Tensor, options?: TensorForwardOptions): Promise<TensorForwardResult>;
+  forwardAsync(inputs: FloatArray, options: ForwardOptions): Promise<ForwardResult>;
+  forwardAsync(inputs: FloatArray | Tensor, options?: ForwardOptions | TensorForwardOptions): Promise<ForwardResult | TensorForwardResult> {
+    if (inputs instanceof Tensor) {
+      return this.#enqueue(() => this.#tensorArgs(inputs, options as TensorForwardOptions | undefined),
+        async (args) => this.#tensorResult(await this.#native.forwardTensorsAsync(...args), args));
+    }
+    return this.#enqueue(() => this.#forwardArgs(inputs, options as ForwardOptions), async (args) => {
       const r = await this.#native.forwardAsync(...args);
+      if (args[6]) this.#saved = [args[1], args[2]];
       return { outputs: r.y, state: { c: r.c, h: r.h }, steps: args[1] };
     });
+  }
+
+  #tensorArgs(inputs: Tensor, options: TensorForwardOptions | undefined): Parameters<NativeCell['forwardTensors']> {
+    if (options !== undefined && (options === null || typeof options !== 'object')) {
+      throw wnlstmError('ERR_WNLSTM_TYPE', 'forward(tensor, options) takes an options object');
+    }
+    if (inputs.shape.length !== 3 || inputs.shape[2] !== this.inputSize) {
+      throw wnlstmError('ERR_WNLSTM_SHAPE', `inputs must be a tensor [steps, batch, ${this.inputSize}], got [${inputs.shape.join(', ')}]`);
+    }
+    const [steps, batch] = inputs.shape;
+    const state = options?.initialState;
+    if (state !== undefined && (state === null || typeof state !== 'object')) {
+      throw wnlstmError('ERR_WNLSTM_TYPE', 'initialState must be { c, h } (tensors)');
+    }
+    const seqLen = options?.sequenceLength === undefined || options.sequenceLength === null
+      ? null : this.#sequenceLength(options.sequenceLength, batch, steps);
+    return [inputs.native, steps, batch, this.#nativeOf(state?.c, 'initialState.c'), this.#nativeOf(state?.h, 'initialState.h'),
+      seqLen, options?.training ?? true];
+  }
+
+  #nativeOf(t: Tensor | undefined | null, name: string): NativeTensor | null {
+    if (t === undefined || t === null) return null;
+    if (!(t instanceof Tensor)) throw wnlstmError('ERR_WNLSTM_TYPE', `${name} must be a Tensor`);
+    return t.native;
+  }
+
+  #tensorResult(r: ReturnType<NativeCell['forwardTensors']>, args: Parameters<NativeCell['forwardTensors']>): TensorForwardResult {
+    const [, steps, batch] = args;
+    if (args[6]) this.#saved = [steps, batch];
+    return {
+      outputs: Tensor.wrap(r.y, [steps, batch, this.outputSize], this),
+      state: { c: Tensor.wrap(r.c, [batch, this.numUnits], this), h: Tensor.wrap(r.h, [batch, this.outputSize], this) },
+      steps,
+    };
   }
 
   #stepArgs(x: FloatArray, state?: LSTMState): Parameters<NativeCell['forward']> {
@@ -311,15 +392,45 @@ abstract class LSTMCellBase {
   }
 
   /** Gradients of the last training forward(), given the gradient of its outputs [steps, batch, outputSize]
-   * and optionally of its final state (zeros when omitted). */
-  backward(dOutputs: FloatArray, dFinalState?: Partial<LSTMState>): BackwardResult {
-    return this.#afterBackward(this.#cell().backward(...this.#backwardArgs(dOutputs, dFinalState)));
+   * and optionally of its final state (zeros when omitted): typed arrays, or tensors on the cell's device
+   * (then dInputs and dInitialState are tensors there too). */
+  backward(dOutputs: Tensor, dFinalState?: Partial<TensorState>): TensorBackwardResult;
+  backward(dOutputs: FloatArray, dFinalState?: Partial<LSTMState>): BackwardResult;
+  backward(dOutputs: FloatArray | Tensor, dFinalState?: Partial<LSTMState> | Partial<TensorState>): BackwardResult | TensorBackwardResult {
+    if (dOutputs instanceof Tensor) {
+      return this.#afterTensorBackward(this.#cell().backwardTensors(...this.#tensorBackwardArgs(dOutputs, dFinalState)));
+    }
+    return this.#afterBackward(this.#cell().backward(...this.#backwardArgs(dOutputs, dFinalState as Partial<LSTMState>)));
   }
 
   /** backward() off the main thread (see forwardAsync). */
-  backwardAsync(dOutputs: FloatArray, dFinalState?: Partial<LSTMState>): Promise<BackwardResult> {
-    return this.#enqueue(() => this.#backwardArgs(dOutputs, dFinalState),
+  backwardAsync(dOutputs: Tensor, dFinalState?: Partial<TensorState>): Promise<TensorBackwardResult>;
+  backwardAsync(dOutputs: FloatArray, dFinalState?: Partial<LSTMState>): Promise<BackwardResult>;
+  backwardAsync(dOutputs: FloatArray | Tensor, dFinalState?: Partial<LSTMState> | Partial<TensorState>): Promise<BackwardResult | TensorBackwardResult> {
+    if (dOutputs instanceof Tensor) {
+      return this.#enqueue(() => this.#tensorBackwardArgs(dOutputs, dFinalState),
+        async (args) => this.#afterTensorBackward(await this.#native.backwardTensorsAsync(...args)));
+    }
+    return this.#enqueue(() => this.#backwardArgs(dOutputs, dFinalState as Partial<LSTMState>),
       async (args) => this.#afterBackward(await this.#native.backwardAsync(...args)));
+  }
+
+  #tensorBackwardArgs(dOutputs: Tensor, dFinalState?: Partial<LSTMState> | Partial<TensorState>): Parameters<NativeCell['backwardTensors']> {
+    if (dFinalState !== undefined && (dFinalState === null || typeof dFinalState !== 'object')) {
+      throw wnlstmError('ERR_WNLSTM_TYPE', 'dFinalState must be { c?, h? } (tensors)');
+    }
+    return [dOutputs.native, this.#nativeOf(dFinalState?.c as Tensor | undefined, 'dFinalState.c'),
+      this.#nativeOf(dFinalState?.h as Tensor | undefined, 'dFinalState.h')];
+  }
+
+  #afterTensorBackward(r: ReturnType<NativeCell['backwardTensors']>): TensorBackwardResult {
+    const [steps, batch] = this.#saved ?? [0, 0];
+    const { grads } = this.#afterBackward({ ...r, dx: r.grads, dc0: r.grads, dh0: r.grads });
+    return {
+      grads,
+      dInputs: Tensor.wrap(r.dx, [steps, batch, this.inputSize], this),
+      dInitialState: { c: Tensor.wrap(r.dc0, [batch, this.numUnits], this), h: Tensor.wrap(r.dh0, [batch, this.outputSize], this) },
+    };
   }
 
   #backwardArgs(dOutputs: FloatArray, dFinalState?: Partial<LSTMState>): Parameters<NativeCell['backward']> {

@@ -5,10 +5,12 @@ import { wnlstmError } from '../core/errors';
 import { Random } from '../core/init';
 import { ArrayParams, HasParameters, ParamBlock } from '../optim';
 import { Exclusive, snapshot } from '../core/serial';
-import type { DType, LSTMCell, LSTMState, WeightNormLSTMCell } from './cell';
+import { Tensor } from '../core/tensor';
+import type { DType, LSTMCell, LSTMState, TensorState, WeightNormLSTMCell } from './cell';
 
 type AnyCell = LSTMCell | WeightNormLSTMCell;
 interface StackOptions { batchSize: number; initialStates?: LSTMState[]; training?: boolean }
+interface TensorStackOptions { initialStates?: TensorState[]; training?: boolean }
 const arrayOf = (dtype: DType) => (dtype === 'float64' ? Float64Array : Float32Array);
 
 /** y = x W + b with W [inSize, outSize]; uniform ±initScale init (bias 0). */
@@ -105,6 +107,7 @@ function copyStates(states: LSTMState[] | undefined): LSTMState[] | undefined {
  * (Zaremba et al.: on the non-recurrent connections only). */
 export class StackedLSTM implements HasParameters {
   readonly #masks: (FloatArray | null)[] = [];
+  readonly #tensorMasks: (Tensor | null)[] = [];
   constructor(readonly cells: AnyCell[], readonly options: { dropout?: number; seed?: number } = {}) {
     if (cells.length === 0) throw wnlstmError('ERR_WNLSTM_CONFIG', 'a stack needs at least one cell');
     for (let l = 1; l < cells.length; l++) {
@@ -120,9 +123,26 @@ export class StackedLSTM implements HasParameters {
   zeroState(batchSize: number): LSTMState[] { return this.cells.map((c) => c.zeroState(batchSize)); }
 
   /** inputs [T, B, I] -> outputs [T, B, P_last]; states: one per layer (zeros when omitted). Dropout
-   * applies between layers when `training`. */
-  forward(inputs: FloatArray, { batchSize, initialStates, training = true }: StackOptions) {
+   * applies between layers when `training`. With a tensor on the cells' device, every layer's output and
+   * the dropout stay on the device (the layers between are freed as soon as the next one has run). */
+  forward(inputs: Tensor, options?: TensorStackOptions): { outputs: Tensor; states: TensorState[] };
+  forward(inputs: FloatArray, options: StackOptions): { outputs: FloatArray; states: LSTMState[] };
+  forward(inputs: FloatArray | Tensor, options?: StackOptions | TensorStackOptions) {
     this.#exclusive.check();
+    if (inputs instanceof Tensor) {
+      const { initialStates, training = true } = (options ?? {}) as TensorStackOptions;
+      this.#startTensors();
+      let x = inputs;
+      const states: TensorState[] = [];
+      this.cells.forEach((cell, l) => {
+        const r = cell.forward(this.#layerInputTensor(x, l, training), { initialState: initialStates?.[l], training });
+        if (l > 0) x.dispose();
+        x = r.outputs;
+        states.push(r.state);
+      });
+      return { outputs: x, states };
+    }
+    const { batchSize, initialStates, training = true } = options as StackOptions;
     let x = inputs;
     const states: LSTMState[] = [];
     this.#masks.length = 0;
@@ -134,11 +154,27 @@ export class StackedLSTM implements HasParameters {
     return { outputs: x, states };
   }
 
-  /** forward() with each layer off the main thread (see WeightNormLSTMCell.forwardAsync). The inputs
-   * and states are taken as they are at the call. */
-  async forwardAsync(inputs: FloatArray, { batchSize, initialStates, training = true }: StackOptions) {
+  /** forward() with each layer off the main thread (see WeightNormLSTMCell.forwardAsync). Typed-array
+   * inputs and states are taken as they are at the call. */
+  async forwardAsync(inputs: Tensor, options?: TensorStackOptions): Promise<{ outputs: Tensor; states: TensorState[] }>;
+  async forwardAsync(inputs: FloatArray, options: StackOptions): Promise<{ outputs: FloatArray; states: LSTMState[] }>;
+  async forwardAsync(inputs: FloatArray | Tensor, options?: StackOptions | TensorStackOptions) {
     return this.#exclusive.run(async () => {
-      initialStates = copyStates(initialStates);
+      if (inputs instanceof Tensor) {
+        const { initialStates, training = true } = (options ?? {}) as TensorStackOptions;
+        this.#startTensors();
+        let x = inputs;
+        const states: TensorState[] = [];
+        for (let l = 0; l < this.cells.length; l++) {
+          const r = await this.cells[l].forwardAsync(this.#layerInputTensor(x, l, training), { initialState: initialStates?.[l], training });
+          if (l > 0) x.dispose();
+          x = r.outputs;
+          states.push(r.state);
+        }
+        return { outputs: x, states };
+      }
+      const { batchSize, training = true } = options as StackOptions;
+      const initialStates = copyStates((options as StackOptions).initialStates);
       let x = inputs;
       const states: LSTMState[] = [];
       this.#masks.length = 0;
@@ -151,22 +187,75 @@ export class StackedLSTM implements HasParameters {
     });
   }
 
-  /** Gradient of the outputs (and optionally of the final states) -> gradient of the inputs. */
-  backward(dOutputs: FloatArray, dFinalStates?: LSTMState[]): FloatArray {
+  /** Gradient of the outputs (and optionally of the final states) -> gradient of the inputs: typed arrays,
+   * or tensors after a forward on tensors. */
+  backward(dOutputs: Tensor, dFinalStates?: Partial<TensorState>[]): Tensor;
+  backward(dOutputs: FloatArray, dFinalStates?: LSTMState[]): FloatArray;
+  backward(dOutputs: FloatArray | Tensor, dFinalStates?: LSTMState[] | Partial<TensorState>[]): FloatArray | Tensor {
     this.#exclusive.check();
+    if (dOutputs instanceof Tensor) {
+      let d = dOutputs;
+      for (let l = this.cells.length - 1; l >= 0; l--) {
+        const r = this.cells[l].backward(d, (dFinalStates as Partial<TensorState>[] | undefined)?.[l]);
+        d = this.#layerGradTensor(r, d !== dOutputs ? d : null, l);
+      }
+      return d;
+    }
     let d = dOutputs;
-    for (let l = this.cells.length - 1; l >= 0; l--) d = this.#layerGrad(this.cells[l].backward(d, dFinalStates?.[l]).dInputs, l);
+    for (let l = this.cells.length - 1; l >= 0; l--) d = this.#layerGrad(this.cells[l].backward(d, (dFinalStates as LSTMState[] | undefined)?.[l]).dInputs, l);
     return d;
   }
 
-  /** backward() with each layer off the main thread; the gradients are taken as they are at the call. */
-  async backwardAsync(dOutputs: FloatArray, dFinalStates?: LSTMState[]): Promise<FloatArray> {
+  /** backward() with each layer off the main thread; typed-array gradients are taken as they are at the call. */
+  async backwardAsync(dOutputs: Tensor, dFinalStates?: Partial<TensorState>[]): Promise<Tensor>;
+  async backwardAsync(dOutputs: FloatArray, dFinalStates?: LSTMState[]): Promise<FloatArray>;
+  async backwardAsync(dOutputs: FloatArray | Tensor, dFinalStates?: LSTMState[] | Partial<TensorState>[]): Promise<FloatArray | Tensor> {
     return this.#exclusive.run(async () => {
-      dFinalStates = copyStates(dFinalStates);
+      if (dOutputs instanceof Tensor) {
+        let d = dOutputs;
+        for (let l = this.cells.length - 1; l >= 0; l--) {
+          const r = await this.cells[l].backwardAsync(d, (dFinalStates as Partial<TensorState>[] | undefined)?.[l]);
+          d = this.#layerGradTensor(r, d !== dOutputs ? d : null, l);
+        }
+        return d;
+      }
+      const states = copyStates(dFinalStates as LSTMState[] | undefined);
       let d = dOutputs;
-      for (let l = this.cells.length - 1; l >= 0; l--) d = this.#layerGrad((await this.cells[l].backwardAsync(d, dFinalStates?.[l])).dInputs, l);
+      for (let l = this.cells.length - 1; l >= 0; l--) d = this.#layerGrad((await this.cells[l].backwardAsync(d, states?.[l])).dInputs, l);
       return d;
     });
+  }
+
+  /** A forward on tensors: the masks of the last one are freed. */
+  #startTensors(): void {
+    for (const m of this.#tensorMasks) m?.dispose();
+    this.#tensorMasks.length = 0;
+  }
+
+  /** Layer l's input on the device: the previous layer's output (which only this stack holds), with dropout
+   * in place between layers when training. */
+  #layerInputTensor(x: Tensor, l: number, training: boolean): Tensor {
+    if (l === 0) return x;
+    const rate = this.options.dropout ?? 0;
+    if (!training || rate <= 0) {
+      this.#tensorMasks.push(null);
+      return x;
+    }
+    const state = Uint32Array.from(this.#rng.getState());
+    this.#tensorMasks.push(Tensor.wrap(addon.tensorDropout(x.native, rate, state), x.shape, x));
+    this.#rng.setState(state);
+    return x;
+  }
+
+  /** The gradient for the layer below: dInputs, masked; frees what is no longer needed (the gradient that
+   * went in, unless it is the caller's, and the initial state's). */
+  #layerGradTensor(r: { dInputs: Tensor; dInitialState: TensorState }, used: Tensor | null, l: number): Tensor {
+    used?.dispose();
+    r.dInitialState.c.dispose();
+    r.dInitialState.h.dispose();
+    const mask = l > 0 ? this.#tensorMasks[l - 1] : null;
+    if (mask) addon.tensorMultiply(r.dInputs.native, mask.native);
+    return r.dInputs;
   }
 
   // A forward keeps its dropout masks (and each cell its activations) for the backward that follows: a

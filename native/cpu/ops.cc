@@ -238,6 +238,7 @@ class CpuBackend final : public Backend<T> {
   void download(void* host, const void* src, size_t bytes) override { std::memcpy(host, src, bytes); }
   void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
+  void synchronize() override {}
 
   void optimizer_update(const OptimizerStep& step, T* p, const T* g, T* s1, T* s2, int64_t n) override {
     wnlstm::optimizer_update(step, p, g, s1, s2, n);

@@ -238,6 +238,10 @@ class CudaBackend final : public Backend<T> {
     use_device();
     if (bytes) check(cudaMemsetAsync(dst, 0, bytes, stream_), "zero device memory");
   }
+  void synchronize() override {
+    use_device();
+    staging_.synchronize();
+  }
 
   void optimizer_update(const OptimizerStep& s, T* p, const T* g, T* s1, T* s2, int64_t n) override {
     use_device();

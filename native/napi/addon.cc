@@ -22,6 +22,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "wnlstm/backend.h"
 #include "wnlstm/cell.h"
 #include "wnlstm/model.h"
 #include "wnlstm/ops.h"
@@ -291,9 +292,165 @@ struct Held {
 };
 using CellState = Held<Cell<float>, Cell<double>>;
 
-// Per environment (main thread, each worker): the constructors that arguments are checked against.
+// A tensor's data: `length` elements of `dtype` in a backend's memory (device memory on CUDA), freed with
+// its last owner (the JS object, or an async call in flight that reads or writes it).
+struct TensorData {
+  // All tensors' data alive in the process, for tensorMemory().
+  static inline std::atomic<int64_t> live_count{0}, live_bytes{0};
+
+  std::shared_ptr<wnlstm::Memory> memory;
+  std::string dtype, device;  // "float32" | "float64" (| "int32", for lengths); "cpu" | "cuda:<index>"
+  int64_t length = 0;
+  void* data = nullptr;
+  std::atomic<int> busy{0};  // async calls in flight that use it
+
+  TensorData(std::shared_ptr<wnlstm::Memory> m, std::string dt, int64_t n)
+      : memory(std::move(m)), dtype(std::move(dt)), device(memory->device()), length(n) {
+    data = memory->allocate(bytes());
+    live_count.fetch_add(1), live_bytes.fetch_add(int64_t(bytes()));
+  }
+  TensorData(const TensorData&) = delete;
+  TensorData& operator=(const TensorData&) = delete;
+  ~TensorData() {
+    memory->release(data);
+    live_count.fetch_sub(1), live_bytes.fetch_sub(int64_t(bytes()));
+  }
+  size_t bytes() const { return size_t(length) * (dtype == "float64" ? 8 : 4); }
+  template <typename T>
+  T* as() const { return static_cast<T*>(data); }
+};
+
+// Per environment (main thread, each worker): the constructors that arguments are checked against, and
+// the memory of each device that tensors live in.
 struct AddonData {
-  Napi::FunctionReference cell_class;
+  Napi::FunctionReference cell_class, tensor_class;
+  // Per device: the backends whose memory tensors live in and whose ops run on them.
+  struct Device {
+    std::shared_ptr<wnlstm::Backend<float>> f32;
+    std::shared_ptr<wnlstm::Backend<double>> f64;
+  };
+  std::vector<Device> devices;
+
+  // "cpu" or "cuda:<index>"; ERR_WNLSTM_BACKEND_UNAVAILABLE or ERR_WNLSTM_CONFIG for a device that cannot be used.
+  Device& device(const std::string& name) {
+    for (Device& d : devices)
+      if (d.f32->device() == name) return d;
+    const bool cuda = name.rfind("cuda:", 0) == 0 && name.size() > 5 && name.size() < 10 &&
+                      name.find_first_not_of("0123456789", 5) == std::string::npos;
+    if (name != "cpu" && !cuda) fail("ERR_WNLSTM_CONFIG", "unknown device '" + name + "' (expected 'cpu' or 'cuda:<index>')");
+    devices.push_back({wnlstm::make_backend<float>(name), wnlstm::make_backend<double>(name)});
+    return devices.back();
+  }
+  std::shared_ptr<wnlstm::Memory> memory_for(const std::string& name) { return device(name).f32; }
+};
+
+// A tensor (lib/core/tensor.ts keeps its shape): its data stays in the backend until read().
+class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeTensor",
+                       {InstanceMethod("read", &NativeTensor::Read), InstanceMethod("write", &NativeTensor::Write),
+                        InstanceMethod("dispose", &NativeTensor::Dispose)});
+  }
+
+  // new NativeTensor(device, dtype, length, values?): values (a typed array of the dtype, all finite) or zeros.
+  NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTensor>(info) {
+    guarded(info.Env(), [&] {
+      Napi::Env env = info.Env();
+      if (info[0].IsExternal()) {  // a tensor the addon made (the result of a call): taken, not shared
+        d_ = std::move(*info[0].As<Napi::External<std::shared_ptr<TensorData>>>().Data());
+      } else {
+        if (!info[0].IsString()) fail("ERR_WNLSTM_TYPE", "device must be a string");
+        const std::string dtype = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+        if (dtype != "float32" && dtype != "float64") fail("ERR_WNLSTM_CONFIG", "dtype must be 'float32' or 'float64'");
+        const int64_t length = int_arg(info[2], "length", 1, wnlstm::kMaxElements);
+        const void* values = nullptr;
+        if (!info[3].IsUndefined() && !info[3].IsNull())
+          values = dtype == "float32" ? static_cast<const void*>(array_arg<float>(info[3], "values", size_t(length), false))
+                                      : static_cast<const void*>(array_arg<double>(info[3], "values", size_t(length), false));
+        auto memory = env.GetInstanceData<AddonData>()->memory_for(info[0].As<Napi::String>().Utf8Value());
+        d_ = std::make_shared<TensorData>(memory, dtype, length);
+        if (values) memory->upload(d_->data, values, d_->bytes());
+        else memory->zero(d_->data, d_->bytes());
+      }
+      report(env, int64_t(d_->bytes()));
+      return env.Undefined();
+    });
+  }
+
+  ~NativeTensor() override { release(Env()); }
+
+  // Wraps data the addon made into a new JS NativeTensor.
+  static Napi::Value New(Napi::Env env, std::shared_ptr<TensorData> data) {
+    auto external = Napi::External<std::shared_ptr<TensorData>>::New(env, new std::shared_ptr<TensorData>(std::move(data)),
+                                                                       [](Napi::Env, std::shared_ptr<TensorData>* p) { delete p; });
+    return env.GetInstanceData<AddonData>()->tensor_class.Value().New({external});
+  }
+
+  // The data of a live tensor argument: ERR_WNLSTM_TYPE when it is not a tensor, ERR_WNLSTM_DISPOSED after
+  // dispose(), ERR_WNLSTM_TYPE for another dtype, ERR_WNLSTM_DEVICE for another device, ERR_WNLSTM_SHAPE for
+  // another length (dtype nullptr, device "" or length -1: any); nullptr when optional and absent.
+  static std::shared_ptr<TensorData> arg(Napi::Env env, const Napi::Value& v, const std::string& name,
+                                         const char* dtype, const std::string& device, int64_t length, bool optional) {
+    if (optional && (v.IsUndefined() || v.IsNull())) return nullptr;
+    AddonData* data = env.GetInstanceData<AddonData>();
+    if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_class.Value()))
+      fail("ERR_WNLSTM_TYPE", name + " must be a Tensor");
+    std::shared_ptr<TensorData> d = Unwrap(v.As<Napi::Object>())->d_;
+    if (!d) fail("ERR_WNLSTM_DISPOSED", name + " has been disposed");
+    if (dtype && d->dtype != dtype) fail("ERR_WNLSTM_TYPE", name + " is " + d->dtype + ", expected " + dtype);
+    if (!device.empty() && d->device != device) fail("ERR_WNLSTM_DEVICE", name + " is on " + d->device + ", expected " + device);
+    if (length >= 0 && d->length != length)
+      fail("ERR_WNLSTM_SHAPE", name + " must have " + std::to_string(length) + " elements, got " + std::to_string(d->length));
+    return d;
+  }
+
+ private:
+  std::shared_ptr<TensorData> live() const {
+    if (!d_) fail("ERR_WNLSTM_DISPOSED", "this tensor has been disposed");
+    return d_;
+  }
+
+  // read() -> a copy of the data in a typed array of the dtype.
+  Napi::Value Read(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      const auto d = live();
+      Napi::TypedArray out = d->dtype == "float32" ? Napi::TypedArray(new_array<float>(info.Env(), d->length))
+                                                   : Napi::TypedArray(new_array<double>(info.Env(), d->length));
+      d->memory->download(static_cast<char*>(out.ArrayBuffer().Data()) + out.ByteOffset(), d->data, d->bytes());
+      return out;
+    });
+  }
+
+  // write(values): all of it, from a typed array of the dtype (checked: length, finite).
+  Napi::Value Write(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      const auto d = live();
+      if (d->busy.load() > 0) fail("ERR_WNLSTM_BUSY", "an async call that uses this tensor is in flight: await it first");
+      const void* values = d->dtype == "float32" ? static_cast<const void*>(array_arg<float>(info[0], "values", size_t(d->length), false))
+                                                 : static_cast<const void*>(array_arg<double>(info[0], "values", size_t(d->length), false));
+      d->memory->upload(d->data, values, d->bytes());
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    release(info.Env());
+    return info.Env().Undefined();
+  }
+
+  // Drops this object's hold on the data (an async call in flight keeps its own) and tells V8.
+  void release(napi_env env) {
+    d_.reset();
+    report(env, 0);
+  }
+  void report(napi_env env, int64_t now) {
+    int64_t total = 0;
+    if (now != reported_ && napi_adjust_external_memory(env, now - reported_, &total) == napi_ok) reported_ = now;
+  }
+
+  std::shared_ptr<TensorData> d_;
+  int64_t reported_ = 0;
 };
 
 class NativeCell : public Napi::ObjectWrap<NativeCell> {
@@ -307,6 +464,10 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
                         InstanceMethod("backward", &NativeCell::Backward<false>),
                         InstanceMethod("forwardAsync", &NativeCell::Forward<true>),
                         InstanceMethod("backwardAsync", &NativeCell::Backward<true>),
+                        InstanceMethod("forwardTensors", &NativeCell::ForwardTensors<false>),
+                        InstanceMethod("forwardTensorsAsync", &NativeCell::ForwardTensors<true>),
+                        InstanceMethod("backwardTensors", &NativeCell::BackwardTensors<false>),
+                        InstanceMethod("backwardTensorsAsync", &NativeCell::BackwardTensors<true>),
                         InstanceMethod("update", &NativeCell::Update),
                         InstanceMethod("dispose", &NativeCell::Dispose)});
   }
@@ -517,6 +678,125 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
         }, [=](Napi::Env env) -> Napi::Value {
           return pack(env, to_js(env, job->grads), to_js(env, job->dx), to_js(env, job->dc0), to_js(env, job->dh0));
         });
+      }
+    });
+  }
+
+  // Marks tensors busy while an async call uses them (a write() meanwhile is refused).
+  struct TensorUse {
+    std::vector<std::shared_ptr<TensorData>> tensors;
+    explicit TensorUse(std::vector<std::shared_ptr<TensorData>> ts) : tensors(std::move(ts)) {
+      for (auto& t : tensors)
+        if (t) t->busy.fetch_add(1);
+    }
+    ~TensorUse() {
+      for (auto& t : tensors)
+        if (t) t->busy.fetch_sub(1);
+    }
+  };
+
+  // forwardTensors(x, steps, batch, c0?, h0?, seqLen?, training) -> { y, c, h }: the forward on tensors of
+  // the cell's device and dtype (the data never leaves the device); forwardTensorsAsync: a promise of it,
+  // settled when the device has finished.
+  template <bool Async>
+  Napi::Value ForwardTensors(const Napi::CallbackInfo& info) {
+    return with_cell(info, [&](auto cell) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(*cell)>::value_type;
+      Napi::Env env = info.Env();
+      const CellConfig& c = cell->config();
+      const char* dtype = sizeof(T) == 4 ? "float32" : "float64";
+      const std::string device = cell->device();
+      const int64_t steps = int_arg(info[1], "steps", 1, wnlstm::kMaxElements);
+      const int64_t batch = int_arg(info[2], "batchSize", 1, wnlstm::kMaxElements);
+      if (double(steps) * double(batch) * double(std::max(c.input_size, 4 * c.num_units)) > double(wnlstm::kMaxElements))
+        fail("ERR_WNLSTM_SIZE", "steps x batch x width exceeds " + std::to_string(wnlstm::kMaxElements));
+      const int64_t H = c.num_units, P = c.output_size();
+      auto x = NativeTensor::arg(env, info[0], "inputs", dtype, device, steps * batch * c.input_size, false);
+      auto c0 = NativeTensor::arg(env, info[3], "initialState.c", dtype, device, batch * H, true);
+      auto h0 = NativeTensor::arg(env, info[4], "initialState.h", dtype, device, batch * P, true);
+      std::shared_ptr<wnlstm::Memory> memory = x->memory;
+      std::shared_ptr<TensorData> lens;
+      if (!info[5].IsUndefined() && !info[5].IsNull()) {  // checked here, then copied to the device
+        if (!info[5].IsTypedArray() || info[5].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+            int64_t(info[5].As<Napi::Int32Array>().ElementLength()) != batch)
+          fail("ERR_WNLSTM_SHAPE", "sequenceLength must be an Int32Array of batchSize (" + std::to_string(batch) + ") elements");
+        const int32_t* host = info[5].As<Napi::Int32Array>().Data();
+        wnlstm::validate_forward(c, steps, batch, host);
+        lens = std::make_shared<TensorData>(memory, "int32", batch);
+        memory->upload(lens->data, host, size_t(batch) * sizeof(int32_t));
+      }
+      const bool training = info[6].ToBoolean();
+      auto y = std::make_shared<TensorData>(memory, dtype, steps * batch * P);
+      auto c_out = std::make_shared<TensorData>(memory, dtype, batch * H);
+      auto h_out = std::make_shared<TensorData>(memory, dtype, batch * P);
+      auto run = [=] {
+        cell->device_forward(steps, batch, x->template as<T>(), c0 ? c0->template as<T>() : nullptr,
+                             h0 ? h0->template as<T>() : nullptr, lens ? lens->template as<int32_t>() : nullptr,
+                             y->template as<T>(), c_out->template as<T>(), h_out->template as<T>(), training);
+      };
+      auto result = [=](Napi::Env env) -> Napi::Value {
+        Napi::Object out = Napi::Object::New(env);
+        out.Set("y", NativeTensor::New(env, y));
+        out.Set("c", NativeTensor::New(env, c_out));
+        out.Set("h", NativeTensor::New(env, h_out));
+        return out;
+      };
+      if constexpr (!Async) {
+        run();
+        return result(env);
+      } else {
+        auto use = std::make_shared<TensorUse>(std::vector<std::shared_ptr<TensorData>>{x, c0, h0});
+        return run_async(env, [run, memory, use] {
+          run();
+          memory->synchronize();
+        }, result);
+      }
+    });
+  }
+
+  // backwardTensors(dy, dc?, dh?) -> { grads (a host array), dx, dc0, dh0 (tensors) }; backwardTensorsAsync:
+  // a promise of it.
+  template <bool Async>
+  Napi::Value BackwardTensors(const Napi::CallbackInfo& info) {
+    return with_cell(info, [&](auto cell) -> Napi::Value {
+      using T = typename std::remove_reference_t<decltype(*cell)>::value_type;
+      Napi::Env env = info.Env();
+      const CellConfig& c = cell->config();
+      const char* dtype = sizeof(T) == 4 ? "float32" : "float64";
+      const std::string device = cell->device();
+      const int64_t steps = cell->saved_steps(), batch = cell->saved_batch();
+      if (steps == 0)
+        fail("ERR_WNLSTM_NO_FORWARD", "backward needs a training forward first (and the weights unchanged since)");
+      const int64_t H = c.num_units, P = c.output_size(), n = wnlstm::param_count(c);
+      auto dy = NativeTensor::arg(env, info[0], "dOutputs", dtype, device, steps * batch * P, false);
+      auto dc = NativeTensor::arg(env, info[1], "dFinalState.c", dtype, device, batch * H, true);
+      auto dh = NativeTensor::arg(env, info[2], "dFinalState.h", dtype, device, batch * P, true);
+      std::shared_ptr<wnlstm::Memory> memory = dy->memory;
+      auto grads = std::make_shared<TensorData>(memory, dtype, n);
+      auto dx = std::make_shared<TensorData>(memory, dtype, steps * batch * c.input_size);
+      auto dc0 = std::make_shared<TensorData>(memory, dtype, batch * H);
+      auto dh0 = std::make_shared<TensorData>(memory, dtype, batch * P);
+      auto host_grads = std::make_shared<std::vector<T>>(size_t(n));
+      auto run = [=] {
+        cell->device_backward(dy->template as<T>(), dc ? dc->template as<T>() : nullptr,
+                              dh ? dh->template as<T>() : nullptr, grads->template as<T>(), dx->template as<T>(),
+                              dc0->template as<T>(), dh0->template as<T>());
+        memory->download(host_grads->data(), grads->data, grads->bytes());  // waits for the device
+      };
+      auto result = [=](Napi::Env env) -> Napi::Value {
+        Napi::Object out = Napi::Object::New(env);
+        out.Set("grads", to_js(env, *host_grads));
+        out.Set("dx", NativeTensor::New(env, dx));
+        out.Set("dc0", NativeTensor::New(env, dc0));
+        out.Set("dh0", NativeTensor::New(env, dh0));
+        return out;
+      };
+      if constexpr (!Async) {
+        run();
+        return result(env);
+      } else {
+        auto use = std::make_shared<TensorUse>(std::vector<std::shared_ptr<TensorData>>{dy, dc, dh});
+        return run_async(env, [run, use] { run(); }, result);
       }
     });
   }
@@ -1146,6 +1426,52 @@ Napi::Value Dropout(const Napi::CallbackInfo& info) {
   });
 }
 
+// tensorDropout(x, rate, state) -> mask: inverted dropout of a tensor in place on its device (the mask drawn
+// as dropout() draws it); tensorMultiply(x, mask): x *= mask, both tensors of one device and dtype.
+Napi::Value TensorDropout(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    auto x = NativeTensor::arg(env, info[0], "x", nullptr, "", -1, false);
+    if (!info[1].IsNumber()) fail("ERR_WNLSTM_TYPE", "rate must be a number");
+    const double rate = info[1].As<Napi::Number>().DoubleValue();
+    if (!(rate >= 0 && rate < 1)) fail("ERR_WNLSTM_RANGE", "rate must be in [0, 1)");
+    if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array ||
+        info[2].As<Napi::TypedArray>().ElementLength() != 4)
+      fail("ERR_WNLSTM_TYPE", "the random state must be a Uint32Array of 4 words");
+    if (x->busy.load() > 0) fail("ERR_WNLSTM_BUSY", "an async call that uses x is in flight: await it first");
+    uint32_t* words = info[2].As<Napi::Uint32Array>().Data();
+    wnlstm::Rng rng{words[0], words[1], words[2], words[3]};
+    auto mask = std::make_shared<TensorData>(x->memory, x->dtype, x->length);
+    AddonData::Device& d = env.GetInstanceData<AddonData>()->device(x->device);
+    if (x->dtype == "float32") d.f32->dropout(x->as<float>(), mask->as<float>(), x->length, rate, rng);
+    else d.f64->dropout(x->as<double>(), mask->as<double>(), x->length, rate, rng);
+    words[0] = rng.a, words[1] = rng.b, words[2] = rng.c, words[3] = rng.d;
+    return NativeTensor::New(env, mask);
+  });
+}
+
+Napi::Value TensorMultiply(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    auto x = NativeTensor::arg(env, info[0], "x", nullptr, "", -1, false);
+    auto mask = NativeTensor::arg(env, info[1], "mask", x->dtype.c_str(), x->device, x->length, false);
+    if (x->busy.load() > 0) fail("ERR_WNLSTM_BUSY", "an async call that uses x is in flight: await it first");
+    AddonData::Device& d = env.GetInstanceData<AddonData>()->device(x->device);
+    if (x->dtype == "float32") d.f32->apply_mask(x->as<float>(), mask->as<float>(), x->length);
+    else d.f64->apply_mask(x->as<double>(), mask->as<double>(), x->length);
+    return env.Undefined();
+  });
+}
+
+// tensorMemory() -> { tensors, bytes }: the tensor data alive now in this process, on every device (the
+// results of calls in flight included).
+Napi::Value TensorMemory(const Napi::CallbackInfo& info) {
+  Napi::Object out = Napi::Object::New(info.Env());
+  out.Set("tensors", double(TensorData::live_count.load()));
+  out.Set("bytes", double(TensorData::live_bytes.load()));
+  return out;
+}
+
 // gemm(transA, transB, M, N, K, A, B, C, accumulate): C[M,N] (+)= op(A) op(B), row-major.
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
@@ -1187,11 +1513,15 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("embeddingForward", Napi::Function::New(env, EmbeddingForward));
   exports.Set("embeddingBackward", Napi::Function::New(env, EmbeddingBackward));
   exports.Set("dropout", Napi::Function::New(env, Dropout));
+  exports.Set("tensorDropout", Napi::Function::New(env, TensorDropout));
+  exports.Set("tensorMultiply", Napi::Function::New(env, TensorMultiply));
+  exports.Set("tensorMemory", Napi::Function::New(env, TensorMemory));
   exports.Set("benchGemm", Napi::Function::New(env, BenchGemm));
   exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
-  Napi::Function cell_class = NativeCell::Define(env);
-  env.SetInstanceData(new AddonData{Napi::Persistent(cell_class)});
+  Napi::Function cell_class = NativeCell::Define(env), tensor_class = NativeTensor::Define(env);
+  env.SetInstanceData(new AddonData{Napi::Persistent(cell_class), Napi::Persistent(tensor_class), {}});
   exports.Set("NativeCell", cell_class);
+  exports.Set("NativeTensor", tensor_class);
   exports.Set("NativeModel", NativeModel::Define(env));
   exports.Set("info", Napi::Function::New(env, Info));
   return exports;

@@ -31,6 +31,8 @@ class Memory {
   virtual void download(void* host, const void* src, size_t bytes) = 0;
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void zero(void* dst, size_t bytes) = 0;
+  // Returns when the work queued on this device so far is done (a no-op on the CPU, where it always is).
+  virtual void synchronize() = 0;
 };
 
 // n elements of E in a backend's memory, grown on demand (contents undefined after it grows), freed with
