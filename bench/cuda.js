@@ -1,114 +1,184 @@
 #!/usr/bin/env node
-// GPU benchmark, one run on the GPU machine: wnlstm's CUDA backend (weight norm on and off), forward and
-// forward+backward, beside PyTorch's cuDNN nn.LSTM, plain and with weight_norm (bench/cudnn_lstm.py, run
-// by this script in the same session). First checks the CUDA outputs against the CPU backend at each
-// shape. Writes bench/results/cuda.md and cuda.json (or --out DIR).
+// GPU benchmark, one run on the GPU machine (issue 14's grid): wnlstm's CUDA backend, weight norm on and
+// off, forward and forward+backward, on tensors that stay on the device; beside PyTorch's cuDNN nn.LSTM
+// with TF32 off and on, and PyTorch weight_norm + cuDNN (bench/cudnn_lstm.py, run by this script in the same
+// session); the device's measured matmul ceilings; and the default language-model training step on the
+// GPU against the CPU backend. Each shape is first checked against the CPU backend. Writes cuda.md,
+// cuda.json and one plot per hidden size (cuda-h<H>.svg) to bench/results (or --out DIR).
 //
 //   source .gpu/enter && node bench/cuda.js [--repeats N] [--out DIR]      (see ../shared/GPU.md)
+//   node bench/cuda.js --dry-run --out /tmp/x     the CPU backend on a tiny grid, no PyTorch: checks this
+//                                                 script where there is no GPU
 //
-// Method: float32, one layer, inputs re-randomised before every run, 3 warm-up runs, then the median.
-// wnlstm is timed around each synchronous call, so its times include copying the inputs to the device
-// and the outputs back from pageable host memory (its API takes and returns host arrays); PyTorch's are
-// CUDA events around device-resident tensors. The table gives the bytes wnlstm copies per call.
+// Method: float32, one layer, I = H, T = 100; inputs re-randomised (and uploaded) before every run, outside
+// the timing; 3 warm-up runs, then the median of up to --repeats runs (fewer where a run is slow, at least
+// 3). wnlstm is timed on the host around the queued calls and a synchronize() (launch overheads included);
+// PyTorch with CUDA events. TFLOP/s counts 2·T·B·(I+H)·4H per forward, 3x for forward+backward.
 'use strict';
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
-const { backendInfo, WeightNormLSTMCell } = require('..');
+const { backendInfo, LanguageModel, RMSProp, synchronize, tensor, WeightNormLSTMCell } = require('..');
+const { lineChart } = require('../dist/lm/plot.js');
 
 const args = process.argv.slice(2);
 const option = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
-const repeats = Number(option('--repeats', 20));
+const dryRun = args.includes('--dry-run');
+const repeats = Number(option('--repeats', 15));
 const outDir = option('--out', path.join(__dirname, 'results'));
-const shapes = [{ B: 64, T: 100, I: 512, H: 512 }, { B: 256, T: 100, I: 1024, H: 1024 }]; // issue 3's two points
+const backend = dryRun ? 'cpu' : 'cuda';
+const T = dryRun ? 5 : 100;
+const batches = dryRun ? [1, 8] : [1, 8, 16, 64, 256];
+const hiddens = dryRun ? [16, 32] : [256, 512, 1024];
+const shapes = hiddens.flatMap((H) => batches.map((B) => ({ B, T, I: H, H })));
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const now = () => Number(process.hrtime.bigint()) / 1e6;
 const randomize = (a) => { for (let i = 0; i < a.length; i++) a[i] = Math.random() * 2 - 1; return a; };
+const sync = () => synchronize({ backend });
+const forwardFlops = ({ B, T, I, H }) => 2 * T * B * (I + H) * 4 * H;
 
-function timeWnlstm({ B, T, I, H }, norm, backward) {
-  const cell = new WeightNormLSTMCell(H, { inputSize: I, norm, seed: 1, backend: 'cuda' });
-  const x = new Float32Array(T * B * I), dy = new Float32Array(T * B * H);
+/** Median ms of fn() after 3 warm-ups; prepare() runs before each, outside the timing. */
+function timed(prepare, fn) {
   const times = [];
   for (let r = 0; r < 3 + repeats; r++) {
-    randomize(x);
-    if (backward) randomize(dy);
+    prepare();
+    sync();
     const start = now();
-    cell.forward(x, { batchSize: B, training: backward });
-    if (backward) cell.backward(dy);
-    if (r >= 3) times.push(now() - start);
+    fn();
+    sync();
+    const ms = now() - start;
+    if (r >= 3) times.push(ms);
+    if (r >= 5 && times.reduce((a, b) => a + b, 0) > 3000) break;  // enough for a slow shape
   }
-  cell.dispose();
   return median(times);
 }
 
-// Largest |CUDA - CPU| of the outputs at this shape (the tests check every option on small shapes).
-function checkAgainstCpu({ B, T, I, H }) {
-  const make = (backend) => new WeightNormLSTMCell(H, { inputSize: I, seed: 2, backend });
-  const cpu = make('cpu'), gpu = make('cuda');
-  const x = randomize(new Float32Array(T * B * I));
-  const a = cpu.forward(x, { batchSize: B, training: false }).outputs;
-  const b = gpu.forward(x, { batchSize: B, training: false }).outputs;
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
-  cpu.dispose();
-  gpu.dispose();
-  return worst;
+function timeWnlstm({ B, T, I, H }, norm, backward) {
+  const cell = new WeightNormLSTMCell(H, { inputSize: I, norm, seed: 1, backend });
+  const xs = new Float32Array(T * B * I), dys = new Float32Array(T * B * H);
+  const x = tensor(xs, [T, B, I], { backend }), dy = tensor(dys, [T, B, H], { backend });
+  const ms = timed(() => { x.write(randomize(xs)); if (backward) dy.write(randomize(dys)); }, () => {
+    const r = cell.forward(x, { training: backward });
+    if (backward) {
+      const g = cell.backward(dy);
+      g.dInputs.dispose(); g.dInitialState.c.dispose(); g.dInitialState.h.dispose();
+    }
+    r.outputs.dispose(); r.state.c.dispose(); r.state.h.dispose();
+  });
+  x.dispose(); dy.dispose(); cell.dispose();
+  return ms;
+}
+
+// Largest |CUDA - CPU| of the outputs and of the input gradients at this shape over 10 steps (the tests
+// check every option on small shapes).
+function checkAgainstCpu({ B, I, H }) {
+  const steps = Math.min(T, 10);
+  const make = (b) => new WeightNormLSTMCell(H, { inputSize: I, seed: 2, backend: b });
+  const cpu = make('cpu'), gpu = make(backend);
+  const x = randomize(new Float32Array(steps * B * I)), dy = randomize(new Float32Array(steps * B * H));
+  const worst = (a, b) => a.reduce((w, v, i) => Math.max(w, Math.abs(v - b[i])), 0);
+  const a = cpu.forward(x, { batchSize: B }), b = gpu.forward(x, { batchSize: B });
+  const out = worst(a.outputs, b.outputs);
+  const grad = worst(cpu.backward(dy).dInputs, gpu.backward(dy).dInputs);
+  cpu.dispose(); gpu.dispose();
+  return { out, grad };
+}
+
+// The default char LM's training step (2 x 128, batch 50, BPTT 50, vocabulary 86, dropout 0.5, RMSProp,
+// clip 5), on random ids: steps per second on each backend, and the first losses side by side.
+function languageModelSteps(b, steps) {
+  const V = 86, B = 50, W = 50;
+  const lm = new LanguageModel({ vocabSize: V, embeddingSize: 128, hiddenSize: 128, layers: 2, dropout: 0.5, norm: true, seed: 1, backend: b });
+  const opt = new RMSProp(lm, { learningRate: 0.002, clipNorm: 5 });
+  let seed = 7;
+  const ids = () => Int32Array.from({ length: W * B }, () => { seed = (seed * 1103515245 + 12345) >>> 0; return seed % V; });
+  const batchesOf = Array.from({ length: 8 }, () => [ids(), ids()]);
+  let state = null;
+  const losses = [];
+  const step = (k) => {
+    opt.zeroGrad();
+    const r = lm.step(batchesOf[k % 8][0], batchesOf[k % 8][1], B, state, true);
+    state = r.state;
+    opt.step();
+    return r.loss;
+  };
+  for (let k = 0; k < 5; k++) losses.push(step(k));
+  const start = now();
+  for (let k = 0; k < steps; k++) step(k);
+  const seconds = (now() - start) / 1000;
+  lm.dispose();
+  return { stepsPerSecond: steps / seconds, firstLosses: losses };
 }
 
 function main() {
   const info = backendInfo();
-  if (!info.cuda.available) {
+  if (!dryRun && !info.cuda.available) {
     console.error(`no CUDA device: ${info.cuda.reason}`);
     process.exitCode = 1;
     return;
   }
   const rows = [], notes = [];
   for (const s of shapes) {
-    const worst = checkAgainstCpu(s);
-    const mb = (n) => `${(n * 4 / 2 ** 20).toFixed(0)} MiB`;
-    notes.push(`B${s.B} T${s.T} I${s.I} H${s.H}: max |CUDA - CPU| of the outputs ${worst.toExponential(2)}; wnlstm copies ` +
-      `${mb(s.T * s.B * s.I)} in and ${mb(s.T * s.B * s.H)} out per forward, and ${mb(s.T * s.B * s.H)} in and ` +
-      `${mb(s.T * s.B * s.I + 4 * s.H * (s.I + s.H))} out more per backward`);
+    const { out, grad } = checkAgainstCpu(s);
+    notes.push(`B${s.B} H${s.H}: max |CUDA - CPU| over 10 steps: outputs ${out.toExponential(2)}, input gradients ${grad.toExponential(2)}`);
     for (const backward of [false, true]) {
       for (const norm of [true, false]) {
         const ms = timeWnlstm(s, norm, backward);
-        rows.push({ ...s, impl: `wnlstm CUDA, norm ${norm ? 'on' : 'off'}`, pass: backward ? 'forward+backward' : 'forward', ms });
-        console.error(`${JSON.stringify(s)} ${rows.at(-1).pass} ${rows.at(-1).impl}: ${ms.toFixed(2)} ms`);
+        rows.push({ ...s, impl: `wnlstm, norm ${norm ? 'on' : 'off'}`, pass: backward ? 'forward+backward' : 'forward', ms });
+        console.error(`B${s.B} H${s.H} ${rows.at(-1).pass} ${rows.at(-1).impl}: ${ms.toFixed(3)} ms`);
       }
     }
   }
-  const py = spawnSync('python3', [path.join(__dirname, 'cudnn_lstm.py'), JSON.stringify(shapes), String(repeats)], { encoding: 'utf8' });
   let torch = null;
-  if (py.status === 0) {
-    torch = JSON.parse(py.stdout.trim().split('\n').pop());
-    rows.push(...torch.results);
-  } else {
-    notes.push(`PyTorch baseline failed: ${(py.stderr || py.error?.message || '').trim().split('\n').pop()}`);
+  if (!dryRun) {
+    const py = spawnSync('python3', [path.join(__dirname, 'cudnn_lstm.py'), JSON.stringify(shapes), String(repeats)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    if (py.status === 0) {
+      torch = JSON.parse(py.stdout.trim().split('\n').pop());
+      rows.push(...torch.results);
+    } else {
+      notes.push(`PyTorch baseline failed: ${(py.stderr || py.error?.message || '').trim().split('\n').pop()}`);
+    }
   }
+  const lmSteps = dryRun ? 3 : 100;
+  const lm = { device: languageModelSteps(backend, lmSteps), cpu: languageModelSteps('cpu', dryRun ? 3 : 20) };
+  const lossGap = Math.max(...lm.device.firstLosses.map((l, i) => Math.abs(l - lm.cpu.firstLosses[i]) / lm.cpu.firstLosses[i]));
 
   for (const r of rows) {
-    const flops = 2 * r.T * r.B * (r.I + r.H) * 4 * r.H * (r.pass === 'forward' ? 1 : 3);
-    r.tflops = flops / r.ms / 1e9;
-    const ref = rows.find((q) => q.B === r.B && q.H === r.H && q.pass === r.pass && q.impl === 'wnlstm CUDA, norm on');
+    r.tflops = forwardFlops(r) * (r.pass === 'forward' ? 1 : 3) / r.ms / 1e9;
+    const ref = rows.find((q) => q.B === r.B && q.H === r.H && q.pass === r.pass && q.impl === 'wnlstm, norm on');
     r.vsWnlstm = r.ms / ref.ms;
   }
-  const device = `${info.cuda.devices.join(', ')}, driver ${info.cuda.driverVersion}`;
-  const cmd = `node bench/cuda.js --repeats ${repeats}`;
+  const device = dryRun ? 'dry run on the CPU' : `${info.cuda.devices.join(', ')}, driver ${info.cuda.driverVersion}`;
+  const cmd = `node bench/cuda.js --repeats ${repeats}${dryRun ? ' --dry-run' : ''}`;
+  const ceilings = torch?.ceilings ? `Measured matmul ceilings (PyTorch, 8192^3): fp32 ${torch.ceilings.fp32.toFixed(1)} TFLOP/s, TF32 ${torch.ceilings.tf32.toFixed(1)} TFLOP/s.\n` : '';
   let md = `# wnlstm CUDA benchmark\n\nCommand: \`${cmd}\` on the GPU machine (../shared/GPU.md). Date: ${new Date().toISOString().slice(0, 10)}.\n` +
-    `Device: ${device}${torch ? `; PyTorch ${torch.torch}, cuDNN ${torch.cudnn}` : ''}.\n` +
-    'Method: float32, one layer, inputs re-randomised before every run, 3 warm-up runs, then the median of ' +
-    `${repeats}. wnlstm is timed around each synchronous call, including the copies of its inputs and outputs ` +
-    'between pageable host memory and the device; PyTorch with CUDA events on device-resident tensors. ' +
-    'TFLOP/s counts 2·T·B·(I+H)·4H per forward, 3x for forward+backward.\n\n' +
+    `Device: ${device}${torch ? `; PyTorch ${torch.torch}, cuDNN ${torch.cudnn}` : ''}.\n${ceilings}` +
+    `Method: float32, one layer, I = H, T = ${T}; inputs re-randomised before every run (outside the timing), 3 warm-up runs, ` +
+    `then the median of up to ${repeats} runs. wnlstm on device tensors, timed on the host around the queued calls and a ` +
+    'synchronize(); PyTorch with CUDA events on device tensors. TFLOP/s counts 2·T·B·(I+H)·4H per forward, 3x for ' +
+    'forward+backward. "x wnlstm" is the time of the row over the time of wnlstm with weight norm on (above 1: wnlstm is faster).\n\n' +
+    `Language model training step (2 x 128, batch 50, BPTT 50, vocabulary 86, dropout 0.5, RMSProp, clip 5; random ids): ` +
+    `${lm.device.stepsPerSecond.toFixed(1)} steps/s on ${backend} against ${lm.cpu.stepsPerSecond.toFixed(1)} on this machine's CPU ` +
+    `(${(lm.device.stepsPerSecond / lm.cpu.stepsPerSecond).toFixed(2)}x); first 5 losses agree within rtol ${lossGap.toExponential(1)}.\n\n` +
     notes.map((n) => `- ${n}\n`).join('') +
-    '\n| shape | pass | implementation | ms | TFLOP/s | x the time of wnlstm (norm on) |\n|---|---|---|---|---|---|\n';
+    '\n| shape | pass | implementation | ms | TFLOP/s | x wnlstm |\n|---|---|---|---|---|---|\n';
   for (const r of rows) {
-    md += `| B${r.B} T${r.T} I${r.I} H${r.H} | ${r.pass} | ${r.impl} | ${r.ms.toFixed(2)} | ${r.tflops.toFixed(2)} | ${r.vsWnlstm.toFixed(2)} |\n`;
+    md += `| B${r.B} T${r.T} I${r.I} H${r.H} | ${r.pass} | ${r.impl} | ${r.ms.toFixed(3)} | ${r.tflops.toFixed(2)} | ${r.vsWnlstm.toFixed(2)} |\n`;
   }
   fs.mkdirSync(outDir, { recursive: true });
+  const colors = ['#1f77b4', '#aec7e8', '#d62728', '#ff9896', '#2ca02c', '#98df8a', '#9467bd', '#c5b0d5'];
+  for (const H of hiddens) {
+    const impls = [...new Set(rows.map((r) => r.impl))];
+    const series = impls.flatMap((impl, i) => ['forward+backward', 'forward'].map((pass) => ({
+      label: `${impl}, ${pass === 'forward' ? 'fwd' : 'fwd+bwd'}`, color: colors[i % colors.length], dashed: pass === 'forward',
+      points: rows.filter((r) => r.H === H && r.impl === impl && r.pass === pass).map((r) => [Math.log2(r.B), r.tflops]),
+    })));
+    fs.writeFileSync(path.join(outDir, `cuda-h${H}.svg`), lineChart(series, {
+      title: `H = I = ${H}, T = ${T}: TFLOP/s by batch (${device})`, xLabel: 'log2(batch)', yLabel: 'TFLOP/s', width: 900, height: 520 }));
+  }
   fs.writeFileSync(path.join(outDir, 'cuda.md'), md);
-  fs.writeFileSync(path.join(outDir, 'cuda.json'), JSON.stringify({ command: cmd, device, torch, notes, rows }, null, 2) + '\n');
+  fs.writeFileSync(path.join(outDir, 'cuda.json'), JSON.stringify({ command: cmd, device, torch, notes, lm, rows }, null, 2) + '\n');
   console.log(md);
 }
 

@@ -3,9 +3,10 @@
 
   python3 bench/cudnn_lstm.py '[{"B": 64, "T": 100, "I": 512, "H": 512}]' REPEATS
 
-Times forward (no grad) and forward+backward of one fp32 layer, plain and with weight norm on both weight
-matrices (torch.nn.utils.weight_norm, dim 0: one g per gate row, TF's per-column norm of its kernel), with
-CUDA events after 3 warm-up runs, fresh random inputs before every run; prints one JSON object.
+Times forward (no grad) and forward+backward of one float32 layer: plain with cuDNN's TF32 off and on, and
+with weight norm on both weight matrices (torch.nn.utils.weight_norm, dim 0: one g per gate row, TF's
+per-column norm of its kernel) with TF32 off; with CUDA events after 3 warm-up runs, fresh random inputs
+before every run. Also measures the device's float32 and TF32 matmul ceilings. Prints one JSON object.
 """
 import json
 import statistics
@@ -32,20 +33,34 @@ def timed(fn, prepare, repeats):
     return statistics.median(times)
 
 
+def matmul_ceiling(tf32, repeats):
+    """TFLOP/s of an 8192^3 float32 matmul (TF32 tensor cores when allowed): the device's measured ceiling."""
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    n = 8192
+    a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    ms = timed(lambda: torch.matmul(a, b), lambda: None, repeats)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return 2 * n ** 3 / ms / 1e9
+
+
 def main():
     shapes = json.loads(sys.argv[1])
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     warnings.simplefilter("ignore")  # weight_norm makes cuDNN warn about non-contiguous weights
     device = torch.device("cuda")
     results = []
+    # (name, weight norm, TF32 allowed in cuDNN)
+    variants = [("PyTorch nn.LSTM (cuDNN, fp32)", False, False), ("PyTorch nn.LSTM (cuDNN, TF32)", False, True),
+                ("PyTorch weight_norm + cuDNN (fp32)", True, False)]
     for s in shapes:
         B, T, I, H = s["B"], s["T"], s["I"], s["H"]
-        for norm in (False, True):
+        for name, norm, tf32 in variants:
+            torch.backends.cudnn.allow_tf32 = tf32
             torch.manual_seed(1)
             lstm = torch.nn.LSTM(I, H).to(device)
             if norm:
-                for name in ("weight_ih_l0", "weight_hh_l0"):
-                    lstm = torch.nn.utils.weight_norm(lstm, name=name, dim=0)
+                for weight in ("weight_ih_l0", "weight_hh_l0"):
+                    lstm = torch.nn.utils.weight_norm(lstm, name=weight, dim=0)
             x = torch.empty(T, B, I, device=device)
             dy = torch.empty(T, B, H, device=device)
 
@@ -62,13 +77,15 @@ def main():
                 y, _ = lstm(x)
                 y.backward(dy)
 
-            name = "PyTorch nn.LSTM (cuDNN)" + (" + weight_norm" if norm else "")
             results.append({**s, "impl": name, "pass": "forward", "ms": timed(forward, prepare, repeats)})
             results.append({**s, "impl": name, "pass": "forward+backward", "ms": timed(forward_backward, prepare, repeats)})
+            del lstm, x, dy
+    torch.backends.cudnn.allow_tf32 = True
     print(json.dumps({
         "torch": torch.__version__,
         "cudnn": torch.backends.cudnn.version(),
         "device": torch.cuda.get_device_name(),
+        "ceilings": {"fp32": matmul_ceiling(False, repeats), "tf32": matmul_ceiling(True, repeats)},
         "results": results,
     }))
 

@@ -4,7 +4,7 @@ export type {
   LSTMState, WeightNormLSTMCellOptions, TensorState, TensorForwardOptions, TensorForwardResult, TensorBackwardResult,
 } from './nn/cell';
 export type { BackendInfo } from './core/native';
-export { Tensor, tensor, tensorMemory, zeros } from './core/tensor';
+export { Tensor, synchronize, tensor, tensorMemory, zeros } from './core/tensor';
 export type { TensorDType, TensorOptions } from './core/tensor';
 export { Random } from './core/init';
 export type { Initializer, Shape } from './core/init';

@@ -4,7 +4,7 @@
 import t from 'tap';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
-import { backendInfo, Random, StackedLSTM, Tensor, tensor, tensorMemory, WeightNormLSTMCell, zeros } from '../lib/index';
+import { backendInfo, Random, StackedLSTM, synchronize, Tensor, tensor, tensorMemory, WeightNormLSTMCell, zeros } from '../lib/index';
 import { addon } from '../lib/core/native';
 import { randomArray } from './helpers';
 
@@ -43,7 +43,10 @@ t.test('bad input to tensors is a coded error', async (t) => {
   t.throws(() => zeros([2], { device: 1 }), { code: 'ERR_WNLSTM_CONFIG' }, 'a CPU device other than 0');
   if (!backendInfo().cuda.available) {
     t.throws(() => zeros([2], { backend: 'cuda' }), { code: 'ERR_WNLSTM_BACKEND_UNAVAILABLE' }, 'CUDA without a device');
+    t.throws(() => synchronize({ backend: 'cuda' }), { code: 'ERR_WNLSTM_BACKEND_UNAVAILABLE' }, 'synchronize() on CUDA without a device');
   }
+  synchronize();  // the CPU: nothing to wait for
+  t.throws(() => synchronize({ device: -1 }), { code: 'ERR_WNLSTM_CONFIG' }, 'synchronize() on a bad device');
   const a = zeros([2]);
   t.throws(() => a.write(Float64Array.of(1, 2)), { code: 'ERR_WNLSTM_TYPE' }, 'write() of another dtype');
   t.throws(() => a.write(Float32Array.of(1, 2, 3)), { code: 'ERR_WNLSTM_SHAPE' }, 'write() of another length');

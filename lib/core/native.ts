@@ -119,6 +119,8 @@ interface Addon {
   tensorDropout(x: NativeTensor, rate: number, state: Uint32Array): NativeTensor;
   /** x *= mask, tensors of one device and dtype. */
   tensorMultiply(x: NativeTensor, mask: NativeTensor): void;
+  /** Returns when the work queued on the device ('cpu' or 'cuda:<index>') is done. */
+  synchronize(device: string): void;
   /** The tensor data alive in this process, on every device. */
   tensorMemory(): { tensors: number; bytes: number };
   /** Sum of (pred - target)^2 and its gradient times gradScale. */

@@ -129,3 +129,12 @@ export function zeros(shape: readonly number[], options: TensorOptions = {}): Te
 export function tensorMemory(): { tensors: number; bytes: number } {
   return addon.tensorMemory();
 }
+
+/** Waits until the work queued on a device is done (torch.cuda.synchronize()). Calls on CUDA tensors return
+ * once their work is queued, and read() waits by itself: this is for timing. A no-op on the CPU. */
+export function synchronize(options: Pick<TensorOptions, 'backend' | 'device'> = {}): void {
+  const backend = options.backend ?? 'cpu', device = options.device ?? 0;
+  if (backend !== 'cpu' && backend !== 'cuda') throw wnlstmError('ERR_WNLSTM_CONFIG', `backend must be 'cpu' or 'cuda', got ${String(backend)}`);
+  if (!Number.isInteger(device) || device < 0) throw wnlstmError('ERR_WNLSTM_CONFIG', `device must be a device index, got ${String(device)}`);
+  addon.synchronize(backend === 'cpu' ? 'cpu' : `cuda:${device}`);
+}

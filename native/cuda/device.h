@@ -20,11 +20,36 @@
 
 namespace wnlstm::cuda {
 
+// A kernel fault (an illegal address, a failed assertion, ...) leaves the process's CUDA context unusable:
+// every later call would fail with the same error. The first one is kept here, so that later calls fail at
+// once with what happened and what to do, instead of with a confusing error of their own.
+inline bool is_sticky(cudaError_t err) {
+  return err == cudaErrorIllegalAddress || err == cudaErrorLaunchFailure || err == cudaErrorHardwareStackError ||
+         err == cudaErrorIllegalInstruction || err == cudaErrorMisalignedAddress ||
+         err == cudaErrorInvalidAddressSpace || err == cudaErrorInvalidPc || err == cudaErrorAssert;
+}
+struct Fault {
+  std::mutex mutex;
+  std::string message;  // empty until a kernel fault
+};
+inline Fault& fault() {
+  static Fault f;
+  return f;
+}
+
 // Throws for a failed runtime call: ERR_WNLSTM_OUT_OF_MEMORY for allocation failures, ERR_WNLSTM_CUDA else.
 inline void check(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return;
   cudaGetLastError();  // clear a non-sticky error so that the next call starts clean
-  const std::string message = std::string(what) + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
+  std::string message = std::string(what) + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
+  if (is_sticky(err)) {
+    Fault& f = fault();
+    std::lock_guard<std::mutex> lock(f.mutex);
+    if (f.message.empty()) f.message = message;
+    throw Error("ERR_WNLSTM_CUDA", "a CUDA kernel faulted (" + f.message + "): the process's CUDA context is " +
+                                       "unusable from now on, so every CUDA call here will fail; restart the " +
+                                       "process (CPU cells and models keep working meanwhile)");
+  }
   throw Error(err == cudaErrorMemoryAllocation ? "ERR_WNLSTM_OUT_OF_MEMORY" : "ERR_WNLSTM_CUDA", message);
 }
 
@@ -75,12 +100,32 @@ inline cudaStream_t device_stream(int device) {
   return stream;
 }
 
+// Makes `device` current for its scope and restores the caller's device after (for the paths, like frees in
+// destructors, that may run on any thread with any device current).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    cudaGetDevice(&previous_);
+    if (previous_ != device) cudaSetDevice(device);
+    changed_ = previous_ != device;
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+  ~DeviceGuard() {
+    if (changed_) cudaSetDevice(previous_);
+  }
+
+ private:
+  int previous_ = 0;
+  bool changed_ = false;
+};
+
 // Device memory of n elements of the current device, allocated and freed in order on its stream, grown on
 // demand and freed with its owner. Contents are undefined after a resize that grows it.
 template <typename T>
 class DeviceBuffer {
  public:
-  DeviceBuffer() : stream_(device_stream(current_device())) {}
+  DeviceBuffer() : device_(current_device()), stream_(device_stream(device_)) {}
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   ~DeviceBuffer() { release(); }
@@ -96,7 +141,10 @@ class DeviceBuffer {
     return ptr_;
   }
   void release() {
-    if (ptr_) cudaFreeAsync(ptr_, stream_);
+    if (ptr_) {
+      const DeviceGuard guard(device_);
+      cudaFreeAsync(ptr_, stream_);
+    }
     ptr_ = nullptr, capacity_ = size_ = 0;
   }
   T* data() const { return ptr_; }
@@ -104,55 +152,108 @@ class DeviceBuffer {
   int64_t capacity() const { return capacity_; }
 
  private:
+  int device_;
   cudaStream_t stream_;
   T* ptr_ = nullptr;
   int64_t capacity_ = 0, size_ = 0;
 };
 
-// Pinned host memory for the few host <-> device copies: an upload is copied into it and goes up
-// asynchronously from there; the space is handed out at increasing offsets and reused once the stream has
-// synchronised (which a download does anyway).
+// Pinned buffers that copies queued on some stream may still read: each is freed once the event recorded
+// after those copies has passed, checked whenever pinned memory is handed out or waited for. (Freeing at
+// once would need a wait for the stream, which on the main thread would stall the event loop.)
+class PinnedGraveyard {
+ public:
+  static PinnedGraveyard& instance() {
+    static PinnedGraveyard g;
+    return g;
+  }
+  void bury(char* p, cudaStream_t stream) {
+    cudaEvent_t done = nullptr;
+    if (cudaEventCreateWithFlags(&done, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventRecord(done, stream) != cudaSuccess) {
+      cudaGetLastError();
+      cudaStreamSynchronize(stream);  // no event: wait (rare, and only if the runtime is failing)
+      cudaFreeHost(p);
+      if (done) cudaEventDestroy(done);
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    graves_.push_back({done, p});
+  }
+  void collect() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t i = 0; i < graves_.size();) {
+      if (cudaEventQuery(graves_[i].done) == cudaErrorNotReady) {
+        ++i;
+        continue;
+      }
+      cudaFreeHost(graves_[i].p);
+      cudaEventDestroy(graves_[i].done);
+      graves_[i] = graves_.back();
+      graves_.pop_back();
+    }
+    cudaGetLastError();  // a not-ready query leaves an error to clear
+  }
+
+ private:
+  struct Grave {
+    cudaEvent_t done;
+    char* p;
+  };
+  std::mutex mutex_;
+  std::vector<Grave> graves_;
+};
+
+// Pinned host memory for the uploads of one owner, safe to use from several threads (an object's calls on
+// the main thread and its async calls on the thread pool): an upload is copied into it and goes up
+// asynchronously from there. Space is handed out at increasing offsets and reused from the start once the
+// stream has been seen idle with no upload queued since; when it is full a buffer twice as large replaces
+// it (the old one freed when its copies are done). Downloads go straight into the caller's memory.
 class Staging {
  public:
   explicit Staging(cudaStream_t stream) : stream_(stream) {}
   Staging(const Staging&) = delete;
   Staging& operator=(const Staging&) = delete;
   ~Staging() {
-    if (base_) cudaStreamSynchronize(stream_), cudaFreeHost(base_);
+    if (base_) PinnedGraveyard::instance().bury(base_, stream_);
   }
 
   void upload(void* device, const void* host, size_t bytes) {
     if (bytes == 0) return;
-    void* p = take(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    char* p = take(bytes);
     std::memcpy(p, host, bytes);
     check(cudaMemcpyAsync(device, p, bytes, cudaMemcpyHostToDevice, stream_), "copy to the device");
+    ++queued_;
   }
   // Waits for the stream (and so for everything queued before).
   void download(void* host, const void* device, size_t bytes) {
-    if (bytes == 0) return synchronize();
-    void* p = take(bytes);
-    check(cudaMemcpyAsync(p, device, bytes, cudaMemcpyDeviceToHost, stream_), "copy to the host");
+    if (bytes) check(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream_), "copy to the host");
     synchronize();
-    std::memcpy(host, p, bytes);
   }
   void synchronize() {
-    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
-    used_ = 0;
+    uint64_t queued_before = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      queued_before = queued_;
+    }
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");  // without the lock: uploads go on
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (queued_ == queued_before) used_ = 0;  // every copy from the buffer is done
   }
   size_t capacity() const { return capacity_; }
 
  private:
-  void* take(size_t bytes) {
+  char* take(size_t bytes) {  // with mutex_ held
     bytes = (bytes + 255) / 256 * 256;
     if (used_ + bytes > capacity_) {
-      synchronize();  // no queued copy reads it any more
-      if (bytes > capacity_) {
-        if (base_) cudaFreeHost(base_);
-        base_ = nullptr, capacity_ = 0;
-        const size_t size = std::max(bytes, size_t(1) << 20);
-        check(cudaMallocHost(reinterpret_cast<void**>(&base_), size), "cudaMallocHost (staging)");
-        capacity_ = size;
-      }
+      PinnedGraveyard::instance().collect();
+      if (base_) PinnedGraveyard::instance().bury(base_, stream_);
+      base_ = nullptr;
+      const size_t size = std::max({bytes, 2 * capacity_, size_t(1) << 20});
+      capacity_ = used_ = 0;
+      check(cudaMallocHost(reinterpret_cast<void**>(&base_), size), "cudaMallocHost (staging)");
+      capacity_ = size;
     }
     char* p = base_ + used_;
     used_ += bytes;
@@ -160,8 +261,10 @@ class Staging {
   }
 
   cudaStream_t stream_;
+  std::mutex mutex_;
   char* base_ = nullptr;
   size_t used_ = 0, capacity_ = 0;
+  uint64_t queued_ = 0;  // uploads queued so far
 };
 
 }  // namespace wnlstm::cuda

@@ -609,12 +609,21 @@ class CudaCell final : public Cell<T> {
   }
 
   // Refuses a call whose buffers cannot fit in the device's free memory (plus what this cell holds).
+  // Free memory counts what the device's pool keeps for reuse (freed by anyone, not returned to the driver).
   void check_memory(double bytes) {
     size_t free = 0, total = 0;
     check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
-    if (bytes > double(free) + double(held_bytes()))
+    cudaMemPool_t pool;
+    uint64_t reserved = 0, used = 0;
+    if (cudaDeviceGetDefaultMemPool(&pool, device_) == cudaSuccess) {
+      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved);
+      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used);
+    }
+    cudaGetLastError();
+    const double available = double(free) + double(reserved > used ? reserved - used : 0);
+    if (bytes > available + double(held_bytes()))
       throw Error("ERR_WNLSTM_OUT_OF_MEMORY", "this call needs " + std::to_string(int64_t(bytes / 1048576)) +
-                                                  " MiB of device memory; " + std::to_string(free >> 20) +
+                                                  " MiB of device memory; " + std::to_string(int64_t(available) >> 20) +
                                                   " MiB are free");
   }
   double held_bytes() const {

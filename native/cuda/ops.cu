@@ -221,7 +221,10 @@ class CudaBackend final : public Backend<T> {
     check(cudaMallocAsync(&p, bytes ? bytes : 1, stream_), ("cudaMallocAsync of " + std::to_string(bytes >> 20) + " MiB").c_str());
     return p;
   }
-  void release(void* p) noexcept override { cudaFreeAsync(p, stream_); }
+  void release(void* p) noexcept override {  // from any thread (a tensor's finalizer), with any device current
+    const DeviceGuard guard(device_);
+    cudaFreeAsync(p, stream_);
+  }
   void upload(void* dst, const void* host, size_t bytes) override {
     use_device();
     staging_.upload(dst, host, bytes);
@@ -240,7 +243,7 @@ class CudaBackend final : public Backend<T> {
   }
   void synchronize() override {
     use_device();
-    staging_.synchronize();
+    staging_.synchronize();  // waits without holding the staging's lock: other threads' uploads go on
   }
 
   void optimizer_update(const OptimizerStep& s, T* p, const T* g, T* s1, T* s2, int64_t n) override {

@@ -1472,6 +1472,15 @@ Napi::Value TensorMemory(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// synchronize(device): returns when the work queued on the device ("cpu" or "cuda:<index>") is done.
+Napi::Value Synchronize(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (!info[0].IsString()) fail("ERR_WNLSTM_TYPE", "device must be a string");
+    info.Env().GetInstanceData<AddonData>()->device(info[0].As<Napi::String>().Utf8Value()).f32->synchronize();
+    return info.Env().Undefined();
+  });
+}
+
 // gemm(transA, transB, M, N, K, A, B, C, accumulate): C[M,N] (+)= op(A) op(B), row-major.
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
@@ -1516,6 +1525,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("tensorDropout", Napi::Function::New(env, TensorDropout));
   exports.Set("tensorMultiply", Napi::Function::New(env, TensorMultiply));
   exports.Set("tensorMemory", Napi::Function::New(env, TensorMemory));
+  exports.Set("synchronize", Napi::Function::New(env, Synchronize));
   exports.Set("benchGemm", Napi::Function::New(env, BenchGemm));
   exports.Set("externalMemory", Napi::Function::New(env, ExternalMemory));
   Napi::Function cell_class = NativeCell::Define(env), tensor_class = NativeTensor::Define(env);

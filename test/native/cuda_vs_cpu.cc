@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "device.h"
 #include "wnlstm/backend.h"
 #include "wnlstm/cell.h"
 #include "wnlstm/model.h"
@@ -361,6 +362,20 @@ int main() {
     // within ~4e-7 and the sums run in different orders over up to T*B rows.
     run<double>(c, "float64", 1e-9, 1e-11, 1e-9, 1e-11);
     run<float>(c, "float32", 1e-4, 2e-6, 1e-3, 1e-4);
+  }
+  // Last (it leaves the "context" marked unusable): a kernel fault is reported with what to do, and every
+  // later call fails at once naming the first fault.
+  checks += 2;
+  for (const char* what : {"step forward kernel", "copy to the host"}) {
+    try {
+      cuda::check(what[0] == 's' ? cudaErrorIllegalAddress : cudaErrorLaunchFailure, what);
+      failures.push_back(std::string("a kernel fault in ") + what + " did not throw");
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      if (e.code != "ERR_WNLSTM_CUDA" || m.find("restart the process") == std::string::npos ||
+          m.find("step forward kernel: cudaErrorIllegalAddress") == std::string::npos)
+        failures.push_back("a kernel fault in " + std::string(what) + " threw " + e.code + ": " + m);
+    }
   }
   std::printf("{\"cases\": %zu, \"checks\": %d, \"failures\": [", kCases.size() * 2, checks);
   for (size_t i = 0; i < failures.size(); ++i) {
