@@ -32,9 +32,15 @@ t.test('CUDA kernels, emulated on the CPU, = the CPU backend', { skip: hasCompil
   }));
   const binary = path.join(out, 'cuda_vs_cpu');
   await run(compiler, [...objects, '-o', binary, '-lpthread']);
-  const { stdout } = await run(binary, [], { maxBuffer: 1 << 24 });
+  // The cases the GPU checks use too (test/cuda-cases.json), one line each (see cuda_vs_cpu.cc).
+  const cases = JSON.parse(fs.readFileSync(path.join(__dirname, 'cuda-cases.json'), 'utf8')) as
+    { I: number; H: number; T: number; B: number; lengths?: boolean; options: Record<string, number | string | boolean> }[];
+  const input = cases.map(({ I, H, T, B, lengths, options: o }) => [I, H, T, B, lengths ? 1 : 0, o.norm === false ? 0 : 1,
+    o.usePeepholes ? 1 : 0, o.cellClip ?? '-', o.numProj ?? 0, o.projClip ?? '-', o.forgetBias ?? 1, o.activation ?? 'tanh'].join(' ')).join('\n');
+  const { stdout, status, stderr } = spawnSync(binary, [], { input: input + '\n', encoding: 'utf8', maxBuffer: 1 << 24 });
+  t.equal(status, 0, `the driver ran${status ? `: ${stderr}` : ''}`);
   const report = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { cases: number; checks: number; failures: string[] };
-  t.equal(report.cases, 26, '13 configurations in float64 and float32 (and a language model in both)');
-  t.ok(report.checks >= 500, `${report.checks} comparisons ran (cells, backend ops, language models)`);
+  t.equal(report.cases, 2 * cases.length, `the ${cases.length} cases of cuda-cases.json in float64 and float32`);
+  t.ok(report.checks >= 24 * cases.length, `${report.checks} comparisons ran (cells, backend ops, language models)`);
   t.same(report.failures, [], 'every output, gradient and state matches the CPU backend');
 });

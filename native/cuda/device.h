@@ -79,6 +79,12 @@ inline int current_device() {
   return device;
 }
 
+inline int multiprocessors(int device) {
+  int n = 0;
+  check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  return n;
+}
+
 // The stream that every cell and model on a device uses, so that their work is ordered without host waits
 // (created on first use and kept for the process). Its memory pool keeps what is freed for reuse: a free
 // or a regrow never hands memory back to the driver, which would stall the device.

@@ -71,58 +71,98 @@ __global__ void fill_kernel(T* p, int64_t n, T value) {
     p[i] = value;
 }
 
-// One thread per column of V [rows, cols]: sumsq[j] = sum_r V[r,j]^2 (in double), s[j] = g[j] / |v_j|.
-template <typename T>
-__global__ void column_norms_kernel(const T* V, int64_t rows, int64_t cols, const T* g, T* sumsq, T* s) {
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (j >= cols) return;
-  double acc = 0;
-  for (int64_t r = 0; r < rows; ++r) acc += double(V[r * cols + j]) * double(V[r * cols + j]);
-  sumsq[j] = T(acc);
-  s[j] = T(double(g[j]) / sqrt(acc > kNormEpsilon ? acc : kNormEpsilon));
+// ---- Reductions over rows, for every column: blocks of 32 columns x 8 row lanes (a warp reads 32
+// consecutive columns of one row). Lane l adds rows l, l + 8, ... in double; the lanes are then added in a
+// fixed order, so that every run gives the same result.
+constexpr int kColumns = 32, kLanes = 8, kReduceThreads = kColumns * kLanes;
+
+struct ReduceThread {
+  int column, lane;
+  __device__ ReduceThread() : column(int(threadIdx.x) % kColumns), lane(int(threadIdx.x) / kColumns) {}
+};
+
+// The total over the lanes of each lane's partial sum, for every thread of the column.
+__device__ inline double lanes_total(double partial, double (*shared)[kColumns], const ReduceThread& me) {
+  shared[me.lane][me.column] = partial;
+  __syncthreads();
+  double total = 0;
+  for (int l = 0; l < kLanes; ++l) total += shared[l][me.column];
+  __syncthreads();  // shared is reused by the next reduction
+  return total;
 }
 
-// dW (in place in dV) -> dV, and dg, one thread per column: dg = (dW . v)/|v|, dV = s dW - (g dg/|v|^2) v.
+inline unsigned column_blocks(int64_t cols) { return unsigned((cols + kColumns - 1) / kColumns); }
+
+// sumsq[j] = sum_r V[r,j]^2 (in double), s[j] = g[j] / |v_j|, for V [rows, cols].
 template <typename T>
-__global__ void weight_norm_grad_kernel(const T* V, int64_t rows, int64_t cols, const T* g, const T* sumsq,
-                                        const T* s, T* dV, T* dg) {
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+__global__ void __launch_bounds__(kReduceThreads) column_norms_kernel(const T* V, int64_t rows, int64_t cols,
+                                                                      const T* g, T* sumsq, T* s) {
+  __shared__ double shared[kLanes][kColumns];
+  const ReduceThread me;
+  const int64_t j = int64_t(blockIdx.x) * kColumns + me.column;
+  double acc = 0;
+  if (j < cols)
+    for (int64_t r = me.lane; r < rows; r += kLanes) acc += double(V[r * cols + j]) * double(V[r * cols + j]);
+  const double total = lanes_total(acc, shared, me);
+  if (me.lane == 0 && j < cols) {
+    sumsq[j] = T(total);
+    s[j] = T(double(g[j]) / sqrt(total > kNormEpsilon ? total : kNormEpsilon));
+  }
+}
+
+// dW (in place in dV) -> dV, and dg, per column: dg = (dW . v)/|v|, dV = s dW - (g dg/|v|^2) v.
+template <typename T>
+__global__ void __launch_bounds__(kReduceThreads) weight_norm_grad_kernel(const T* V, int64_t rows, int64_t cols,
+                                                                          const T* g, const T* sumsq, const T* s,
+                                                                          T* dV, T* dg) {
+  __shared__ double shared[kLanes][kColumns];
+  const ReduceThread me;
+  const int64_t j = int64_t(blockIdx.x) * kColumns + me.column;
+  double acc = 0;
+  if (j < cols)
+    for (int64_t r = me.lane; r < rows; r += kLanes) acc += double(dV[r * cols + j]) * double(V[r * cols + j]);
+  const double dot = lanes_total(acc, shared, me);
   if (j >= cols) return;
-  double dot = 0;
-  for (int64_t r = 0; r < rows; ++r) dot += double(dV[r * cols + j]) * double(V[r * cols + j]);
   const double ss = double(sumsq[j]), norm = sqrt(ss > kNormEpsilon ? ss : kNormEpsilon);
-  dg[j] = T(dot / norm);
+  if (me.lane == 0) dg[j] = T(dot / norm);
   // Below eps, |v| is a constant.
   const double coef = ss >= kNormEpsilon ? double(g[j]) * dot / (norm * norm * norm) : 0.0, sj = double(s[j]);
-  for (int64_t r = 0; r < rows; ++r)
+  for (int64_t r = me.lane; r < rows; r += kLanes)
     dV[r * cols + j] = T(sj * double(dV[r * cols + j]) - coef * double(V[r * cols + j]));
 }
 
-// out[j] = sum_r M[r, j] (in double), one thread per column.
+// out[j] = sum_r M[r, j] (in double).
 template <typename T>
-__global__ void column_sums_kernel(const T* M, int64_t rows, int64_t cols, T* out) {
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (j >= cols) return;
+__global__ void __launch_bounds__(kReduceThreads) column_sums_kernel(const T* M, int64_t rows, int64_t cols, T* out) {
+  __shared__ double shared[kLanes][kColumns];
+  const ReduceThread me;
+  const int64_t j = int64_t(blockIdx.x) * kColumns + me.column;
   double acc = 0;
-  for (int64_t r = 0; r < rows; ++r) acc += double(M[r * cols + j]);
-  out[j] = T(acc);
+  if (j < cols)
+    for (int64_t r = me.lane; r < rows; r += kLanes) acc += double(M[r * cols + j]);
+  const double total = lanes_total(acc, shared, me);
+  if (me.lane == 0 && j < cols) out[j] = T(total);
 }
 
 // Peephole gradients over all T*B rows: dwi = sum dz_i c_prev, dwf = sum dz_f c_prev, dwo = sum dz_o c_next.
 template <typename T>
-__global__ void peephole_grads_kernel(const T* dz, const T* cs, int64_t rows, int64_t B, int64_t H, T* dwi, T* dwf,
-                                      T* dwo) {
-  const int64_t u = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (u >= H) return;
-  const int64_t G = 4 * H;
+__global__ void __launch_bounds__(kReduceThreads) peephole_grads_kernel(const T* dz, const T* cs, int64_t rows,
+                                                                        int64_t B, int64_t H, T* dwi, T* dwf,
+                                                                        T* dwo) {
+  __shared__ double shared[kLanes][kColumns];
+  const ReduceThread me;
+  const int64_t u = int64_t(blockIdx.x) * kColumns + me.column, G = 4 * H;
   double si = 0, sf = 0, so = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const double cp = double(cs[r * H + u]), cn = double(cs[(r + B) * H + u]);
-    si += double(dz[r * G + u]) * cp;
-    sf += double(dz[r * G + 2 * H + u]) * cp;
-    so += double(dz[r * G + 3 * H + u]) * cn;
+  if (u < H) {
+    for (int64_t r = me.lane; r < rows; r += kLanes) {
+      const double cp = double(cs[r * H + u]), cn = double(cs[(r + B) * H + u]);
+      si += double(dz[r * G + u]) * cp;
+      sf += double(dz[r * G + 2 * H + u]) * cp;
+      so += double(dz[r * G + 3 * H + u]) * cn;
+    }
   }
-  dwi[u] = T(si), dwf[u] = T(sf), dwo[u] = T(so);
+  const double ti = lanes_total(si, shared, me), tf = lanes_total(sf, shared, me), to = lanes_total(so, shared, me);
+  if (me.lane == 0 && u < H) dwi[u] = T(ti), dwf[u] = T(tf), dwo[u] = T(to);
 }
 
 // ---- The fused forward step.
@@ -142,6 +182,39 @@ struct StepForward {
   T* y;                       // [B,P] out (this step's outputs), only without a projection
   bool proj;
 };
+
+// The pointwise part of a step for row b, unit u, given the unscaled products h.Vh of its four gates: the
+// weight-norm scales, bias, gates, cell, clipping, peepholes and outputs.
+template <typename T, Activation A>
+__device__ inline void cell_forward(const StepForward<T>& p, int64_t b, int64_t u, const T* rec) {
+  const int64_t H = p.H, G = 4 * H, P = p.P;
+  const T wi = p.wi ? p.wi[u] : T(0), wf = p.wf ? p.wf[u] : T(0), wo = p.wo ? p.wo[u] : T(0);
+  T* zr = p.z + b * G;
+  T pre[4];
+  for (int g = 0; g < 4; ++g) {
+    const int64_t col = g * H + u;
+    pre[g] = zr[col] * p.s0[col] + rec[g] * p.s1[col] + p.bias[col];
+  }
+  const T c = p.c_prev[b * H + u];
+  const T gi = sigmoid(pre[0] + wi * c);
+  const T aj = activate<A>(pre[1]);
+  const T gf = sigmoid(pre[2] + p.forget_bias + wf * c);
+  const T raw = c * gf + gi * aj;
+  const T clipped = clip(raw, p.cell_clip);
+  const T go = sigmoid(pre[3] + wo * clipped);
+  const T out = go * activate<A>(clipped);
+  zr[u] = gi, zr[H + u] = aj, zr[2 * H + u] = gf, zr[3 * H + u] = go;
+  if (p.c_raw) p.c_raw[b * H + u] = raw;
+  const bool done = finished(p.seq_len, p.t, b);  // past its length: state carried, output zero
+  p.c_next[b * H + u] = done ? c : clipped;
+  if (p.proj) {
+    p.hh[b * H + u] = out;
+  } else {
+    const T h = done ? p.h_prev[b * P + u] : out;
+    p.hh[b * H + u] = h;
+    p.y[b * P + u] = done ? T(0) : h;
+  }
+}
 
 constexpr int kRows = 16, kUnits = 32, kDepth = 32, kStepThreads = 256;  // tile: 16 rows x 32 units x 4 gates
 
@@ -187,37 +260,28 @@ __global__ void __launch_bounds__(kStepThreads) step_forward_kernel(StepForward<
 
   const int64_t u = u0 + lane;
   if (u >= H) return;
-  const T wi = p.wi ? p.wi[u] : T(0), wf = p.wf ? p.wf[u] : T(0), wo = p.wo ? p.wo[u] : T(0);
 #pragma unroll
   for (int q = 0; q < 2; ++q) {
     const int64_t b = r0 + wrow + 8 * q;
-    if (b >= p.B) continue;
-    T* zr = p.z + b * G;
-    T pre[4];
-#pragma unroll
+    if (b < p.B) cell_forward<T, A>(p, b, u, acc[q]);
+  }
+}
+
+// The same step in two launches, for batches too small to give the fused kernel a block per SM: h.Vh as a
+// split-K GEMM into [splits, B, G] (run before), then this kernel adds the slices in order and does the
+// pointwise, one thread per (row, unit).
+template <typename T, Activation A>
+__global__ void step_gates_kernel(StepForward<T> p, const T* parts, int splits) {
+  const int64_t n = p.B * p.H, G = 4 * p.H;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / p.H, u = i % p.H;
+    T rec[4];
     for (int g = 0; g < 4; ++g) {
-      const int64_t col = g * H + u;
-      pre[g] = zr[col] * p.s0[col] + acc[q][g] * p.s1[col] + p.bias[col];
+      T sum = T(0);
+      for (int s = 0; s < splits; ++s) sum += parts[(s * p.B + b) * G + g * p.H + u];
+      rec[g] = sum;
     }
-    const T c = p.c_prev[b * H + u];
-    const T gi = sigmoid(pre[0] + wi * c);
-    const T aj = activate<A>(pre[1]);
-    const T gf = sigmoid(pre[2] + p.forget_bias + wf * c);
-    const T raw = c * gf + gi * aj;
-    const T clipped = clip(raw, p.cell_clip);
-    const T go = sigmoid(pre[3] + wo * clipped);
-    const T out = go * activate<A>(clipped);
-    zr[u] = gi, zr[H + u] = aj, zr[2 * H + u] = gf, zr[3 * H + u] = go;
-    if (p.c_raw) p.c_raw[b * H + u] = raw;
-    const bool done = finished(p.seq_len, p.t, b);  // past its length: state carried, output zero
-    p.c_next[b * H + u] = done ? c : clipped;
-    if (p.proj) {
-      p.hh[b * H + u] = out;
-    } else {
-      const T h = done ? p.h_prev[b * P + u] : out;
-      p.hh[b * H + u] = h;
-      p.y[b * P + u] = done ? T(0) : h;
-    }
+    cell_forward<T, A>(p, b, u, rec);
   }
 }
 
@@ -263,33 +327,83 @@ struct StepBackward {
   const int32_t* seq_len;
   T* dz;                              // [B,G] out: dL/d pre-activations
   T* dc_prev;                         // [B,H] out
+  // The fused step (no projection) finds dL/d h of this step itself instead of reading dhh:
+  const T* parts;     // [splits,B,H]: the split-K slices of the step after's dz . Wh^T (null at the last step)
+  int splits;
+  const T* dh_final;  // [B,H] or null: dL/d h of the last step (from after the sequence)
+  const T* dh_next;   // [B,H]: dL/d h of the step after (passed through by rows that finished there)
+  const T* dy;        // [B,H]: this step's output gradient
+  T* dh;              // [B,H] out: dL/d h of this step
 };
+
+// The pointwise backward of element i = b*H + u of a live row, given dL/d hh.
+template <typename T, Activation A>
+__device__ inline void cell_backward(const StepBackward<T>& p, int64_t i, T dh) {
+  const int64_t H = p.H, G = 4 * H, b = i / H, u = i % H;
+  T* dzr = p.dz + b * G;
+  const T* gr = p.gates + b * G;
+  const T gi = gr[u], aj = gr[H + u], gf = gr[2 * H + u], go = gr[3 * H + u];
+  const T wi = p.wi ? p.wi[u] : T(0), wf = p.wf ? p.wf[u] : T(0), wo = p.wo ? p.wo[u] : T(0);
+  const T ac = activate<A>(p.c_next[i]);
+  const T d_o = dh * ac * go * (T(1) - go);
+  const T d_c = p.dc[i] + dh * go * activate_grad<A>(ac) + d_o * wo;
+  const T d_raw = (p.c_raw[i] >= -p.cell_clip && p.c_raw[i] <= p.cell_clip) ? d_c : T(0);
+  const T d_i = d_raw * aj * gi * (T(1) - gi);
+  const T d_j = d_raw * gi * activate_grad<A>(aj);
+  const T d_f = d_raw * p.c_prev[i] * gf * (T(1) - gf);
+  dzr[u] = d_i, dzr[H + u] = d_j, dzr[2 * H + u] = d_f, dzr[3 * H + u] = d_o;
+  p.dc_prev[i] = d_raw * gf + d_i * wi + d_f * wf;
+}
+
+// A row past its length: the step is the identity on the state.
+template <typename T>
+__device__ inline void identity_backward(const StepBackward<T>& p, int64_t i) {
+  const int64_t H = p.H, b = i / H, u = i % H;
+  T* dzr = p.dz + b * 4 * H;
+  dzr[u] = dzr[H + u] = dzr[2 * H + u] = dzr[3 * H + u] = T(0);
+  p.dc_prev[i] = p.dc[i];
+}
 
 template <typename T, Activation A>
 __global__ void step_backward_kernel(StepBackward<T> p) {
-  const int64_t H = p.H, G = 4 * H;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < p.B * H; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t b = i / H, u = i % H;
-    T* dzr = p.dz + b * G;
-    if (finished(p.seq_len, p.t, b)) {  // the step is the identity on the state
-      dzr[u] = dzr[H + u] = dzr[2 * H + u] = dzr[3 * H + u] = T(0);
-      p.dc_prev[i] = p.dc[i];
-      continue;
-    }
-    const T* gr = p.gates + b * G;
-    const T gi = gr[u], aj = gr[H + u], gf = gr[2 * H + u], go = gr[3 * H + u];
-    const T wi = p.wi ? p.wi[u] : T(0), wf = p.wf ? p.wf[u] : T(0), wo = p.wo ? p.wo[u] : T(0);
-    const T ac = activate<A>(p.c_next[i]);
-    const T dh = p.dhh[i];
-    const T d_o = dh * ac * go * (T(1) - go);
-    const T d_c = p.dc[i] + dh * go * activate_grad<A>(ac) + d_o * wo;
-    const T d_raw = (p.c_raw[i] >= -p.cell_clip && p.c_raw[i] <= p.cell_clip) ? d_c : T(0);
-    const T d_i = d_raw * aj * gi * (T(1) - gi);
-    const T d_j = d_raw * gi * activate_grad<A>(aj);
-    const T d_f = d_raw * p.c_prev[i] * gf * (T(1) - gf);
-    dzr[u] = d_i, dzr[H + u] = d_j, dzr[2 * H + u] = d_f, dzr[3 * H + u] = d_o;
-    p.dc_prev[i] = d_raw * gf + d_i * wi + d_f * wf;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < p.B * p.H; i += int64_t(gridDim.x) * blockDim.x) {
+    if (finished(p.seq_len, p.t, i / p.H)) identity_backward(p, i);
+    else cell_backward<T, A>(p, i, p.dhh[i]);
   }
+}
+
+// dL/d h of a step: the split-K slices of the step after, added in order, or what a row that finished
+// there passes through.
+template <typename T>
+__device__ inline T state_grad(const T* parts, int splits, int64_t n, const int32_t* seq_len, int64_t t_after,
+                               int64_t b, const T* dh_after, int64_t i) {
+  if (finished(seq_len, t_after, b)) return dh_after[i];
+  T sum = T(0);
+  for (int s = 0; s < splits; ++s) sum += parts[s * n + i];
+  return sum;
+}
+
+// One step of the backward without a projection, in one launch: dL/d h from the step after's slices, then
+// the pointwise backward (the step's dz . Wh^T follows as a split-K GEMM).
+template <typename T, Activation A>
+__global__ void fused_step_backward_kernel(StepBackward<T> p) {
+  const int64_t n = p.B * p.H;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / p.H;
+    const T dh = p.parts ? state_grad(p.parts, p.splits, n, p.seq_len, p.t + 1, b, p.dh_next, i)
+                         : (p.dh_final ? p.dh_final[i] : T(0));
+    p.dh[i] = dh;
+    if (finished(p.seq_len, p.t, b)) identity_backward(p, i);
+    else cell_backward<T, A>(p, i, dh + p.dy[i]);
+  }
+}
+
+// dL/d h0 after the fused steps: the first step's slices, or dL/d h of step 0 where a row has length 0.
+template <typename T>
+__global__ void initial_state_grad_kernel(const T* parts, int splits, int64_t B, int64_t H, const int32_t* seq_len,
+                                          const T* dh_first, T* dh0) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < B * H; i += int64_t(gridDim.x) * blockDim.x)
+    dh0[i] = state_grad(parts, splits, B * H, seq_len, 0, i / H, dh_first, i);
 }
 
 // Past a row's length dh passes through unchanged (the GEMM gave 0 there, from dz = 0).
@@ -370,7 +484,7 @@ class CudaCell final : public Cell<T> {
       n += double(a->len.capacity()) * sizeof(int32_t);
     }
     for (const DeviceBuffer<T>* b : {&own_params_, &grads_, &s0_, &s1_, &sp_, &sumsq0_, &sumsq1_, &sumsqp_, &y_, &dy_,
-                                     &dz_, &dpre_, &dx_, &dc_, &dc_prev_, &dh_, &dh_prev_, &dtot_, &dhh_, &x_in_,
+                                     &dz_, &dpre_, &dx_, &dc_, &dc_prev_, &dh_, &dh_prev_, &dtot_, &dhh_, &parts_, &fwd_parts_, &x_in_,
                                      &c_in_, &h_in_, &c_out_, &h_out_})
       n += double(b->capacity()) * sizeof(T);
     return int64_t(n);
@@ -488,6 +602,10 @@ class CudaCell final : public Cell<T> {
     sp.proj = proj;
     const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
     const dim3 grid{unsigned((B + kRows - 1) / kRows), unsigned((H + kUnits - 1) / kUnits), 1};
+    // The fused kernel where it has a block for every SM; otherwise split-K and a pointwise kernel.
+    const int64_t fused_blocks = int64_t(grid.x) * grid.y;
+    const int splits = fused_blocks >= sm_count_ ? 1 : split_k(B, G, P);
+    T* parts = fused_blocks >= sm_count_ ? nullptr : fwd_parts_.resize(int64_t(splits) * B * G);
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t k = training ? t : 0;
       sp.t = t;
@@ -498,7 +616,12 @@ class CudaCell final : public Cell<T> {
       T* h_next = hs + slot(t + 1) * B * P;
       sp.hh = proj ? hh_all + k * B * H : h_next;
       sp.y = y + t * B * P;
-      launch_step_forward(grid, sp);
+      if (fused_blocks >= sm_count_) {
+        launch_step_forward(grid, sp);
+      } else {
+        gemm_split_k<T>(stream_, false, false, B, G, P, sp.h_prev, P, sp.vh, G, nullptr, splits, parts, G);
+        launch_step_gates(sp, parts, splits);
+      }
       if (proj) {
         T* pre = pre_all + k * B * P;
         gemm<T>(stream_, false, false, B, P, H, sp.hh, H, params_ + off_.proj_kernel, P, nullptr, false, pre, P);
@@ -533,8 +656,8 @@ class CudaCell final : public Cell<T> {
     T* dhh = proj ? dhh_.resize(B * H) : nullptr;
     if (dc_in) copy(dc, dc_in, B * H);
     else check(cudaMemsetAsync(dc, 0, B * H * sizeof(T), stream_), "zero dc");
-    if (dh_in) copy(dh, dh_in, B * P);
-    else check(cudaMemsetAsync(dh, 0, B * P * sizeof(T), stream_), "zero dh");
+    if (proj && dh_in) copy(dh, dh_in, B * P);
+    else if (proj) check(cudaMemsetAsync(dh, 0, B * P * sizeof(T), stream_), "zero dh");
 
     StepBackward<T> sb{};
     sb.B = B, sb.H = H;
@@ -542,7 +665,30 @@ class CudaCell final : public Cell<T> {
       sb.wi = params_ + off_.w_i, sb.wf = params_ + off_.w_f, sb.wo = params_ + off_.w_o;
     sb.cell_clip = cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity();
     sb.seq_len = lens;
-    for (int64_t t = steps - 1; t >= 0; --t) {
+    if (!proj) {
+      // Two launches a step: the fused pointwise backward (which also adds the slices of the step after),
+      // then dz . Wh^T as a split-K GEMM with enough blocks for every SM.
+      const int splits = split_k(B, P, G);
+      T* parts = parts_.resize(int64_t(splits) * B * P);
+      T* dh_of[2] = {dh, dh_prev};  // dL/d h of step t in dh_of[t & 1]
+      sb.splits = splits, sb.dh_final = dh_in;
+      for (int64_t t = steps - 1; t >= 0; --t) {
+        sb.t = t;
+        sb.gates = a.gates.data() + t * B * G;
+        sb.c_prev = a.cs.data() + t * B * H, sb.c_next = a.cs.data() + (t + 1) * B * H;
+        sb.c_raw = a.c_raw.data() + t * B * H;
+        sb.parts = t == steps - 1 ? nullptr : parts;
+        sb.dh_next = dh_of[(t + 1) & 1], sb.dh = dh_of[t & 1], sb.dy = dys + t * B * P;
+        sb.dc = dc, sb.dz = dz + t * B * G, sb.dc_prev = dc_prev;
+        launch_step_backward(sb, true);
+        gemm_split_k<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, s1_.data(), splits, parts, P);
+        std::swap(dc, dc_prev);
+      }
+      launch("initial state gradient kernel", initial_state_grad_kernel<T>, grid_for(B * P), 256, stream_, parts,
+             splits, B, P, lens, dh_of[0], dtot);
+      dh = dtot;
+    }
+    for (int64_t t = proj ? steps - 1 : -1; t >= 0; --t) {  // with a projection: one step at a time
       launch("output gradient kernel", output_grad_kernel<T>, grid_for(B * P), 256, stream_, B, P, t, lens, dh,
              dys + t * B * P, dtot);
       if (proj) {  // dhh = dpre . Wp^T = (dpre * sp) . Vp^T
@@ -558,7 +704,7 @@ class CudaCell final : public Cell<T> {
       sb.c_raw = a.c_raw.data() + t * B * H;
       sb.dhh = proj ? dhh : dtot;
       sb.dc = dc, sb.dz = dz + t * B * G, sb.dc_prev = dc_prev;
-      launch_step_backward(sb);
+      launch_step_backward(sb, false);
       // dh_prev = dz . Wh^T = (dz * s1) . Vh^T
       gemm<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, s1_.data(), false, dh_prev, P);
       if (lens) {
@@ -575,10 +721,10 @@ class CudaCell final : public Cell<T> {
     gemm<T>(stream_, true, false, I, G, rows, a.x.data(), I, dz, G, nullptr, false, dkernel, G);
     gemm<T>(stream_, true, false, P, G, rows, a.hs.data(), P, dz, G, nullptr, false, dkernel + I * G, G);
     gemm<T>(stream_, false, true, rows, I, G, dz, G, kernel, G, s0_.data(), false, dxs, I);  // (dz * s0) . Vx^T
-    launch("bias gradient kernel", column_sums_kernel<T>, unsigned((G + 255) / 256), 256, stream_, dz, rows, G,
+    launch("bias gradient kernel", column_sums_kernel<T>, column_blocks(G), kReduceThreads, stream_, dz, rows, G,
            g + off_.bias);
     if (cfg_.use_peepholes) {
-      launch("peephole gradient kernel", peephole_grads_kernel<T>, unsigned((H + 255) / 256), 256, stream_, dz,
+      launch("peephole gradient kernel", peephole_grads_kernel<T>, column_blocks(H), kReduceThreads, stream_, dz,
              a.cs.data(), rows, B, H, g + off_.w_i, g + off_.w_f, g + off_.w_o);
     }
     if (proj)
@@ -640,7 +786,7 @@ class CudaCell final : public Cell<T> {
     if (cfg_.norm) {
       const T* kernel = params_ + off_.kernel;
       auto norms = [&](const T* V, int64_t rows, int64_t cols, int64_t off_g, T* sumsq, T* s) {
-        launch("column norms kernel", column_norms_kernel<T>, unsigned((cols + 255) / 256), 256, stream_, V, rows,
+        launch("column norms kernel", column_norms_kernel<T>, column_blocks(cols), kReduceThreads, stream_, V, rows,
                cols, params_ + off_g, sumsq, s);
       };
       norms(kernel, I_, G_, off_.norm_0, sumsq0_.data(), s0_.data());
@@ -653,7 +799,7 @@ class CudaCell final : public Cell<T> {
 
   void weight_norm_grad(const T* V, int64_t rows, int64_t cols, int64_t off_g, const T* sumsq, const T* s, T* dV,
                         T* dg) {
-    launch("weight norm gradient kernel", weight_norm_grad_kernel<T>, unsigned((cols + 255) / 256), 256, stream_, V,
+    launch("weight norm gradient kernel", weight_norm_grad_kernel<T>, column_blocks(cols), kReduceThreads, stream_, V,
            rows, cols, params_ + off_g, sumsq, s, dV, dg);
   }
 
@@ -675,16 +821,47 @@ class CudaCell final : public Cell<T> {
     return config;
   }
 
-  void launch_step_backward(const StepBackward<T>& p) {
-    void (*kernel)(StepBackward<T>) = step_backward_kernel<T, Activation::Tanh>;
+  void launch_step_backward(const StepBackward<T>& p, bool fused) {
+    using Kernel = void (*)(StepBackward<T>);
+    auto pick = [&](Kernel plain, Kernel with_state) { return fused ? with_state : plain; };
+    Kernel kernel = pick(step_backward_kernel<T, Activation::Tanh>, fused_step_backward_kernel<T, Activation::Tanh>);
     switch (cfg_.activation) {
       case Activation::Tanh: break;
-      case Activation::Sigmoid: kernel = step_backward_kernel<T, Activation::Sigmoid>; break;
-      case Activation::Relu: kernel = step_backward_kernel<T, Activation::Relu>; break;
-      case Activation::Softsign: kernel = step_backward_kernel<T, Activation::Softsign>; break;
-      case Activation::Linear: kernel = step_backward_kernel<T, Activation::Linear>; break;
+      case Activation::Sigmoid:
+        kernel = pick(step_backward_kernel<T, Activation::Sigmoid>, fused_step_backward_kernel<T, Activation::Sigmoid>);
+        break;
+      case Activation::Relu:
+        kernel = pick(step_backward_kernel<T, Activation::Relu>, fused_step_backward_kernel<T, Activation::Relu>);
+        break;
+      case Activation::Softsign:
+        kernel = pick(step_backward_kernel<T, Activation::Softsign>, fused_step_backward_kernel<T, Activation::Softsign>);
+        break;
+      case Activation::Linear:
+        kernel = pick(step_backward_kernel<T, Activation::Linear>, fused_step_backward_kernel<T, Activation::Linear>);
+        break;
     }
-    launch("step backward kernel", kernel, grid_for(p.B * p.H), 256, stream_, p);
+    launch(fused ? "fused step backward kernel" : "step backward kernel", kernel, grid_for(p.B * p.H), 256, stream_, p);
+  }
+
+  // Slices of K for a per-step product [M, K] x [K, N]: enough 64 x 64 tiles for two blocks per SM, each
+  // slice at least 16 deep (one shared-memory stage).
+  int split_k(int64_t M, int64_t N, int64_t K) const {
+    const int64_t tiles = ((M + 63) / 64) * ((N + 63) / 64);
+    const int64_t wanted = (2 * int64_t(sm_count_) + tiles - 1) / tiles;
+    return int(std::max<int64_t>(1, std::min<int64_t>({wanted, K / 16, 64})));
+  }
+
+  void launch_step_gates(const StepForward<T>& p, const T* parts, int splits) {
+    using Kernel = void (*)(StepForward<T>, const T*, int);
+    Kernel kernel = step_gates_kernel<T, Activation::Tanh>;
+    switch (cfg_.activation) {
+      case Activation::Tanh: break;
+      case Activation::Sigmoid: kernel = step_gates_kernel<T, Activation::Sigmoid>; break;
+      case Activation::Relu: kernel = step_gates_kernel<T, Activation::Relu>; break;
+      case Activation::Softsign: kernel = step_gates_kernel<T, Activation::Softsign>; break;
+      case Activation::Linear: kernel = step_gates_kernel<T, Activation::Linear>; break;
+    }
+    launch("step gates kernel", kernel, grid_for(p.B * p.H), 256, stream_, p, parts, splits);
   }
 
   CellConfig cfg_;
@@ -692,6 +869,7 @@ class CudaCell final : public Cell<T> {
   ParamOffsets off_;
   int device_ = current_device();  // the device of the thread that made the cell; every call uses it
   cudaStream_t stream_ = device_stream(device_);
+  int sm_count_ = multiprocessors(device_);
 
   // The parameters: its own buffer, or a model's arena (kept alive by params_owner_) once bound.
   DeviceBuffer<T> own_params_;
@@ -717,7 +895,7 @@ class CudaCell final : public Cell<T> {
   int64_t saved_steps_ = 0, saved_batch_ = 0;
 
   // Scratch (x_in_ to h_out_: the host forms' arguments and results on the device).
-  DeviceBuffer<T> y_, dy_, dz_, dpre_, dx_, dc_, dc_prev_, dh_, dh_prev_, dtot_, dhh_;
+  DeviceBuffer<T> y_, dy_, dz_, dpre_, dx_, dc_, dc_prev_, dh_, dh_prev_, dtot_, dhh_, parts_, fwd_parts_;
   DeviceBuffer<T> x_in_, c_in_, h_in_, c_out_, h_out_;
   DeviceBuffer<int32_t> len_in_;
 

@@ -1,11 +1,12 @@
-// The CUDA backend's code, run on the CPU through cuda_emulation.h, against the CPU backend: every option,
-// sizes off every tile, float64 and float32, forward, backward, sequence lengths, inference (and that it
-// leaves the saved forward alone), an optimizer update and the error for a stale backward; then whole
-// language-model training steps (model.h) on emulated CUDA cells against the same model on CPU cells.
-// Prints one JSON line: {"cases": N, "checks": M, "failures": [...]}. Built and run by
-// test/cuda-emulation.test.ts.
+// The CUDA backend's code, run on the CPU through cuda_emulation.h, against the CPU backend: the cases of
+// test/cuda-cases.json (every option, sizes off every tile; read from stdin) in float64 and float32,
+// forward, backward, sequence lengths, inference (and that it leaves the saved forward alone), an optimizer
+// update and the error for a stale backward; every op of the CUDA backend; whole language-model training
+// steps on the emulated device against the CPU; and the report of a kernel fault. Prints one JSON line:
+// {"cases": N, "checks": M, "failures": [...]}. Built and run by test/cuda-emulation.test.ts.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -36,30 +37,34 @@ struct Case {
   CellConfig options;  // input_size and num_units are set from I and H
 };
 
-CellConfig with(void (*set)(CellConfig&)) {
-  CellConfig c;
-  set(c);
-  return c;
+// The cases of test/cuda-cases.json (which the GPU checks read too), one per line on stdin as the tap test
+// writes them: I H T B lengths norm usePeepholes cellClip numProj projClip forgetBias activation, with
+// "-" for an absent clip.
+std::vector<Case> read_cases() {
+  std::vector<Case> cases;
+  char line[512];
+  while (std::fgets(line, sizeof line, stdin)) {
+    Case c{};
+    int lengths = 0, norm = 1, peepholes = 0;
+    long long I, H, T, B, proj;
+    char cell_clip[32], proj_clip[32], activation[32];
+    double forget_bias = 1;
+    if (std::sscanf(line, "%lld %lld %lld %lld %d %d %d %31s %lld %31s %lf %31s", &I, &H, &T, &B, &lengths, &norm,
+                    &peepholes, cell_clip, &proj, proj_clip, &forget_bias, activation) != 12)
+      continue;
+    c.I = I, c.H = H, c.T = T, c.B = B, c.lengths = lengths != 0;
+    c.options.norm = norm != 0, c.options.use_peepholes = peepholes != 0, c.options.num_proj = proj;
+    c.options.forget_bias = forget_bias;
+    if (std::string(cell_clip) != "-") c.options.has_cell_clip = true, c.options.cell_clip = std::atof(cell_clip);
+    if (std::string(proj_clip) != "-") c.options.has_proj_clip = true, c.options.proj_clip = std::atof(proj_clip);
+    const std::string act = activation;
+    c.options.activation = act == "relu" ? Activation::Relu : act == "sigmoid" ? Activation::Sigmoid
+                           : act == "softsign" ? Activation::Softsign : act == "linear" ? Activation::Linear
+                                                                                        : Activation::Tanh;
+    cases.push_back(c);
+  }
+  return cases;
 }
-
-const std::vector<Case> kCases = {
-    {5, 7, 4, 3, false, with([](CellConfig&) {})},
-    {5, 7, 4, 3, false, with([](CellConfig& c) { c.norm = false; })},
-    {6, 9, 5, 4, true, with([](CellConfig& c) { c.use_peepholes = true, c.has_cell_clip = true, c.cell_clip = 0.4; })},
-    {4, 10, 6, 5, true, with([](CellConfig& c) {
-       c.num_proj = 3, c.has_proj_clip = true, c.proj_clip = 0.2, c.use_peepholes = true;
-     })},
-    {4, 10, 3, 2, false, with([](CellConfig& c) { c.num_proj = 6, c.norm = false, c.forget_bias = 0.3; })},
-    {3, 5, 3, 2, false, with([](CellConfig& c) { c.activation = Activation::Relu; })},
-    {3, 5, 3, 2, false, with([](CellConfig& c) { c.activation = Activation::Sigmoid; })},
-    {3, 5, 3, 2, false, with([](CellConfig& c) { c.activation = Activation::Softsign, c.use_peepholes = true; })},
-    {3, 5, 3, 2, false, with([](CellConfig& c) { c.activation = Activation::Linear, c.has_cell_clip = true, c.cell_clip = 1; })},
-    // Sizes off every tile: 1, primes, past one 64-wide GEMM tile and one 32-unit step tile, K > 16.
-    {1, 1, 1, 1, false, with([](CellConfig&) {})},
-    {37, 33, 7, 17, true, with([](CellConfig& c) { c.use_peepholes = true; })},
-    {130, 67, 3, 70, false, with([](CellConfig& c) { c.num_proj = 65; })},
-    {300, 257, 2, 9, false, with([](CellConfig&) {})},
-};
 
 int checks = 0;
 std::vector<std::string> failures;
@@ -347,7 +352,9 @@ void run_ops(const char* dtype, double rtol) {
 int main() {
   ++checks;  // a device index the machine does not have
   try {
-    make_cuda_cell<float>(with([](CellConfig& c) { c.input_size = 2, c.num_units = 3; }), 1);
+    CellConfig small;
+    small.input_size = 2, small.num_units = 3;
+    make_cuda_cell<float>(small, 1);
     failures.push_back("make_cuda_cell on device 1 of 1 did not throw");
   } catch (const Error& e) {
     if (e.code != "ERR_WNLSTM_CONFIG") failures.push_back("make_cuda_cell on device 1 of 1 threw " + e.code);
@@ -357,7 +364,8 @@ int main() {
   // Sums in different orders (float64), the CPU's approximate activations (float32), over 20 updates.
   run_model<double>("float64", 1e-9, 1e-7, 1e-9);
   run_model<float>("float32", 1e-4, 1e-2, 1e-3);
-  for (const Case& c : kCases) {
+  const std::vector<Case> cases = read_cases();
+  for (const Case& c : cases) {
     // float64: the backends sum in different orders; float32: the CPU's activations are approximations
     // within ~4e-7 and the sums run in different orders over up to T*B rows.
     run<double>(c, "float64", 1e-9, 1e-11, 1e-9, 1e-11);
@@ -377,7 +385,7 @@ int main() {
         failures.push_back("a kernel fault in " + std::string(what) + " threw " + e.code + ": " + m);
     }
   }
-  std::printf("{\"cases\": %zu, \"checks\": %d, \"failures\": [", kCases.size() * 2, checks);
+  std::printf("{\"cases\": %zu, \"checks\": %d, \"failures\": [", cases.size() * 2, checks);
   for (size_t i = 0; i < failures.size(); ++i) {
     std::string escaped;
     for (char ch : failures[i]) escaped += (ch == '"' || ch == '\\') ? std::string("\\") + ch : std::string(1, ch);
