@@ -20,7 +20,7 @@ export type { LMConfig } from './lm/model';
 export { loadBrown, loadTextFile, splitDocuments, tokenize, Vocabulary } from './lm/corpus';
 export type { Document, Level } from './lm/corpus';
 export { train, trainAsync, readCheckpoint, DEFAULTS as TRAIN_DEFAULTS } from './lm/train';
-export type { TrainOptions, TrainResult, ArmResult, CurvePoint, Progress } from './lm/train';
+export type { TrainOptions, TrainResult, ArmResult, ArmSummary, CurvePoint, Progress, Spread, Summary } from './lm/train';
 export { saveCheckpoint, loadCheckpoint, saveCheckpointAsync, loadCheckpointAsync } from './core/checkpoint';
 export type { Checkpoint } from './core/checkpoint';
 export { StreamingSession, LanguageModelSession } from './nn/session';

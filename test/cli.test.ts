@@ -101,13 +101,22 @@ t.test('bad invocations: one line, a non-zero exit, nothing run', async (t) => {
   t.notOk(fs.existsSync(path.join(tmp, 'true')) || fs.existsSync(path.join(tmp, '--steps')), 'no folder named after a missing value');
 });
 
+t.test('--seeds: each run labelled by its seed, then each arm\'s mean and spread and the gap', async (t) => {
+  const r = wnlstm('train', ...tiny, '--steps', '10', '--seeds', '2', '--seed', '3', '--out', 'seeds');
+  t.equal(r.status, 0, `trains${r.status ? `: ${r.stderr}` : ''}`);
+  t.match(r.stderr, /\[plain seed 4\] step 10\/10/, 'progress names the seed');
+  t.match(r.stdout, /weight norm, seed 3: .*\nplain LSTM , seed 3: .*\nweight norm, seed 4: .*\nplain LSTM , seed 4: /, 'one line per run');
+  t.match(r.stdout, /weight norm over seeds 3, 4: final validation \d\.\d{4} ± \d\.\d{4} \(min \d\.\d{4}, max \d\.\d{4}\), test /, 'mean ± sample std (min, max)');
+  t.match(r.stdout, /gap, plain - weight norm, seed by seed: validation -?\d\.\d{4} ± /, 'the gap');
+});
+
 t.test('progress on a terminal shows the step loss and the last validation loss, labelled', async (t) => {
   let out = '';
   const print = progressPrinter({ isTTY: true, write: (s: string) => (out += s) });
-  print({ arm: 'wn', step: 250, steps: 500, loss: 2.5, trainLoss: 2.7, validLoss: 2.6, seconds: 10 });
+  print({ arm: 'wn', seed: 1, seeds: 1, step: 250, steps: 500, loss: 2.5, trainLoss: 2.7, validLoss: 2.6, seconds: 10 });
   t.match(out, /step loss 2\.500 {2}valid 2\.600 \(step 250\)/);
   out = '';
   await new Promise((r) => setTimeout(r, 250)); // the bar redraws at most every 200 ms
-  print({ arm: 'wn', step: 251, steps: 500, loss: 2.4, seconds: 10.1 });
+  print({ arm: 'wn', seed: 1, seeds: 1, step: 251, steps: 500, loss: 2.4, seconds: 10.1 });
   t.match(out, /step loss 2\.400 {2}valid 2\.600 \(step 250\)/, 'the validation loss stays until the next evaluation');
 });

@@ -9,7 +9,7 @@ import { loadCheckpoint, saveCheckpoint } from '../lib/core/checkpoint';
 import { loadBrown, splitDocuments, tokenize, Vocabulary } from '../lib/lm/corpus';
 import { LanguageModel } from '../lib/lm/model';
 import { Adagrad, Adam, AdamW, ArrayParams, exponentialDecay, Optimizer, RMSProp, SGD, stepDecay } from '../lib/optim';
-import { train } from '../lib/lm/train';
+import { ArmResult, band, train } from '../lib/lm/train';
 import { assertClose } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'wnlstm-test-'));
@@ -167,6 +167,43 @@ t.test('a fixed-seed tiny run learns', async (t) => {
     t.ok(a.curve[0].trainLoss > a.final.validLoss + 1, `${a.arm}: the loss fell by more than 1 nat (from ${a.curve[0].trainLoss.toFixed(3)})`);
     t.ok(a.final.validLoss < 0.3, `${a.arm}: validation loss below 0.3 nats/char (${a.final.validLoss.toFixed(3)})`);
   }
+});
+
+t.test('--seeds: every run in the metrics, the summary and the gap computed from them, the band bounds the curves', async (t) => {
+  const out = path.join(tmp, 'seeds');
+  const r = train({ ...tiny, steps: 40, evalEvery: 20, seeds: 3, seed: 5, arms: ['wn', 'plain'], checkpoint: path.join(tmp, 'seeds-ck'), out });
+  t.same(r.arms.map((a) => `${a.arm} ${a.seed}`), ['wn 5', 'plain 5', 'wn 6', 'plain 6', 'wn 7', 'plain 7'], 'each seed runs each arm');
+  const single = train({ ...tiny, steps: 40, evalEvery: 20, seed: 6, arms: ['wn'] });
+  const losses = (a: ArmResult) => a.curve.map((p) => [p.trainLoss, p.validLoss]);
+  t.same(losses(r.arms[2]), losses(single.arms[0]), 'a seed\'s run is the run with that seed alone');
+  t.not(r.arms[0].final.validLoss, r.arms[2].final.validLoss, 'the seeds differ');
+  const metrics = JSON.parse(fs.readFileSync(path.join(out, 'metrics.json'), 'utf8'));
+  t.equal(metrics.arms.length, 6, 'metrics.json keeps every run');
+  for (const arm of ['wn', 'plain'] as const) {
+    const runs = r.arms.filter((a) => a.arm === arm), s = r.summary.arms.find((a) => a.arm === arm)!;
+    const v = runs.map((a) => a.final.validLoss), mean = v.reduce((a, b) => a + b, 0) / 3;
+    const std = Math.sqrt(v.reduce((a, x) => a + (x - mean) ** 2, 0) / 2);
+    t.same(s.seeds, [5, 6, 7]);
+    t.ok(Math.abs(s.validLoss.mean - mean) < 1e-12 && Math.abs(s.validLoss.std - std) < 1e-12, `${arm}: mean ${mean.toFixed(4)} and sample std ${std.toFixed(4)} of the final validation losses`);
+    t.same([s.validLoss.min, s.validLoss.max], [Math.min(...v), Math.max(...v)], `${arm}: min and max`);
+    t.same(s.testLoss.values, runs.map((a) => a.final.testLoss), `${arm}: the test losses`);
+  }
+  const gaps = [5, 6, 7].map((seed) => r.arms.find((a) => a.arm === 'plain' && a.seed === seed)!.final.validLoss -
+    r.arms.find((a) => a.arm === 'wn' && a.seed === seed)!.final.validLoss);
+  t.same(r.summary.gap!.validLoss.values, gaps, 'the gap is plain - weight norm, seed by seed');
+  const svg = fs.readFileSync(path.join(out, 'loss.svg'), 'utf8');
+  t.equal((svg.match(/fill-opacity="0.15"/g) ?? []).length, 4, 'a band per arm for train and validation');
+  for (const arm of ['wn', 'plain'] as const) {
+    const curves = r.arms.filter((a) => a.arm === arm).map((a) => a.curve);
+    for (const p of band(curves, 'validLoss')) {
+      const values = curves.map((c) => c.find((q) => q.step === p.step)!.validLoss);
+      t.ok(values.every((v) => p.min <= v && v <= p.max) && p.min === Math.min(...values) && p.max === Math.max(...values),
+        `${arm}, step ${p.step}: the band is the min and max of the 3 curves`);
+    }
+  }
+  t.ok(fs.existsSync(path.join(tmp, 'seeds-ck.plain.s7.ckpt')), 'each seed has its own checkpoint');
+  const resumed = train({ resume: path.join(tmp, 'seeds-ck.wn.s6.ckpt'), steps: 40 });
+  t.same(resumed.arms.map((a) => [a.arm, a.seed]), [['wn', 6]], 'a seed\'s checkpoint resumes that run');
 });
 
 t.test('resume from a checkpoint gives the same next losses', async (t) => {

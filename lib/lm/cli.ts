@@ -7,7 +7,7 @@ import { isWnlstmError } from '../core/errors';
 import { Random } from '../core/init';
 import * as fs from 'node:fs';
 import { BackendName } from '../nn/cell';
-import { checkOption, checkValue, DEFAULTS, OptionSpec, Progress, readCheckpoint, refusedWithResume, RESUME_OPTIONS, train, TRAIN_OPTIONS, TrainOptions } from './train';
+import { checkOption, checkValue, DEFAULTS, OptionSpec, Progress, readCheckpoint, refusedWithResume, RESUME_OPTIONS, Spread, train, TRAIN_OPTIONS, TrainOptions } from './train';
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 const camel = (s: string) => s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
@@ -106,6 +106,8 @@ function parseOptions(command: string, args: string[], specs: Record<string, Opt
 
 /** Progress on a terminal: a bar with the step's loss and the last validation loss; otherwise one line
  * per evaluation, with the mean training loss since the previous one. */
+const label = (p: Progress) => (p.seeds > 1 ? `${p.arm} seed ${p.seed}` : p.arm);
+
 export function progressPrinter(stream: { isTTY?: boolean; write(s: string): unknown } = process.stderr): (p: Progress) => void {
   const tty = stream.isTTY;
   let last = 0, valid = '';
@@ -113,7 +115,7 @@ export function progressPrinter(stream: { isTTY?: boolean; write(s: string): unk
     if (p.validLoss !== undefined) {
       valid = `valid ${p.validLoss.toFixed(3)} (step ${p.step})`;
       if (!tty) {
-        stream.write(`[${p.arm}] step ${p.step}/${p.steps}  train ${p.trainLoss!.toFixed(3)} (mean since the last evaluation)  ` +
+        stream.write(`[${label(p)}] step ${p.step}/${p.steps}  train ${p.trainLoss!.toFixed(3)} (mean since the last evaluation)  ` +
           `valid ${p.validLoss.toFixed(3)}  ${p.seconds.toFixed(0)} s\n`);
       }
     }
@@ -122,7 +124,7 @@ export function progressPrinter(stream: { isTTY?: boolean; write(s: string): unk
     last = now;
     const width = 30, done = Math.round((width * p.step) / p.steps);
     const eta = p.step ? (p.seconds / p.step) * (p.steps - p.step) : 0;
-    stream.write(`\r[${p.arm.padEnd(5)}] ${'█'.repeat(done)}${'░'.repeat(width - done)} ${p.step}/${p.steps}  ` +
+    stream.write(`\r[${label(p).padEnd(5)}] ${'█'.repeat(done)}${'░'.repeat(width - done)} ${p.step}/${p.steps}  ` +
       `step loss ${p.loss.toFixed(3)}  ${valid}  ${p.seconds.toFixed(0)} s, ~${eta.toFixed(0)} s left ` + (p.step === p.steps ? '\n' : ''));
     if (p.step === p.steps) valid = '';
   };
@@ -146,11 +148,20 @@ function runTrain(args: string[]): number {
     for (let n = 2; fs.existsSync(options.out); n++) options.out = `${stamp}-${n}`;
   }
   const r = train(options, progressPrinter());
+  const name = (arm: string) => (arm === 'wn' ? 'weight norm' : 'plain LSTM ');
   for (const a of r.arms) {
     const f = a.final;
-    console.log(`${a.arm === 'wn' ? 'weight norm' : 'plain LSTM '}: ${a.diverged ? `diverged (${a.diverged}); ` : ''}` +
+    console.log(`${name(a.arm)}${r.options.seeds > 1 ? `, seed ${a.seed}` : ''}: ${a.diverged ? `diverged (${a.diverged}); ` : ''}` +
       `best validation loss ${a.bestValidLoss.toFixed(4)} at step ${a.bestStep}; final validation ${f.validLoss.toFixed(4)} ` +
       `(perplexity ${f.validPerplexity.toFixed(3)}, ${f.validBitsPerToken.toFixed(3)} bits), test ${f.testLoss.toFixed(4)}; ${a.seconds.toFixed(0)} s`);
+  }
+  if (r.options.seeds > 1) {
+    const show = (s: Spread) => `${s.mean.toFixed(4)} ± ${s.std.toFixed(4)} (min ${s.min.toFixed(4)}, max ${s.max.toFixed(4)})`;
+    for (const a of r.summary.arms) {
+      console.log(`${name(a.arm)} over seeds ${a.seeds.join(', ')}: final validation ${show(a.validLoss)}, test ${show(a.testLoss)}` +
+        (a.diverged ? `; ${a.diverged} diverged` : ''));
+    }
+    if (r.summary.gap) console.log(`gap, plain - weight norm, seed by seed: validation ${show(r.summary.gap.validLoss)}, test ${show(r.summary.gap.testLoss)}`);
   }
   if (r.options.out) console.log(`wrote ${path.join(r.options.out, 'metrics.json')} and ${path.join(r.options.out, 'loss.svg')}`);
   return 0;

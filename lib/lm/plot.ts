@@ -1,8 +1,10 @@
 // A dependency-free SVG line chart for the training curves.
-export interface Series { label: string; color: string; dashed?: boolean; points: [number, number][] }
+/** band: [x, low, high] drawn as a translucent area behind the line (e.g. min to max over seeds). */
+export interface Series { label: string; color: string; dashed?: boolean; points: [number, number][]; band?: [number, number, number][] }
 
 export function lineChart(series: Series[], { title = '', xLabel = '', yLabel = '', width = 760, height = 440 } = {}): string {
-  const pts = series.flatMap((s) => s.points).filter(([, y]) => Number.isFinite(y));
+  const pts = series.flatMap((s) => [...s.points, ...(s.band ?? []).flatMap(([x, lo, hi]) => [[x, lo], [x, hi]] as [number, number][])])
+    .filter(([, y]) => Number.isFinite(y));
   const [x0, x1] = [Math.min(0, ...pts.map((p) => p[0])), Math.max(1, ...pts.map((p) => p[0]))];
   let [y0, y1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
   if (!(y1 > y0)) { y0 -= 1; y1 += 1; }
@@ -20,6 +22,12 @@ export function lineChart(series: Series[], { title = '', xLabel = '', yLabel = 
   for (const y of ticks(y0, y1)) out.push(`<line x1="${L}" y1="${sy(y)}" x2="${L + w}" y2="${sy(y)}" stroke="#eee"/><text x="${L - 6}" y="${sy(y) + 4}" text-anchor="end">${fmt(y)}</text>`);
   out.push(`<text x="${L + w / 2}" y="${height - 10}" text-anchor="middle">${escape(xLabel)}</text>`,
     `<text x="16" y="${Tm + h / 2}" text-anchor="middle" transform="rotate(-90 16 ${Tm + h / 2})">${escape(yLabel)}</text>`);
+  for (const s of series) {
+    const b = (s.band ?? []).filter(([, lo, hi]) => Number.isFinite(lo) && Number.isFinite(hi));
+    if (b.length === 0) continue;
+    const edge = [...b.map(([x, , hi]) => [x, hi]), ...[...b].reverse().map(([x, lo]) => [x, lo])];
+    out.push(`<path d="${edge.map(([x, y], k) => `${k ? 'L' : 'M'}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join('')}Z" fill="${s.color}" fill-opacity="0.15" stroke="none"/>`);
+  }
   series.forEach((s, i) => {
     const d = s.points.filter(([, y]) => Number.isFinite(y)).map(([x, y], k) => `${k ? 'L' : 'M'}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join('');
     out.push(`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ''}/>`);

@@ -42,6 +42,8 @@ export interface TrainOptions {
   evalTokens: number;
   arms: Arm[];
   seed: number;
+  /** Runs per arm, with seeds seed, seed + 1, ...: the report gives each arm's mean and spread. */
+  seeds: number;
   /** Data-dependent init of the weight-normalised arm (lib/lm/model.ts). */
   dataInit: boolean;
   backend: BackendName;
@@ -56,7 +58,7 @@ export interface TrainOptions {
 export const DEFAULTS: TrainOptions = {
   corpus: 'brown', level: 'char', vocabSize: 10000, layers: 2, hidden: 128, embedding: 128, bptt: 50, batch: 50,
   dropout: 0, optimizer: 'rmsprop', lr: 2e-3, lrDecay: 1, decayAfter: 1, clip: 5, initScale: 0.08, steps: 10000,
-  evalEvery: 250, evalTokens: 100000, arms: ['wn', 'plain'], seed: 1, dataInit: false, backend: 'auto', out: '',
+  evalEvery: 250, evalTokens: 100000, arms: ['wn', 'plain'], seed: 1, seeds: 1, dataInit: false, backend: 'auto', out: '',
   checkpoint: '', resume: '',
 };
 
@@ -91,6 +93,7 @@ export const TRAIN_OPTIONS: Record<keyof TrainOptions, OptionSpec & { help: stri
   evalTokens: { type: 'integer', min: 20, max: 1e12, help: 'validation tokens used by those evaluations' },
   arms: { type: 'arms', help: 'wn, plain or wn,plain' },
   seed: { type: 'integer', min: 0, max: 2 ** 32 - 1, help: 'seed of the data order, initialisation and dropout' },
+  seeds: { type: 'integer', min: 1, max: 100, help: 'runs per arm, with seeds seed, seed+1, ...: the report gives mean and spread' },
   dataInit: { type: 'boolean', help: "Salimans & Kingma's data-dependent init of the weight-norm arm" },
   backend: { type: 'choice', values: ['auto', 'cpu', 'cuda'], help: 'where the cells run' },
   out: { type: 'string', help: "directory for metrics.json and loss.svg ('' for none)" },
@@ -163,6 +166,7 @@ export interface CurvePoint { step: number; epoch: number; seconds: number; lr: 
 
 export interface ArmResult {
   arm: Arm;
+  seed: number;
   curve: CurvePoint[];
   diverged: string | null;
   bestValidLoss: number;
@@ -171,10 +175,53 @@ export interface ArmResult {
   seconds: number;
 }
 
-export interface TrainResult { options: TrainOptions; corpus: Record<string, number | string>; arms: ArmResult[] }
+/** A statistic over the seeds: mean, sample standard deviation (0 for one seed), min, max and every value. */
+export interface Spread { mean: number; std: number; min: number; max: number; values: number[] }
+
+export interface ArmSummary { arm: Arm; seeds: number[]; diverged: number; bestValidLoss: Spread; validLoss: Spread; testLoss: Spread }
+
+/** Per arm over its seeds; and the gap plain - weight norm, seed by seed (when both arms ran). */
+export interface Summary { arms: ArmSummary[]; gap: { validLoss: Spread; testLoss: Spread } | null }
+
+/** arms: every run (each arm with each seed, in the order they ran). */
+export interface TrainResult { options: TrainOptions; corpus: Record<string, number | string>; arms: ArmResult[]; summary: Summary }
+
+export function spread(values: number[]): Spread {
+  const n = values.length, mean = values.reduce((a, b) => a + b, 0) / n;
+  const std = n > 1 ? Math.sqrt(values.reduce((a, v) => a + (v - mean) ** 2, 0) / (n - 1)) : 0;
+  return { mean, std, min: Math.min(...values), max: Math.max(...values), values };
+}
+
+export function summarize(runs: ArmResult[]): Summary {
+  const arms = (['wn', 'plain'] as const).filter((arm) => runs.some((r) => r.arm === arm)).map((arm) => {
+    const mine = runs.filter((r) => r.arm === arm);
+    return { arm, seeds: mine.map((r) => r.seed), diverged: mine.filter((r) => r.diverged).length,
+      bestValidLoss: spread(mine.map((r) => r.bestValidLoss)), validLoss: spread(mine.map((r) => r.final.validLoss)),
+      testLoss: spread(mine.map((r) => r.final.testLoss)) };
+  });
+  const pairs = runs.filter((r) => r.arm === 'plain').map((p) => [p, runs.find((w) => w.arm === 'wn' && w.seed === p.seed)] as const)
+    .filter((pair): pair is readonly [ArmResult, ArmResult] => pair[1] !== undefined);
+  const gap = pairs.length === 0 ? null : {
+    validLoss: spread(pairs.map(([p, w]) => p.final.validLoss - w.final.validLoss)),
+    testLoss: spread(pairs.map(([p, w]) => p.final.testLoss - w.final.testLoss)),
+  };
+  return { arms, gap };
+}
+
+/** Mean, min and max over runs of one curve value at each evaluation step (over the runs that reached it). */
+export function band(curves: CurvePoint[][], key: 'trainLoss' | 'validLoss'): { step: number; mean: number; min: number; max: number }[] {
+  const steps = [...new Set(curves.flatMap((c) => c.map((p) => p.step)))].sort((a, b) => a - b);
+  return steps.map((step) => {
+    const values = curves.map((c) => c.find((p) => p.step === step)?.[key]).filter((v): v is number => typeof v === 'number' && Number.isFinite(v));
+    return { step, mean: values.reduce((a, b) => a + b, 0) / values.length, min: Math.min(...values), max: Math.max(...values) };
+  }).filter((b) => Number.isFinite(b.mean));
+}
 
 export interface Progress {
   arm: Arm;
+  /** The run's seed, and how many seeds the job runs. */
+  seed: number;
+  seeds: number;
   step: number;
   steps: number;
   /** This step's training loss. */
@@ -312,7 +359,9 @@ export function readCheckpoint(file: string, { backend }: { backend?: BackendNam
   }
 }
 
-function trainArm(o: TrainOptions, arm: Arm, data: Data, resumed: Resumed | null, onProgress: (p: Progress) => void): ArmResult {
+/** One run: an arm with o.seed. With several seeds the checkpoint files name the seed. */
+function trainArm(o: TrainOptions, arm: Arm, data: Data, resumed: Resumed | null, onProgress: (p: Progress) => void,
+  checkpointFile: string, seeds: number): ArmResult {
   const lm = resumed?.lm ?? new LanguageModel(modelConfig(o, data.vocab, arm));
   const opt = resumed?.opt ?? makeOptimizer(o, lm);
   const B = o.batch, T = o.bptt;
@@ -346,9 +395,9 @@ function trainArm(o: TrainOptions, arm: Arm, data: Data, resumed: Resumed | null
         s.curve.push({ step: s.step, epoch: s.step / windows, seconds: s.seconds, lr: opt.learningRate, trainLoss,
           validLoss, gradNorm: normSum / lossCount });
         lossSum = lossCount = normSum = 0;
-        if (o.checkpoint) writeCheckpoint(`${o.checkpoint}.${arm}.ckpt`, o, arm, data.vocab, lm, opt, s);
+        if (o.checkpoint) writeCheckpoint(checkpointFile, o, arm, data.vocab, lm, opt, s);
       }
-      onProgress({ arm, step: s.step, steps: o.steps, loss: r.loss, trainLoss, validLoss, seconds: s.seconds });
+      onProgress({ arm, seed: o.seed, seeds, step: s.step, steps: o.steps, loss: r.loss, trainLoss, validLoss, seconds: s.seconds });
     }
   } catch (err) {
     if ((err as { code?: string }).code !== 'ERR_WNLSTM_NOT_FINITE') throw err;
@@ -358,7 +407,7 @@ function trainArm(o: TrainOptions, arm: Arm, data: Data, resumed: Resumed | null
   const validLoss = diverged ? NaN : lm.evaluate(data.valid, { batchSize: EVAL_BATCH, steps: T });
   const testLoss = diverged ? NaN : lm.evaluate(data.test, { batchSize: EVAL_BATCH, steps: T });
   lm.dispose();
-  return { arm, curve: s.curve, diverged, bestValidLoss: best.validLoss, bestStep: best.step, seconds: s.seconds,
+  return { arm, seed: o.seed, curve: s.curve, diverged, bestValidLoss: best.validLoss, bestStep: best.step, seconds: s.seconds,
     final: { validLoss, testLoss, validPerplexity: Math.exp(validLoss), testPerplexity: Math.exp(testLoss),
       validBitsPerToken: validLoss / Math.LN2, testBitsPerToken: testLoss / Math.LN2 } };
 }
@@ -399,8 +448,16 @@ export function train(options: Partial<TrainOptions> = {}, onProgress: (p: Progr
     }
     const corpus = { name: o.corpus, level: o.level, documents: data.documents, vocabulary: data.vocab.size,
       trainTokens: data.train.length, validTokens: data.valid.length, testTokens: data.test.length };
-    const arms = o.arms.map((arm) => trainArm(o, arm, data, resumed, onProgress));
-    const result: TrainResult = { options: o, corpus, arms };
+    // Seed by seed, each arm in turn; each run's options (and checkpoint) carry its own seed.
+    const arms: ArmResult[] = [];
+    for (let k = 0; k < o.seeds; k++) {
+      const run = { ...o, seed: o.seed + k, seeds: 1 };
+      for (const arm of o.arms) {
+        const file = `${o.checkpoint}.${arm}${o.seeds > 1 ? `.s${run.seed}` : ''}.ckpt`;
+        arms.push(trainArm(run, arm, data, resumed, onProgress, o.checkpoint ? file : '', o.seeds));
+      }
+    }
+    const result: TrainResult = { options: o, corpus, arms, summary: summarize(arms) };
     if (o.out) writeReport(o.out, result);
     return result;
   } finally {
@@ -436,11 +493,18 @@ export function writeReport(dir: string, r: TrainResult): void {
   fs.mkdirSync(dir, { recursive: true });
   fs.writeFileSync(path.join(dir, 'metrics.json'), JSON.stringify(r, null, 2) + '\n');
   const unit = r.options.level === 'char' ? 'nats per character' : 'nats per word';
-  const series = r.arms.flatMap((a) => [
-    { label: `${LABEL[a.arm]}: train`, color: COLORS[a.arm], dashed: true, points: a.curve.map((p) => [p.step, p.trainLoss] as [number, number]) },
-    { label: `${LABEL[a.arm]}: validation`, color: COLORS[a.arm], points: a.curve.map((p) => [p.step, p.validLoss] as [number, number]) },
-  ]);
+  const several = r.options.seeds > 1;
+  const series = r.summary.arms.flatMap(({ arm }) => {
+    const curves = r.arms.filter((a) => a.arm === arm).map((a) => a.curve);
+    return (['trainLoss', 'validLoss'] as const).map((key) => {
+      const b = band(curves, key);
+      return { label: `${LABEL[arm]}: ${key === 'trainLoss' ? 'train' : 'validation'}${several ? ` (mean of ${curves.length}, band min-max)` : ''}`,
+        color: COLORS[arm], dashed: key === 'trainLoss', points: b.map((p) => [p.step, p.mean] as [number, number]),
+        band: several ? b.map((p) => [p.step, p.min, p.max] as [number, number, number]) : undefined };
+    });
+  });
   const o = r.options;
-  const title = `${o.corpus === 'brown' ? 'Brown' : path.basename(o.corpus)} ${o.level}-level LM, ${o.layers}x${o.hidden}, ${o.optimizer} lr ${o.lr}`;
+  const title = `${o.corpus === 'brown' ? 'Brown' : path.basename(o.corpus)} ${o.level}-level LM, ${o.layers}x${o.hidden}, ${o.optimizer} lr ${o.lr}` +
+    (several ? `, ${o.seeds} seeds` : '');
   fs.writeFileSync(path.join(dir, 'loss.svg'), lineChart(series, { title, xLabel: 'training step', yLabel: `loss (${unit})` }));
 }
