@@ -20,20 +20,26 @@ const tolerances = {
   float32: { out: { rtol: 1e-4, atol: 2e-6 }, grad: { rtol: 1e-3, atol: 1e-4 } },
 };
 
+/** check(what, actual, expected, tolerance) records a comparison; report() gives { checks, failures }. */
+function checker() {
+  const result = { checks: 0, failures: [] };
+  const check = (what, actual, expected, tl) => {
+    result.checks++;
+    const problem = closeness(actual, expected, tl);
+    if (problem) result.failures.push(`${what}: ${problem}`);
+  };
+  const fail = (message) => result.failures.push(message);
+  return { check, fail, report: () => result };
+}
+
 /** Runs one case; returns { checks, failures } (failures: messages). */
 async function compareBackends({ I, H, T, B, lengths, options }, dtype) {
   const tol = tolerances[dtype];
   const Arr = dtype === 'float64' ? Float64Array : Float32Array;
-  let checks = 0;
-  const failures = [];
-  const check = (what, actual, expected, tl) => {
-    checks++;
-    const problem = closeness(actual, expected, tl);
-    if (problem) failures.push(`${what}: ${problem}`);
-  };
+  const { check, fail, report } = checker();
   const make = (backend) => new WeightNormLSTMCell(H, { inputSize: I, ...options, dtype, seed: 11, backend });
   const cpu = make('cpu'), gpu = make('cuda');
-  if (gpu.backend !== 'cuda') failures.push(`the cell runs on ${gpu.backend}`);
+  if (gpu.backend !== 'cuda') fail(`the cell runs on ${gpu.backend}`);
   const rng = new Random(12);
   const w = cpu.getWeights();
   w.bias = randomArray(rng, 4 * H, 0.5, Float64Array);
@@ -82,7 +88,7 @@ async function compareBackends({ I, H, T, B, lengths, options }, dtype) {
   check('outputs after an SGD step', after[1], after[0], tol.grad);
   cpu.dispose();
   gpu.dispose();
-  return { checks, failures };
+  return report();
 }
 
 /**
@@ -95,13 +101,7 @@ async function compareLanguageModels(dtype) {
   const tol = dtype === 'float64'
     ? { loss: { rtol: 1e-9, atol: 0 }, params: { rtol: 1e-7, atol: 1e-9 } }
     : { loss: { rtol: 1e-4, atol: 0 }, params: { rtol: 1e-2, atol: 1e-3 } };
-  let checks = 0;
-  const failures = [];
-  const check = (what, actual, expected, tl) => {
-    checks++;
-    const problem = closeness(actual, expected, tl);
-    if (problem) failures.push(`${what}: ${problem}`);
-  };
+  const { check, report } = checker();
   const V = 300, B = 8, T = 12;  // V: more classes than one block's threads
   const make = (backend) => new LanguageModel({ vocabSize: V, embeddingSize: 24, hiddenSize: 40, layers: 2, dropout: 0.2,
     norm: true, initScale: 0.3, seed: 3, dtype, backend });
@@ -131,7 +131,7 @@ async function compareLanguageModels(dtype) {
   const evals = models.map((lm) => lm.step(inputs, targets, B, null, false).loss);
   check('an evaluation step', Float64Array.of(evals[1]), Float64Array.of(evals[0]), tol.loss);
   models.forEach((lm) => lm.dispose());
-  return { checks, failures };
+  return report();
 }
 
 module.exports = { cases, compareBackends, compareLanguageModels };

@@ -79,6 +79,18 @@ inline int current_device() {
   return device;
 }
 
+// Before making an object on `device`: ERR_WNLSTM_BACKEND_UNAVAILABLE where CUDA cannot be used (with the
+// reason), ERR_WNLSTM_CONFIG for an index the machine has no device for.
+inline void require_device(int device) {
+  const CudaStatus status = cuda_status();
+  if (!status.available)
+    throw Error("ERR_WNLSTM_BACKEND_UNAVAILABLE", "backend 'cuda' is not available: " + status.reason);
+  const int count = int(status.devices.size());
+  if (device < 0 || device >= count)
+    throw Error("ERR_WNLSTM_CONFIG", "there is no CUDA device " + std::to_string(device) + " (this machine has " +
+                                         std::to_string(count) + ": 0 to " + std::to_string(count - 1) + ")");
+}
+
 inline int multiprocessors(int device) {
   int n = 0;
   check(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");

@@ -908,21 +908,8 @@ class CudaCell final : public Cell<T> {
 namespace wnlstm {
 template <typename T>
 std::unique_ptr<Cell<T>> make_cuda_cell(const CellConfig& config, int device) {
-  const CudaStatus status = cuda_status();
-  if (!status.available)
-    throw Error("ERR_WNLSTM_BACKEND_UNAVAILABLE", "backend 'cuda' is not available: " + status.reason);
-  const int count = int(status.devices.size());
-  if (device < 0 || device >= count)
-    throw Error("ERR_WNLSTM_CONFIG", "there is no CUDA device " + std::to_string(device) + " (this machine has " +
-                                         std::to_string(count) + ": 0 to " + std::to_string(count - 1) + ")");
-  // The cell takes the current device as its own for every call: make it `device`, then restore the caller's.
-  int previous = 0;
-  cuda::check(cudaGetDevice(&previous), "cudaGetDevice");
-  cuda::check(cudaSetDevice(device), "cudaSetDevice");
-  struct Restore {
-    int device;
-    ~Restore() { cudaSetDevice(device); }
-  } restore{previous};
+  cuda::require_device(device);
+  const cuda::DeviceGuard guard(device);  // the cell takes the current device as its own for every call
   return std::make_unique<cuda::CudaCell<T>>(config);
 }
 template std::unique_ptr<Cell<float>> make_cuda_cell<float>(const CellConfig&, int);

@@ -373,18 +373,8 @@ class CudaBackend final : public Backend<T> {
 namespace wnlstm {
 template <typename T>
 std::shared_ptr<Backend<T>> make_cuda_backend(int device) {
-  const CudaStatus status = cuda_status();
-  if (!status.available)
-    throw Error("ERR_WNLSTM_BACKEND_UNAVAILABLE", "backend 'cuda' is not available: " + status.reason);
-  if (device < 0 || device >= int(status.devices.size()))
-    throw Error("ERR_WNLSTM_CONFIG", "there is no CUDA device " + std::to_string(device));
-  int previous = 0;
-  cuda::check(cudaGetDevice(&previous), "cudaGetDevice");
-  cuda::check(cudaSetDevice(device), "cudaSetDevice");
-  struct Restore {
-    int device;
-    ~Restore() { cudaSetDevice(device); }
-  } restore{previous};
+  cuda::require_device(device);
+  const cuda::DeviceGuard guard(device);
   return std::make_shared<cuda::CudaBackend<T>>(device);
 }
 template std::shared_ptr<Backend<float>> make_cuda_backend<float>(int);

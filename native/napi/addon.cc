@@ -695,6 +695,23 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
     }
   };
 
+  // A call on tensors: run() now, or on the pool with the tensors it reads marked busy, settling once the
+  // device has finished; then result().
+  template <bool Async>
+  Napi::Value run_on_tensors(Napi::Env env, std::function<void()> run, std::function<Napi::Value(Napi::Env)> result,
+                             std::shared_ptr<wnlstm::Memory> memory, std::vector<std::shared_ptr<TensorData>> reads) {
+    if constexpr (!Async) {
+      run();
+      return result(env);
+    } else {
+      auto use = std::make_shared<TensorUse>(std::move(reads));
+      return run_async(env, [run, memory, use] {
+        run();
+        memory->synchronize();
+      }, result);
+    }
+  }
+
   // forwardTensors(x, steps, batch, c0?, h0?, seqLen?, training) -> { y, c, h }: the forward on tensors of
   // the cell's device and dtype (the data never leaves the device); forwardTensorsAsync: a promise of it,
   // settled when the device has finished.
@@ -741,16 +758,7 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
         out.Set("h", NativeTensor::New(env, h_out));
         return out;
       };
-      if constexpr (!Async) {
-        run();
-        return result(env);
-      } else {
-        auto use = std::make_shared<TensorUse>(std::vector<std::shared_ptr<TensorData>>{x, c0, h0});
-        return run_async(env, [run, memory, use] {
-          run();
-          memory->synchronize();
-        }, result);
-      }
+      return run_on_tensors<Async>(env, run, result, memory, {x, c0, h0});
     });
   }
 
@@ -791,13 +799,7 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
         out.Set("dh0", NativeTensor::New(env, dh0));
         return out;
       };
-      if constexpr (!Async) {
-        run();
-        return result(env);
-      } else {
-        auto use = std::make_shared<TensorUse>(std::vector<std::shared_ptr<TensorData>>{dy, dc, dh});
-        return run_async(env, [run, use] { run(); }, result);
-      }
+      return run_on_tensors<Async>(env, run, result, memory, {dy, dc, dh});
     });
   }
 
