@@ -25,3 +25,7 @@ export { saveCheckpoint, loadCheckpoint, saveCheckpointAsync, loadCheckpointAsyn
 export type { Checkpoint } from './core/checkpoint';
 export { StreamingSession, LanguageModelSession } from './nn/session';
 export { toPyTorch, fromPyTorch, toTensorFlow, fromTensorFlow } from './nn/interop';
+export { SequenceModel } from './model/sequence-model';
+export type { SequenceModelConfig, FitOptions, History, Logs, Task, Sequence, Targets } from './model/sequence-model';
+export { optimizerByName } from './optim';
+export type { OptimizerName } from './optim';

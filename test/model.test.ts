@@ -227,11 +227,11 @@ t.test('the runtime refuses what would break it: oversized windows, shared cells
   wide.dispose();
 
   const lm = small(), cells = lm.stack.cells.map(nativeCellOf);
-  const config = { vocabSize: 7, embeddingSize: 3, hiddenSize: 4, layers: 2, dropout: 0 }, seeds = { model: [1, 2, 3, 4], stack: [5, 6, 7, 8] };
+  const config = { vocabSize: 7, inputSize: 3, hiddenSize: 4, layers: 2, outputSize: 7, perStep: true, loss: 'crossEntropy' as const, dropout: 0 }, seeds = { model: [1, 2, 3, 4], stack: [5, 6, 7, 8] };
   t.throws(() => new addon.NativeModel(config, 'float64', cells, seeds), { code: 'ERR_WNLSTM_CONFIG' }, 'cells of another model');
   const other = new LanguageModel({ vocabSize: 7, embeddingSize: 4, hiddenSize: 4, layers: 2, norm: true, dtype: 'float64' });
   const free = new WeightNormLSTMCell(4, { inputSize: 4, dtype: 'float64' });
-  t.throws(() => new addon.NativeModel({ ...config, embeddingSize: 4 }, 'float64', [nativeCellOf(free), nativeCellOf(free)], seeds),
+  t.throws(() => new addon.NativeModel({ ...config, inputSize: 4 }, 'float64', [nativeCellOf(free), nativeCellOf(free)], seeds),
     { code: 'ERR_WNLSTM_CONFIG' }, 'one cell for two layers');
   other.dispose();
   free.dispose();

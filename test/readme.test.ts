@@ -11,7 +11,7 @@ const examples = [...fs.readFileSync(path.join(root, 'README.md'), 'utf8').match
 const run = (code: string) => spawnSync(process.execPath, ['-e', code], { cwd: root, encoding: 'utf8', timeout: 60000 });
 
 t.test('the README has its examples', async (t) => {
-  t.equal(examples.length, 4, 'four js examples: a cell, tensors, training, an HTTP service');
+  t.equal(examples.length, 5, 'five js examples: a cell, a first model, tensors, training, an HTTP service');
   t.ok(examples.every((code) => code.includes("require('wnlstm')")), 'each requires the package by name');
 });
 
@@ -19,6 +19,14 @@ t.test('the cell example', async (t) => {
   const r = run(examples.find((code) => code.includes('cell.backward(outputs)'))!);
   t.equal(r.status, 0, `runs${r.status ? `: ${r.stderr}` : ''}`);
   t.match(r.stdout.replace(/\s+/g, ' '), /'kernel', 'bias', 'norm_0', 'norm_1', 'w_i_diag', 'w_f_diag', 'w_o_diag'/, 'prints the gradient names');
+});
+
+t.test('the first model learns its rule', async (t) => {
+  const r = run(examples.find((code) => code.includes('new SequenceModel('))!);
+  t.equal(r.status, 0, `runs${r.status ? `: ${r.stderr}` : ''}`);
+  const accuracy = Number(r.stdout.split('\n')[0]);
+  t.ok(accuracy >= 0.9, `validation accuracy ${accuracy} >= 0.9`);
+  t.match(r.stdout, /loss: [\d.e-]+,\s+accuracy: [\d.]+/, 'the loaded model evaluates');
 });
 
 t.test('the tensor example', async (t) => {

@@ -67,11 +67,44 @@ export interface UpdateSettings {
   gradScale: number;
 }
 
-export interface NativeModelConfig { vocabSize: number; embeddingSize: number; hiddenSize: number; layers: number; dropout: number }
+export interface NativeModelConfig {
+  /** Token ids in through an embedding of this many rows, or 0: float features in. */
+  vocabSize: number;
+  /** The embedding's width, or the features per step. */
+  inputSize: number;
+  hiddenSize: number;
+  layers: number;
+  /** The head's outputs: classes (cross-entropy) or values (squared error). */
+  outputSize: number;
+  /** The head on every step's output, or on each sequence's last valid output. */
+  perStep: boolean;
+  loss: 'crossEntropy' | 'squaredError';
+  dropout: number;
+}
+export interface RngState { model: number[]; stack: number[] }
+type States = { c: FloatArray; h: FloatArray }[];
+
+/** One batch, time-major (see native/include/wnlstm/model.h's Batch): a head row is one step of one
+ * sequence (perStep) or one sequence. */
+export interface NativeBatch {
+  steps: number;
+  batchSize: number;
+  ids?: Int32Array;
+  features?: FloatArray;
+  /** Each sequence's length in [0, steps]: the steps past it are padding (no output, no loss). */
+  lengths?: Int32Array;
+  /** Cross-entropy: a class per head row, -1 for none. */
+  labels?: Int32Array;
+  /** Squared error: [head rows * outputSize]. */
+  targets?: FloatArray;
+  states?: States | null;
+  /** True: return the head's outputs (logits or values) [head rows * outputSize]. */
+  outputs?: boolean;
+}
 export interface RngState { model: number[]; stack: number[] }
 
-/** A language model whose parameters, gradients and optimizer state live in the backend
- * (native/include/wnlstm/model.h); blocks by name: embedding, lstm_<l>, dense. Getters return copies. */
+/** A sequence model whose parameters, gradients and optimizer state live in the backend
+ * (native/include/wnlstm/model.h); blocks by name: embedding (with ids), lstm_<l>, dense. Getters return copies. */
 export interface NativeModel {
   blocks(): { name: string; offset: number; size: number }[];
   getValues(name: string): FloatArray;
@@ -86,12 +119,13 @@ export interface NativeModel {
   clearMoments(): void;
   getRng(): RngState;
   setRng(state: RngState): void;
-  step(inputs: Int32Array, targets: Int32Array, batchSize: number, states: { c: FloatArray; h: FloatArray }[] | null,
-    train: boolean): { loss: number; states: { c: FloatArray; h: FloatArray }[] };
+  /** The mean loss (NaN without labels or targets), the final states and, when asked, the head's outputs. */
+  step(batch: NativeBatch, train: boolean): { loss: number; states: States; outputs?: FloatArray };
   /** The same off the main thread (inputs copied at the call); the model and its cells are busy meanwhile. */
   stepAsync(...args: Parameters<NativeModel['step']>): Promise<ReturnType<NativeModel['step']>>;
   embed(ids: Int32Array): FloatArray;
-  logits(h: FloatArray, rows: number): FloatArray;
+  /** The head (logits or values) on outputs h [rows, hiddenSize] of the last layer. */
+  head(h: FloatArray, rows: number): FloatArray;
   dispose(): void;
 }
 

@@ -1,11 +1,12 @@
 // An RNN language model (Zaremba et al. 2014 / char-rnn): embedding -> dropout -> stacked LSTM cells ->
 // dropout -> dense -> softmax, trained by truncated BPTT with the state carried between windows.
-import { addon, FloatArray, NativeModel, RngState } from '../core/native';
-import { WeightNormLSTMCell, LSTMState, BackendName, nativeCellOf } from '../nn/cell';
+import { addon, FloatArray, NativeBatch, RngState } from '../core/native';
+import { LSTMState, BackendName } from '../nn/cell';
 import { wnlstmError } from '../core/errors';
 import { columnNorms, Random } from '../core/init';
-import { Dense, Embedding, StackedLSTM } from '../nn/layers';
-import { HasParameters, ParamArena, ParamBlock } from '../optim';
+import { StackedLSTM } from '../nn/layers';
+import { ModelRuntime } from '../nn/runtime';
+import { HasParameters, ParamBlock } from '../optim';
 
 export interface LMConfig {
   vocabSize: number;
@@ -49,103 +50,66 @@ export function window(data: { streams: Int32Array; length: number }, batchSize:
  * arena, native/include/wnlstm/model.h), and a training step runs there: token ids go in, the loss and
  * the final state come out. The cells (`stack.cells`) read their weights from the arena too. */
 export class LanguageModel implements HasParameters {
-  /** The recurrent layers (for streaming sessions and for reading or setting a cell's weights by TF name). */
-  readonly stack: StackedLSTM;
-  readonly #native: NativeModel;
-  readonly #blocks: ParamBlock[];
-  #disposed = false;
+  readonly #runtime: ModelRuntime;
 
   constructor(readonly config: LMConfig) {
     const { vocabSize, embeddingSize, hiddenSize, layers, norm, seed = 1, initScale = 0.08, dtype = 'float32' } = config;
-    for (const [k, v] of Object.entries({ vocabSize, embeddingSize, hiddenSize, layers })) {
-      if (!Number.isInteger(v) || v < 1) throw wnlstmError('ERR_WNLSTM_CONFIG', `${k} must be a positive integer`);
-    }
-    const d = config.dropout ?? 0;
-    if (!(d >= 0 && d < 1)) throw wnlstmError('ERR_WNLSTM_CONFIG', 'dropout must be in [0, 1)');
-    const embedding = new Embedding(vocabSize, embeddingSize, { seed, initScale, dtype }).params.values;
-    const cells = Array.from({ length: layers }, (_, l) => {
-      const cell = new WeightNormLSTMCell(hiddenSize, {
-        inputSize: l === 0 ? embeddingSize : hiddenSize, norm, seed: (seed + 101 * (l + 1)) >>> 0, dtype,
-        backend: config.backend, device: config.device, name: `lstm_${l}`, initializer: { kind: 'uniform', min: -initScale, max: initScale },
-      });
-      cell.setWeights({ bias: new Float64Array(4 * hiddenSize) });
-      if (norm) { // gains = column norms: W = V at the start, the same function as the plain arm
-        const w = cell.getWeights(), G = 4 * hiddenSize, I = cell.inputSize;
-        cell.setWeights({ norm_0: columnNorms(w.kernel, 0, I, G), norm_1: columnNorms(w.kernel, I, I + hiddenSize, G) });
-      }
-      return cell;
+    if (!Number.isInteger(vocabSize) || vocabSize < 1) throw wnlstmError('ERR_WNLSTM_CONFIG', 'vocabSize must be a positive integer');
+    this.#runtime = new ModelRuntime({
+      vocabSize, inputSize: embeddingSize, hiddenSize, layers, outputSize: vocabSize, perStep: true, loss: 'crossEntropy',
+      dropout: config.dropout ?? 0, norm, seed, dtype, backend: config.backend, device: config.device,
+      cellInitializer: { kind: 'uniform', min: -initScale, max: initScale }, embeddingScale: initScale, headScale: initScale,
     });
-    this.stack = new StackedLSTM(cells); // the cells as a group: the model's step draws its own dropout masks
-    const dense = new Dense(hiddenSize, vocabSize, { seed: seed + 13, initScale, dtype }).params.values;
-    this.#native = new addon.NativeModel({ vocabSize, embeddingSize, hiddenSize, layers, dropout: d }, dtype,
-      cells.map(nativeCellOf), { model: new Random(seed + 17).getState(), stack: new Random(seed + 7).getState() });
-    this.#native.setValues('embedding', embedding);
-    this.#native.setValues('dense', dense);
-    this.#blocks = this.#makeBlocks(dtype);
   }
 
+  /** The recurrent layers (for streaming sessions and for reading or setting a cell's weights by TF name). */
+  get stack(): StackedLSTM { return this.#runtime.stack; }
+
   /** The number of parameters a model of this config has (embedding, cells, softmax layer). */
-  static parameterCount({ vocabSize: V, embeddingSize: E, hiddenSize: H, layers, norm }: LMConfig): number {
-    let n = V * E + H * V + V;
-    for (let l = 0; l < layers; l++) n += ((l === 0 ? E : H) + H) * 4 * H + 4 * H + (norm ? 8 * H : 0);
-    return n;
+  static parameterCount({ vocabSize, embeddingSize, hiddenSize, layers, norm }: LMConfig): number {
+    return ModelRuntime.parameterCount({ vocabSize, inputSize: embeddingSize, hiddenSize, layers, outputSize: vocabSize, norm });
   }
 
   /** The blocks of the arena: embedding [V,E], lstm_<l> (the cell's weights in getWeights() order), dense
    * (kernel [H,V], then bias [V]). Their values and gradients are read and written as copies; an optimizer
    * updates all of them in one call. */
-  parameters(): ParamBlock[] { return this.#blocks; }
-
-  #makeBlocks(dtype: 'float32' | 'float64'): ParamBlock[] {
-    const model = () => this.#model();
-    const blocks = this.#native.blocks();
-    const arena: ParamArena = {
-      blockNames: blocks.map((b) => b.name),
-      gradSumSquares: () => model().gradSumSquares(),
-      update: (settings) => model().update(settings),
-      getMoments: (name) => model().getMoments(name),
-      setMoments: (name, s1, s2) => model().setMoments(name, s1, s2),
-      clearMoments: () => model().clearMoments(),
-    };
-    return blocks.map(({ name, size }) => ({
-      name, size, dtype, arena,
-      get grad() { return model().getGrad(name); },
-      zeroGrad: () => model().zeroGrad(name),
-      getValues: () => model().getValues(name),
-      setValues: (values: FloatArray) => model().setValues(name, values),
-    }));
-  }
+  parameters(): ParamBlock[] { return this.#runtime.blocks; }
 
   /** The random state of the dropout masks (checkpoints): embedding and head (`model`), between layers (`stack`). */
-  get rngState(): RngState { return this.#model().getRng(); }
-  set rngState(state: RngState) { this.#model().setRng(state); }
+  get rngState(): RngState { return this.#runtime.rngState; }
+  set rngState(state: RngState) { this.#runtime.rngState = state; }
 
-  zeroState(batchSize: number): LSTMState[] { return this.stack.zeroState(batchSize); }
+  zeroState(batchSize: number): LSTMState[] { return this.#runtime.zeroState(batchSize); }
 
   /** Mean loss (nats per token) of one window (inputs and targets [T, batchSize], time-major) from `state`
    * (one per layer); with `train`, dropout on and the gradients accumulated. Returns the final state. */
   step(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[] | null, train: boolean) {
-    const r = this.#model().step(inputs, targets, batchSize, state, train);
+    const r = this.#runtime.step(this.#batch(inputs, targets, batchSize, state), train);
     return { loss: r.loss, state: r.states as LSTMState[] };
   }
 
   /** step() off the main thread: the inputs, targets and state are taken as they are now. The model and
    * its cells refuse other calls (ERR_WNLSTM_BUSY) until it settles. */
   async stepAsync(inputs: Int32Array, targets: Int32Array, batchSize: number, state: LSTMState[] | null, train: boolean) {
-    const r = await this.#model().stepAsync(inputs, targets, batchSize, state, train);
+    const r = await this.#runtime.stepAsync(this.#batch(inputs, targets, batchSize, state), train);
     return { loss: r.loss, state: r.states as LSTMState[] };
   }
 
+  #batch(inputs: Int32Array, targets: Int32Array, batchSize: number, states: LSTMState[] | null): NativeBatch {
+    if (!(inputs instanceof Int32Array) || !(targets instanceof Int32Array)) throw wnlstmError('ERR_WNLSTM_TYPE', 'inputs and targets must be Int32Arrays');
+    if (!Number.isInteger(batchSize) || batchSize < 1) throw wnlstmError('ERR_WNLSTM_RANGE', `batchSize must be a positive integer, got ${String(batchSize)}`);
+    if (inputs.length === 0 || inputs.length % batchSize !== 0) {
+      throw wnlstmError('ERR_WNLSTM_SHAPE', `inputs has ${inputs.length} ids: not a positive multiple of batchSize (${batchSize})`);
+    }
+    if (targets.length !== inputs.length) throw wnlstmError('ERR_WNLSTM_SHAPE', `targets must have as many ids as inputs (${inputs.length})`);
+    return { steps: inputs.length / batchSize, batchSize, ids: inputs, labels: targets, states };
+  }
+
   /** Embedding rows of token ids: [ids.length, embeddingSize]. */
-  embed(ids: Int32Array): FloatArray { return this.#model().embed(ids); }
+  embed(ids: Int32Array): FloatArray { return this.#runtime.native.embed(ids); }
 
   /** The softmax layer's logits for h [rows, hiddenSize]: [rows, vocabSize]. */
-  logits(h: FloatArray, rows: number): FloatArray { return this.#model().logits(h, rows); }
-
-  #model(): NativeModel {
-    if (this.#disposed) throw wnlstmError('ERR_WNLSTM_DISPOSED', 'this model has been disposed');
-    return this.#native;
-  }
+  logits(h: FloatArray, rows: number): FloatArray { return this.#runtime.native.head(h, rows); }
 
   /** Mean loss over a whole token sequence, in windows of `steps`, state carried. */
   evaluate(ids: Int32Array, { batchSize = 10, steps = 50, maxTokens = Infinity } = {}): number {
@@ -222,10 +186,5 @@ export class LanguageModel implements HasParameters {
   }
 
   /** Frees the native memory now (otherwise the garbage collector does); later calls throw ERR_WNLSTM_DISPOSED. */
-  dispose(): void {
-    if (this.#disposed) return;
-    this.#disposed = true;
-    this.#native.dispose();
-    for (const c of this.stack.cells) c.dispose();
-  }
+  dispose(): void { this.#runtime.dispose(); }
 }

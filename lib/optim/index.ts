@@ -276,6 +276,23 @@ export class Adagrad extends Optimizer {
   protected buffers(): [boolean, boolean] { return [true, false]; }
 }
 
+export type OptimizerName = 'sgd' | 'momentum' | 'adam' | 'adamw' | 'rmsprop' | 'adagrad';
+export const OPTIMIZER_NAMES: readonly OptimizerName[] = ['sgd', 'momentum', 'adam', 'adamw', 'rmsprop', 'adagrad'];
+
+/** An optimizer by name, as the command line and SequenceModel.fit() name them: 'momentum' is SGD with
+ * momentum 0.9, 'rmsprop' has alpha 0.95 (char-rnn's); the rest take their defaults. */
+export function optimizerByName(name: OptimizerName, params: ParamBlock[] | HasParameters, options: OptimizerOptions = {}): Optimizer {
+  switch (name) {
+    case 'sgd': return new SGD(params, options);
+    case 'momentum': return new SGD(params, { ...options, momentum: 0.9 });
+    case 'adam': return new Adam(params, options);
+    case 'adamw': return new AdamW(params, options);
+    case 'rmsprop': return new RMSProp(params, { ...options, alpha: 0.95 });
+    case 'adagrad': return new Adagrad(params, options);
+    default: throw wnlstmError('ERR_WNLSTM_CONFIG', `unknown optimizer '${String(name)}' (one of ${OPTIMIZER_NAMES.join(', ')})`);
+  }
+}
+
 /** Zaremba et al.'s PTB schedule: `initial` for the first `after` epochs, then times `factor` each epoch. */
 export function stepDecay({ initial, factor, after }: { initial: number; factor: number; after: number }) {
   return (epoch: number) => initial * factor ** Math.max(epoch + 1 - after, 0);

@@ -2,6 +2,7 @@
 #include "wnlstm/model.h"
 
 #include <algorithm>
+#include <limits>
 #include <string>
 
 namespace wnlstm {
@@ -103,15 +104,17 @@ std::shared_ptr<Backend<T>> backend_of(const std::vector<std::shared_ptr<Cell<T>
 }  // namespace
 
 template <typename T>
-LanguageModel<T>::LanguageModel(const LanguageModelConfig& config, std::vector<std::shared_ptr<Cell<T>>> cells)
+SequenceModel<T>::SequenceModel(const SequenceModelConfig& config, std::vector<std::shared_ptr<Cell<T>>> cells)
     : cfg_(config), backend_(backend_of(cells)), cells_(std::move(cells)), head_(backend_), head_mask_(backend_),
-      logits_(backend_), grad_{Buffer<T>(backend_), Buffer<T>(backend_)}, cell_grads_(backend_), dc0_(backend_),
-      dh0_(backend_), state_in_(backend_), state_out_(backend_), rows_in_(backend_), rows_out_(backend_) {
-  const int64_t V = cfg_.vocab_size, E = cfg_.embedding_size, H = cfg_.hidden_size;
+      logits_(backend_), targets_(backend_), grad_{Buffer<T>(backend_), Buffer<T>(backend_)}, dlast_(backend_),
+      cell_grads_(backend_), dc0_(backend_), dh0_(backend_), state_in_(backend_), state_out_(backend_),
+      rows_in_(backend_), rows_out_(backend_), lengths_(backend_) {
+  const int64_t V = cfg_.vocab_size, E = cfg_.input_size, H = cfg_.hidden_size, O = cfg_.output_size;
   auto fail = [](const std::string& m) { throw Error("ERR_WNLSTM_CONFIG", m); };
-  if (V < 1 || E < 1 || H < 1 || cfg_.layers < 1) fail("vocabSize, embeddingSize, hiddenSize and layers must be at least 1");
-  if (double(V) * E > double(kMaxElements) || double(V) * H > double(kMaxElements))
-    fail("the embedding or softmax layer would exceed " + std::to_string(kMaxElements) + " elements");
+  if (V < 0 || E < 1 || H < 1 || O < 1 || cfg_.layers < 1)
+    fail("inputSize, hiddenSize, outputSize and layers must be at least 1");
+  if (double(V) * E > double(kMaxElements) || double(O) * H > double(kMaxElements))
+    fail("the embedding or the head would exceed " + std::to_string(kMaxElements) + " elements");
   if (!(cfg_.dropout >= 0 && cfg_.dropout < 1)) fail("dropout must be in [0, 1)");
   if (int64_t(cells_.size()) != cfg_.layers) fail("the model needs one cell per layer");
   for (size_t l = 0; l < cells_.size(); ++l) {
@@ -125,13 +128,13 @@ LanguageModel<T>::LanguageModel(const LanguageModelConfig& config, std::vector<s
     blocks.push_back({name, size, n});
     size += n;
   };
-  add("embedding", V * E);
+  if (V > 0) add("embedding", V * E);
   for (size_t l = 0; l < cells_.size(); ++l) {
     cell_offsets_.push_back(size);
     add("lstm_" + std::to_string(l), param_count(cells_[l]->config()));
   }
   dense_ = size;
-  add("dense", H * V + V);
+  add("dense", H * O + O);
   arena_ = std::make_shared<Arena<T>>(backend_, std::move(blocks));
   for (size_t l = 0; l < cells_.size(); ++l)
     cells_[l]->bind_params(arena_->params() + cell_offsets_[l], std::shared_ptr<void>(arena_));
@@ -140,40 +143,74 @@ LanguageModel<T>::LanguageModel(const LanguageModelConfig& config, std::vector<s
 }
 
 template <typename T>
-void LanguageModel<T>::check_ids(const int32_t* ids, int64_t n, int32_t lowest, const char* what) const {
+void SequenceModel<T>::check_ids(const int32_t* ids, int64_t n, int32_t lowest, int64_t limit, const char* what) const {
   for (int64_t i = 0; i < n; ++i)
-    if (ids[i] < lowest || ids[i] >= cfg_.vocab_size)
+    if (ids[i] < lowest || ids[i] >= limit)
       throw Error("ERR_WNLSTM_RANGE", std::string(what) + " " + std::to_string(ids[i]) + " (at " + std::to_string(i) +
-                                          ") is outside the vocabulary (" + std::to_string(cfg_.vocab_size) + ")");
+                                          ") is outside [" + std::to_string(lowest) + ", " + std::to_string(limit) + ")");
 }
 
 template <typename T>
-double LanguageModel<T>::step(int64_t steps, int64_t batch, const int32_t* inputs, const int32_t* targets,
-                              const T* state_in, T* state_out, bool train) {
-  const int64_t N = steps * batch, E = cfg_.embedding_size, H = cfg_.hidden_size, V = cfg_.vocab_size;
-  const int64_t L = cfg_.layers, per = batch * H;
-  if (steps < 1 || batch < 1) throw Error("ERR_WNLSTM_SHAPE", "a window needs at least one step and one stream");
-  if (double(N) * double(std::max({E, 4 * H, V})) > double(kMaxElements))
+double SequenceModel<T>::step(const Batch<T>& in, bool train) {
+  const int64_t steps = in.steps, batch = in.batch, N = steps * batch, E = cfg_.input_size, H = cfg_.hidden_size;
+  const int64_t O = cfg_.output_size, L = cfg_.layers, per = batch * H, R = head_rows(steps, batch);
+  const bool ce = cfg_.loss == Loss::CrossEntropy;
+  if (steps < 1 || batch < 1) throw Error("ERR_WNLSTM_SHAPE", "a batch needs at least one step and one sequence");
+  if (double(N) * double(std::max({E, 4 * H, O})) > double(kMaxElements))
     throw Error("ERR_WNLSTM_SIZE", "steps x batch x width exceeds " + std::to_string(kMaxElements));
-  check_ids(inputs, N, 0, "token id");
-  check_ids(targets, N, -1, "target");
+  if (cfg_.vocab_size > 0 ? !in.ids : !in.features)
+    throw Error("ERR_WNLSTM_TYPE", cfg_.vocab_size > 0 ? "this model takes token ids" : "this model takes features");
+  const bool has_loss = ce ? in.labels != nullptr : in.targets != nullptr;
+  if (train && !has_loss) throw Error("ERR_WNLSTM_TYPE", ce ? "training needs labels" : "training needs targets");
+  if (in.ids) check_ids(in.ids, N, 0, cfg_.vocab_size, "token id");
+  if (in.lengths) check_ids(in.lengths, batch, 0, steps + 1, "sequence length");
+  // The rows that have a loss: a per-step head skips the padding (steps past a row's length).
+  const int32_t* labels = in.labels;
+  std::vector<int32_t>& keep = labels_;
+  if (ce && labels) {
+    check_ids(labels, R, -1, O, "label");
+    if (in.lengths && cfg_.per_step) {
+      keep.assign(labels, labels + R);
+      for (int64_t t = 0; t < steps; ++t)
+        for (int64_t b = 0; b < batch; ++b)
+          if (t >= in.lengths[b]) keep[size_t(t * batch + b)] = -1;
+      labels = keep.data();
+    }
+  } else if (!ce && in.lengths && cfg_.per_step) {
+    keep.assign(size_t(R), 1);
+    for (int64_t t = 0; t < steps; ++t)
+      for (int64_t b = 0; b < batch; ++b) keep[size_t(t * batch + b)] = t < in.lengths[b];
+  } else {
+    keep.clear();
+  }
+  int64_t counted = R;
+  if (ce && labels) counted = std::count_if(labels, labels + R, [](int32_t y) { return y >= 0; });
+  if (!ce && !keep.empty()) counted = std::count(keep.begin(), keep.end(), 1);
+  const double per_row = ce ? 1.0 : double(O), scale = counted > 0 ? 1.0 / (double(counted) * per_row) : 0.0;
+
   Backend<T>& be = *backend_;
   const bool drop = train && cfg_.dropout > 0;
   T* params = arena_->params();
   T* grads = arena_->grads();
   const T* states = nullptr;
-  if (state_in) {
+  if (in.state_in) {
     states = state_in_.resize(2 * L * per);
-    be.upload(state_in_.data(), state_in, size_t(2 * L * per) * sizeof(T));
+    be.upload(state_in_.data(), in.state_in, size_t(2 * L * per) * sizeof(T));
+  }
+  const int32_t* lengths = nullptr;
+  if (in.lengths) {
+    lengths = lengths_.resize(batch);
+    be.upload(lengths_.data(), in.lengths, size_t(batch) * sizeof(int32_t));
   }
   T* next = state_out_.resize(2 * L * per);
 
-  // Forward, in the order the JS layers drew their dropout masks: embedding, between layers, head.
-  T* emb = inputs_[0].resize(N * E);
-  be.embedding_forward(params + embedding_, E, inputs, N, emb);
-  if (drop) be.dropout(emb, masks_[0].resize(N * E), N * E, cfg_.dropout, model_rng);
+  // Forward, in the order the JS layers drew their dropout masks: input, between layers, head.
+  T* x0 = inputs_[0].resize(N * E);
+  if (in.ids) be.embedding_forward(params + embedding_, E, in.ids, N, x0);
+  else be.upload(x0, in.features, size_t(N * E) * sizeof(T));
+  if (drop) be.dropout(x0, masks_[0].resize(N * E), N * E, cfg_.dropout, model_rng);
   for (size_t l = 0; l < cells_.size(); ++l) {
-    const T* x = l == 0 ? emb : outputs_[l - 1].data();  // a copy only where dropout changes it
+    const T* x = l == 0 ? x0 : outputs_[l - 1].data();  // a copy only where dropout changes it
     if (l > 0 && drop) {
       T* kept = inputs_[l].resize(N * H);
       be.copy(kept, x, size_t(N * H) * sizeof(T));
@@ -183,86 +220,102 @@ double LanguageModel<T>::step(int64_t steps, int64_t batch, const int32_t* input
     const T* c0 = states ? states + 2 * l * per : nullptr;
     const T* h0 = states ? c0 + per : nullptr;
     T* c = next + 2 * l * per;
-    cells_[l]->device_forward(steps, batch, x, c0, h0, nullptr, outputs_[l].resize(N * H), c, c + per, train);
+    cells_[l]->device_forward(steps, batch, x, c0, h0, lengths, outputs_[l].resize(N * H), c, c + per, train);
   }
-  const T* h = outputs_.back().data();
+  // The head's input: every output of the last layer, or its final h (each row's last valid step).
+  const T* h = cfg_.per_step ? outputs_.back().data() : next + 2 * (L - 1) * per + per;
   if (drop) {
-    T* kept = head_.resize(N * H);
-    be.copy(kept, h, size_t(N * H) * sizeof(T));
-    be.dropout(kept, head_mask_.resize(N * H), N * H, cfg_.dropout, model_rng);
+    T* kept = head_.resize(R * H);
+    be.copy(kept, h, size_t(R * H) * sizeof(T));
+    be.dropout(kept, head_mask_.resize(R * H), R * H, cfg_.dropout, model_rng);
     h = kept;
   }
-  T* logits = logits_.resize(N * V);
+  T* logits = logits_.resize(R * O);
   const T* kernel = params + dense_;
-  be.dense_forward(h, kernel, kernel + H * V, N, H, V, logits);
-  const double loss = be.softmax_cross_entropy(logits, targets, N, V, 1.0 / double(N)) / double(N);
-  be.download(state_out, next, size_t(2 * L * per) * sizeof(T));
+  be.dense_forward(h, kernel, kernel + H * O, R, H, O, logits);
+  if (in.outputs) be.download(in.outputs, logits, size_t(R * O) * sizeof(T));
+  double loss = std::numeric_limits<double>::quiet_NaN();
+  if (has_loss) {
+    double sum;
+    if (ce) {
+      sum = be.softmax_cross_entropy(logits, labels, R, O, scale);
+    } else {
+      T* target = targets_.resize(R * O);
+      be.upload(target, in.targets, size_t(R * O) * sizeof(T));
+      sum = be.squared_error(logits, target, keep.empty() ? nullptr : keep.data(), R, O, scale);
+    }
+    loss = counted > 0 ? sum / (double(counted) * per_row) : 0.0;
+  }
+  if (in.state_out) be.download(in.state_out, next, size_t(2 * L * per) * sizeof(T));
   if (!train) return loss;
 
   // Backward: logits now holds d loss / d logits; grad_[k] is the gradient flowing into the layer below.
+  T* dh = (cfg_.per_step ? grad_[0] : dlast_).resize(R * H);
+  be.dense_backward(h, kernel, logits, R, H, O, grads + dense_, grads + dense_ + H * O, dh);
+  if (drop) be.apply_mask(dh, head_mask_.data(), R * H);
+  if (!cfg_.per_step) be.zero(grad_[0].resize(N * H), size_t(N * H) * sizeof(T));  // no loss on the outputs
   int k = 0;
-  T* dh = grad_[k].resize(N * H);
-  be.dense_backward(h, kernel, logits, N, H, V, grads + dense_, grads + dense_ + H * V, dh);
-  if (drop) be.apply_mask(dh, head_mask_.data(), N * H);
   for (size_t l = cells_.size(); l-- > 0;) {
     const int64_t I = l == 0 ? E : H, n = param_count(cells_[l]->config());
     T* dx = grad_[1 - k].resize(N * I);
     T* g = cell_grads_.resize(n);
-    cells_[l]->device_backward(grad_[k].data(), nullptr, nullptr, g, dx, dc0_.resize(per), dh0_.resize(per));
+    const T* dh_final = !cfg_.per_step && l + 1 == cells_.size() ? dlast_.data() : nullptr;
+    cells_[l]->device_backward(grad_[k].data(), nullptr, dh_final, g, dx, dc0_.resize(per), dh0_.resize(per));
     be.add(grads + cell_offsets_[l], g, n);
     if (drop) be.apply_mask(dx, masks_[l].data(), N * I);
     k = 1 - k;
   }
-  be.embedding_backward(grad_[k].data(), E, inputs, N, grads + embedding_);
+  if (in.ids) be.embedding_backward(grad_[k].data(), E, in.ids, N, grads + embedding_);
   return loss;
 }
 
 template <typename T>
-void LanguageModel<T>::embed(const int32_t* ids, int64_t N, T* out) {
-  check_ids(ids, N, 0, "token id");
-  const int64_t E = cfg_.embedding_size;
+void SequenceModel<T>::embed(const int32_t* ids, int64_t N, T* out) {
+  if (cfg_.vocab_size == 0) throw Error("ERR_WNLSTM_CONFIG", "this model has no embedding (it takes features)");
+  check_ids(ids, N, 0, cfg_.vocab_size, "token id");
+  const int64_t E = cfg_.input_size;
   T* rows = backend_->is_host() ? out : rows_out_.resize(N * E);
   backend_->embedding_forward(arena_->params() + embedding_, E, ids, N, rows);
   if (rows != out) backend_->download(out, rows, size_t(N * E) * sizeof(T));
 }
 
 template <typename T>
-void LanguageModel<T>::logits(const T* h, int64_t N, T* out) {
-  const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size;
+void SequenceModel<T>::head(const T* h, int64_t N, T* out) {
+  const int64_t H = cfg_.hidden_size, O = cfg_.output_size;
   const T* kernel = arena_->params() + dense_;
-  if (backend_->is_host()) return backend_->dense_forward(h, kernel, kernel + H * V, N, H, V, out);
+  if (backend_->is_host()) return backend_->dense_forward(h, kernel, kernel + H * O, N, H, O, out);
   T* x = rows_in_.resize(N * H);
   backend_->upload(x, h, size_t(N * H) * sizeof(T));
-  T* y = rows_out_.resize(N * V);
-  backend_->dense_forward(x, kernel, kernel + H * V, N, H, V, y);
-  backend_->download(out, y, size_t(N * V) * sizeof(T));
+  T* y = rows_out_.resize(N * O);
+  backend_->dense_forward(x, kernel, kernel + H * O, N, H, O, y);
+  backend_->download(out, y, size_t(N * O) * sizeof(T));
 }
 
 template <typename T>
-void LanguageModel<T>::params_changed() {
+void SequenceModel<T>::params_changed() {
   for (auto& cell : cells_) cell->params_changed();
 }
 
 template <typename T>
-void LanguageModel<T>::update(const OptimizerStep& step) {
+void SequenceModel<T>::update(const OptimizerStep& step) {
   arena_->update(step);
   params_changed();
 }
 
 template <typename T>
-int64_t LanguageModel<T>::memory_bytes() const {
-  int64_t n = arena_->memory_bytes();
+int64_t SequenceModel<T>::memory_bytes() const {
+  int64_t n = arena_->memory_bytes() + lengths_.bytes();
   for (const auto* group : {&inputs_, &outputs_, &masks_})
     for (const Buffer<T>& b : *group) n += b.bytes();
-  for (const Buffer<T>* b : {&head_, &head_mask_, &logits_, &grad_[0], &grad_[1], &cell_grads_, &dc0_, &dh0_,
-                             &state_in_, &state_out_, &rows_in_, &rows_out_})
+  for (const Buffer<T>* b : {&head_, &head_mask_, &logits_, &targets_, &grad_[0], &grad_[1], &dlast_, &cell_grads_,
+                             &dc0_, &dh0_, &state_in_, &state_out_, &rows_in_, &rows_out_})
     n += b->bytes();
   return n;
 }
 
 template class Arena<float>;
 template class Arena<double>;
-template class LanguageModel<float>;
-template class LanguageModel<double>;
+template class SequenceModel<float>;
+template class SequenceModel<double>;
 
 }  // namespace wnlstm

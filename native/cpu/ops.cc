@@ -247,6 +247,17 @@ class CpuBackend final : public Backend<T> {
   double softmax_cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, double scale) override {
     return wnlstm::softmax_cross_entropy(logits, targets, N, V, scale);
   }
+  double squared_error(T* pred, const T* target, const int32_t* keep, int64_t N, int64_t O, double scale) override {
+    double sum = 0;
+    for (int64_t r = 0; r < N; ++r) {
+      if (keep && !keep[r]) {
+        std::fill(pred + r * O, pred + (r + 1) * O, T(0));
+        continue;
+      }
+      sum += wnlstm::squared_error(pred + r * O, target + r * O, O, scale, pred + r * O);
+    }
+    return sum;
+  }
   void embedding_forward(const T* table, int64_t D, const int32_t* ids, int64_t N, T* out) override {
     wnlstm::embedding_forward(table, D, ids, N, out);
   }

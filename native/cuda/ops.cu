@@ -207,6 +207,25 @@ __global__ void add_kernel(T* y, const T* x, int64_t n) {
     y[i] += x[i];
 }
 
+// One block per row: the row's squared error (double) and the gradient in place; skipped rows get zeros.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) squared_error_kernel(T* pred, const T* target, const int32_t* keep,
+                                                                 int64_t N, int64_t O, T scale, double* row_loss) {
+  __shared__ double shared[kThreads];
+  for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {
+    T* p = pred + r * O;
+    const bool kept = !keep || keep[r];
+    double acc = 0;
+    for (int64_t o = threadIdx.x; o < O; o += kThreads) {
+      const T d = p[o] - target[r * O + o];
+      acc += double(d) * double(d);
+      p[o] = kept ? T(2) * scale * d : T(0);
+    }
+    const double total = block_sum(acc, shared);
+    if (threadIdx.x == 0) row_loss[r] = kept ? total : 0.0;
+  }
+}
+
 template <typename T>
 class CudaBackend final : public Backend<T> {
  public:
@@ -276,6 +295,17 @@ class CudaBackend final : public Backend<T> {
     double* losses = partial_.resize(N + 1);
     launch("softmax cross-entropy kernel", softmax_cross_entropy_kernel<T>, unsigned(std::min<int64_t>(N, 65535)),
            kThreads, stream_, logits, t, N, V, T(scale), losses);
+    return total(losses, N);
+  }
+
+  double squared_error(T* pred, const T* target, const int32_t* keep, int64_t N, int64_t O, double scale) override {
+    use_device();
+    if (N == 0) return 0;
+    int32_t* k = nullptr;
+    if (keep) staging_.upload(k = ids_.resize(N), keep, size_t(N) * sizeof(int32_t));
+    double* losses = partial_.resize(N + 1);
+    launch("squared error kernel", squared_error_kernel<T>, unsigned(std::min<int64_t>(N, 65535)), kThreads, stream_,
+           pred, target, k, N, O, T(scale), losses);
     return total(losses, N);
   }
 

@@ -825,10 +825,10 @@ class NativeCell : public Napi::ObjectWrap<NativeCell> {
   std::shared_ptr<CellState> s_ = std::make_shared<CellState>();
 };
 
-using ModelState = Held<wnlstm::LanguageModel<float>, wnlstm::LanguageModel<double>>;
+using ModelState = Held<wnlstm::SequenceModel<float>, wnlstm::SequenceModel<double>>;
 
-// A language model whose weights, gradients and optimizer state live in the backend (model.h). Every
-// call works on whole blocks by name; a training step takes token ids and returns the loss and state.
+// A sequence model whose weights, gradients and optimizer state live in the backend (model.h). Every call
+// works on whole blocks by name; a training step takes a batch and returns the loss and state.
 class NativeModel : public Napi::ObjectWrap<NativeModel> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -848,22 +848,30 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                         InstanceMethod("step", &NativeModel::Step<false>),
                         InstanceMethod("stepAsync", &NativeModel::Step<true>),
                         InstanceMethod("embed", &NativeModel::Embed),
-                        InstanceMethod("logits", &NativeModel::Logits),
+                        InstanceMethod("head", &NativeModel::Head),
                         InstanceMethod("dispose", &NativeModel::Dispose)});
   }
 
-  // new NativeModel({ vocabSize, embeddingSize, hiddenSize, layers, dropout }, dtype, cells: NativeCell[],
+  // new NativeModel({ vocabSize (0: features), inputSize, hiddenSize, layers, outputSize, perStep, loss:
+  //                   'crossEntropy' | 'squaredError', dropout }, dtype, cells: NativeCell[],
   //                 rng: { model: [4 words], stack: [4 words] })
   NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
     guarded(info.Env(), [&] {
       Napi::Env env = info.Env();
       if (!info[0].IsObject()) fail("ERR_WNLSTM_TYPE", "config must be an object");
       const Napi::Object o = info[0].As<Napi::Object>();
-      wnlstm::LanguageModelConfig config;
-      config.vocab_size = int_arg(o.Get("vocabSize"), "vocabSize", 1, wnlstm::kMaxElements);
-      config.embedding_size = int_arg(o.Get("embeddingSize"), "embeddingSize", 1, wnlstm::kMaxUnits);
+      wnlstm::SequenceModelConfig config;
+      config.vocab_size = int_arg(o.Get("vocabSize"), "vocabSize", 0, wnlstm::kMaxElements);
+      config.input_size = int_arg(o.Get("inputSize"), "inputSize", 1, wnlstm::kMaxUnits);
       config.hidden_size = int_arg(o.Get("hiddenSize"), "hiddenSize", 1, wnlstm::kMaxUnits);
       config.layers = int_arg(o.Get("layers"), "layers", 1, 1024);
+      config.output_size = int_arg(o.Get("outputSize"), "outputSize", 1, wnlstm::kMaxElements);
+      config.per_step = o.Get("perStep").ToBoolean();
+      const Napi::Value loss = o.Get("loss");
+      const std::string loss_name = loss.IsString() ? loss.As<Napi::String>().Utf8Value() : "";
+      if (loss_name != "crossEntropy" && loss_name != "squaredError")
+        fail("ERR_WNLSTM_CONFIG", "loss must be 'crossEntropy' or 'squaredError'");
+      config.loss = loss_name == "crossEntropy" ? wnlstm::Loss::CrossEntropy : wnlstm::Loss::SquaredError;
       config.dropout = number_option(o, "dropout", 0);
       const std::string dtype = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
       if (dtype != "float32" && dtype != "float64") fail("ERR_WNLSTM_CONFIG", "dtype must be 'float32' or 'float64'");
@@ -882,8 +890,8 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
         f32.push_back(cell->f32), f64.push_back(cell->f64);
         cells_.push_back(cell);
       }
-      if (dtype == "float32") s_->f32 = std::make_shared<wnlstm::LanguageModel<float>>(config, f32);
-      else s_->f64 = std::make_shared<wnlstm::LanguageModel<double>>(config, f64);
+      if (dtype == "float32") s_->f32 = std::make_shared<wnlstm::SequenceModel<float>>(config, f32);
+      else s_->f64 = std::make_shared<wnlstm::SequenceModel<double>>(config, f64);
       SetRngFrom(info[3]);
       for (const auto& cell : cells_) cell->in_model = true;
       s_->report_memory(env);
@@ -1089,66 +1097,79 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     else s_->f64->model_rng = rngs[0], s_->f64->stack_rng = rngs[1];
   }
 
-  static const int32_t* ids_arg(const Napi::Value& v, const char* name) {
+  // An Int32Array argument of `length` elements (nullptr when optional and absent).
+  static const int32_t* ints_arg(const Napi::Value& v, const std::string& name, int64_t length, bool optional) {
+    if (optional && (v.IsUndefined() || v.IsNull())) return nullptr;
     if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-      fail("ERR_WNLSTM_TYPE", std::string(name) + " must be an Int32Array");
+      fail("ERR_WNLSTM_TYPE", name + " must be an Int32Array");
+    if (length >= 0 && int64_t(v.As<Napi::Int32Array>().ElementLength()) != length)
+      fail("ERR_WNLSTM_SHAPE", name + " must have " + std::to_string(length) + " elements, got " +
+                                   std::to_string(v.As<Napi::Int32Array>().ElementLength()));
     return v.As<Napi::Int32Array>().Data();
   }
 
-  // step(inputs, targets, batchSize, states | null, train) -> { loss, states: [{ c, h }] }; inputs and
-  // targets Int32Array [steps * batchSize], time-major; states one { c, h } per layer (null: zeros).
-  // stepAsync: a promise of it, with the inputs copied at the call.
+  // step({ steps, batchSize, ids | features, lengths?, labels? | targets?, states?, outputs? }, train)
+  //   -> { loss, states: [{ c, h }], outputs? }
+  // Time-major: ids Int32Array [steps * batchSize] or features [steps * batchSize * inputSize]; lengths
+  // Int32Array [batchSize]; labels Int32Array or targets (the model's dtype) per head row; states one
+  // { c, h } per layer (null: zeros); outputs: true to get the head's outputs [head rows * outputSize].
+  // stepAsync: a promise of it, with every input copied at the call.
   template <bool Async>
   Napi::Value Step(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
       using T = typename std::decay_t<decltype(*model)>::value_type;
       Napi::Env env = info.Env();
-      const wnlstm::LanguageModelConfig& c = model->config();
-      ids_arg(info[0], "inputs");
-      ids_arg(info[1], "targets");
-      const int64_t n = int64_t(info[0].As<Napi::Int32Array>().ElementLength());
-      const int64_t batch = int_arg(info[2], "batchSize", 1, wnlstm::kMaxElements);
-      if (n == 0 || n % batch != 0)
-        fail("ERR_WNLSTM_SHAPE", "inputs has " + std::to_string(n) + " ids: not a positive multiple of batchSize (" +
-                                     std::to_string(batch) + ")");
-      if (int64_t(info[1].As<Napi::Int32Array>().ElementLength()) != n)
-        fail("ERR_WNLSTM_SHAPE", "targets must have as many ids as inputs (" + std::to_string(n) + ")");
-      const int64_t H = c.hidden_size, L = c.layers, per = batch * H;
-      // The largest buffer of a step (embedding, gates or logits) and the state, before anything is allocated.
-      if (double(n) * double(std::max({c.embedding_size, 4 * H, c.vocab_size})) > double(wnlstm::kMaxElements) ||
+      const wnlstm::SequenceModelConfig& c = model->config();
+      if (!info[0].IsObject()) fail("ERR_WNLSTM_TYPE", "the batch must be an object");
+      const Napi::Object o = info[0].As<Napi::Object>();
+      const int64_t steps = int_arg(o.Get("steps"), "steps", 1, wnlstm::kMaxElements);
+      const int64_t batch = int_arg(o.Get("batchSize"), "batchSize", 1, wnlstm::kMaxElements);
+      const int64_t n = steps * batch, H = c.hidden_size, L = c.layers, per = batch * H;
+      const int64_t rows = model->head_rows(steps, batch);
+      // The largest buffer of a step (input, gates or head) and the state, before anything is allocated.
+      if (double(n) * double(std::max({c.input_size, 4 * H, c.output_size})) > double(wnlstm::kMaxElements) ||
           2.0 * double(L) * double(per) > double(wnlstm::kMaxElements))
         fail("ERR_WNLSTM_SIZE", "steps x batch x width exceeds " + std::to_string(wnlstm::kMaxElements));
-      // The states, gathered into [layers][c, h] (checked: type, length, finite).
-      std::vector<T> state_in;
-      if (!info[3].IsUndefined() && !info[3].IsNull()) {
-        if (!info[3].IsArray() || info[3].As<Napi::Array>().Length() != uint32_t(L))
+      const bool ids = c.vocab_size > 0, ce = c.loss == wnlstm::Loss::CrossEntropy;
+      // Everything is read (through getters, which may run JS) and copied before the model is touched.
+      struct Job {
+        std::vector<int32_t> ids, lengths, labels;
+        std::vector<T> features, targets, state_in, state_out, outputs;
+        double loss = 0;
+      };
+      auto job = std::make_shared<Job>();
+      auto copy_ints = [&](const char* key, int64_t length, bool optional, std::vector<int32_t>& to) {
+        const Napi::Value v = o.Get(key);
+        if (const int32_t* a = ints_arg(v, key, length, optional)) to.assign(a, a + length);
+      };
+      auto copy_floats = [&](const char* key, int64_t length, bool optional, std::vector<T>& to) {
+        if (const T* a = array_arg<T>(o.Get(key), key, size_t(length), optional)) to.assign(a, a + length);
+      };
+      if (ids) copy_ints("ids", n, false, job->ids);
+      else copy_floats("features", n * c.input_size, false, job->features);
+      copy_ints("lengths", batch, true, job->lengths);
+      if (ce) copy_ints("labels", rows, true, job->labels);
+      else copy_floats("targets", rows * c.output_size, true, job->targets);
+      const Napi::Value states = o.Get("states");
+      if (!states.IsUndefined() && !states.IsNull()) {
+        if (!states.IsArray() || states.As<Napi::Array>().Length() != uint32_t(L))
           fail("ERR_WNLSTM_TYPE", "states must be an array of " + std::to_string(L) + " { c, h } (one per layer)");
-        state_in.resize(2 * L * per);
+        job->state_in.resize(2 * L * per);
         for (int64_t l = 0; l < L; ++l) {
-          const Napi::Value s = info[3].As<Napi::Array>().Get(uint32_t(l));
+          const Napi::Value s = states.As<Napi::Array>().Get(uint32_t(l));
           if (!s.IsObject()) fail("ERR_WNLSTM_TYPE", "states[" + std::to_string(l) + "] must be { c, h }");
           for (int k = 0; k < 2; ++k) {
             const std::string name = "states[" + std::to_string(l) + "]." + (k == 0 ? "c" : "h");
             const T* a = array_arg<T>(s.As<Napi::Object>().Get(k == 0 ? "c" : "h"), name, size_t(per), false);
-            std::copy(a, a + per, state_in.begin() + (2 * l + k) * per);
+            std::copy(a, a + per, job->state_in.begin() + (2 * l + k) * per);
           }
         }
       }
-      const bool train = info[4].ToBoolean();
-      // The states were read through getters, which may have started an async step or detached the ids.
-      check_idle(Uses::Cells);
-      if (int64_t(info[0].As<Napi::Int32Array>().ElementLength()) != n || int64_t(info[1].As<Napi::Int32Array>().ElementLength()) != n)
-        fail("ERR_WNLSTM_SHAPE", "inputs or targets changed while the states were read");
-      const int32_t* inputs = info[0].As<Napi::Int32Array>().Data();
-      const int32_t* targets = info[1].As<Napi::Int32Array>().Data();
-      struct Job {
-        std::vector<int32_t> inputs, targets;
-        std::vector<T> state_in, state_out;
-        double loss = 0;
-      };
-      auto job = std::make_shared<Job>();
-      job->state_in = std::move(state_in);
+      const bool want_outputs = o.Get("outputs").ToBoolean();
+      const bool train = info[1].ToBoolean();
+      check_idle(Uses::Cells);  // a getter may have started an async step
       job->state_out.resize(2 * L * per);
+      if (want_outputs) job->outputs.resize(size_t(rows * c.output_size));
       auto result = [job, L, per](Napi::Env env) -> Napi::Value {
         Napi::Object out = Napi::Object::New(env);
         out.Set("loss", job->loss);
@@ -1163,19 +1184,23 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
           states.Set(uint32_t(l), s);
         }
         out.Set("states", states);
+        if (!job->outputs.empty()) out.Set("outputs", to_js(env, job->outputs));
         return out;
       };
-      auto run = [job, model, n, batch, train](const int32_t* in, const int32_t* tg) {
-        job->loss = model->step(n / batch, batch, in, tg, job->state_in.empty() ? nullptr : job->state_in.data(),
-                                job->state_out.data(), train);
+      auto run = [job, model, steps, batch, train] {
+        auto ptr = [](auto& v) { return v.empty() ? nullptr : v.data(); };
+        wnlstm::Batch<T> b;
+        b.steps = steps, b.batch = batch;
+        b.ids = ptr(job->ids), b.features = ptr(job->features), b.lengths = ptr(job->lengths);
+        b.labels = ptr(job->labels), b.targets = ptr(job->targets);
+        b.state_in = ptr(job->state_in), b.state_out = job->state_out.data(), b.outputs = ptr(job->outputs);
+        job->loss = model->step(b, train);
       };
       if constexpr (!Async) {
-        run(inputs, targets);
+        run();
         return result(env);
       } else {
-        job->inputs.assign(inputs, inputs + n);
-        job->targets.assign(targets, targets + n);
-        return run_async(env, [job, run] { run(job->inputs.data(), job->targets.data()); }, result);
+        return run_async(env, run, result);
       }
     }, Uses::Cells);
   }
@@ -1184,25 +1209,25 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   Napi::Value Embed(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
       using T = typename std::decay_t<decltype(*model)>::value_type;
-      const int32_t* ids = ids_arg(info[0], "ids");
+      const int32_t* ids = ints_arg(info[0], "ids", -1, false);
       const int64_t n = int64_t(info[0].As<Napi::Int32Array>().ElementLength());
-      if (double(n) * double(model->config().embedding_size) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "too many ids");
-      auto out = new_array<T>(info.Env(), n * model->config().embedding_size);
+      if (double(n) * double(model->config().input_size) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "too many ids");
+      auto out = new_array<T>(info.Env(), n * model->config().input_size);
       model->embed(ids, n, out.Data());
       return out;
     });
   }
 
-  // logits(h, rows) -> [rows, vocabSize]: the softmax layer on h [rows, hiddenSize].
-  Napi::Value Logits(const Napi::CallbackInfo& info) {
+  // head(h, rows) -> [rows, outputSize]: the head (logits or values) on h [rows, hiddenSize].
+  Napi::Value Head(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
       using T = typename std::decay_t<decltype(*model)>::value_type;
       const int64_t rows = int_arg(info[1], "rows", 1, wnlstm::kMaxElements);
-      const int64_t H = model->config().hidden_size, V = model->config().vocab_size;
-      if (double(rows) * double(std::max(H, V)) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "too many rows");
+      const int64_t H = model->config().hidden_size, O = model->config().output_size;
+      if (double(rows) * double(std::max(H, O)) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "too many rows");
       const T* h = array_arg<T>(info[0], "h", size_t(rows * H), false);
-      auto out = new_array<T>(info.Env(), rows * V);
-      model->logits(h, rows, out.Data());
+      auto out = new_array<T>(info.Env(), rows * O);
+      model->head(h, rows, out.Data());
       return out;
     });
   }

@@ -182,22 +182,30 @@ void run(const Case& c, const char* dtype, double rtol_out, double atol_out, dou
   }
 }
 
-// 20 training steps of a 2-layer language model (dropout on, RMSProp with clipping) on the emulated CUDA
+// 20 training steps of a 2-layer sequence model (dropout on, RMSProp with clipping) on the emulated CUDA
 // backend (arena, activations and every op on the device), against the same model on the CPU: losses, the
-// final state and every parameter. The cells read their weights from the arena (bind_params) and rebuild
-// their scales when the optimizer has updated it (params_changed).
+// final state, the head's outputs and every parameter. The cells read their weights from the arena
+// (bind_params) and rebuild their scales when the optimizer has updated it (params_changed). Kinds: a
+// language model (ids, a per-step softmax), a sequence classifier (features, sequence lengths, the last
+// state's softmax) and a forecaster (features, lengths, per-step squared error).
 template <typename T>
-void run_model(const char* dtype, double rtol_loss, double rtol_params, double atol_params) {
-  const LanguageModelConfig config{11, 6, 9, 2, 0.2};
-  const std::string name = std::string(dtype) + " language model: ";
+void run_model(const char* dtype, const char* kind, double rtol_loss, double rtol_params, double atol_params) {
+  SequenceModelConfig config;
+  const std::string k = kind;
+  config.vocab_size = k == "language model" ? 11 : 0;
+  config.input_size = 6, config.hidden_size = 9, config.layers = 2, config.dropout = 0.2;
+  config.output_size = k == "forecaster" ? 2 : k == "classifier" ? 3 : 11;
+  config.per_step = k != "classifier";
+  config.loss = k == "forecaster" ? Loss::SquaredError : Loss::CrossEntropy;
+  const std::string name = std::string(dtype) + " " + kind + ": ";
   auto make = [&](bool cuda) {
     std::vector<std::shared_ptr<Cell<T>>> cells;
     for (int64_t l = 0; l < config.layers; ++l) {
       CellConfig c;
-      c.input_size = l == 0 ? config.embedding_size : config.hidden_size, c.num_units = config.hidden_size;
+      c.input_size = l == 0 ? config.input_size : config.hidden_size, c.num_units = config.hidden_size;
       cells.push_back(cuda ? std::shared_ptr<Cell<T>>(make_cuda_cell<T>(c)) : std::shared_ptr<Cell<T>>(make_cpu_cell<T>(c)));
     }
-    auto model = std::make_unique<LanguageModel<T>>(config, cells);
+    auto model = std::make_unique<SequenceModel<T>>(config, cells);
     std::mt19937_64 rng(7);
     const std::vector<T> values = uniform<T>(rng, size_t(model->arena().size()), 0.3);
     model->arena().write(Arena<T>::Part::Params, 0, model->arena().size(), values.data());
@@ -207,34 +215,54 @@ void run_model(const char* dtype, double rtol_loss, double rtol_params, double a
   };
   auto cpu = make(false), gpu = make(true);
   const int64_t T_ = 5, B = 3, N = T_ * B, per = 2 * config.layers * B * config.hidden_size;
+  const int64_t rows = cpu->head_rows(T_, B), O = config.output_size;
   std::vector<T> state_cpu(per, T(0)), state_gpu(per, T(0)), next_cpu(per), next_gpu(per);
-  std::vector<int32_t> inputs(N), targets(N);
+  std::vector<T> out_cpu(size_t(rows * O)), out_gpu(size_t(rows * O));
+  std::vector<int32_t> ids(N), labels(static_cast<size_t>(rows)), lengths{5, 2, 4};
+  std::vector<T> features, targets;
+  std::mt19937_64 data(3);
   std::vector<double> losses_cpu, losses_gpu;
   OptimizerStep step;
   step.kind = OptimizerKind::RmsProp, step.lr = 0.01, step.beta1 = 0.95, step.eps = 1e-6;
-  for (int k = 0; k < 20; ++k) {
-    for (int64_t i = 0; i < N; ++i) inputs[i] = int32_t((i * 7 + k * 3) % 11), targets[i] = int32_t((i * 5 + k + 1) % 11);
+  auto batch = [&](std::vector<T>& state, std::vector<T>& next, std::vector<T>& out, bool carried) {
+    Batch<T> b;
+    b.steps = T_, b.batch = B;
+    if (config.vocab_size) b.ids = ids.data();
+    else b.features = features.data(), b.lengths = lengths.data();
+    if (config.loss == Loss::CrossEntropy) b.labels = labels.data();
+    else b.targets = targets.data();
+    b.state_in = carried ? state.data() : nullptr, b.state_out = next.data(), b.outputs = out.data();
+    return b;
+  };
+  for (int s = 0; s < 20; ++s) {
+    for (int64_t i = 0; i < N; ++i) ids[i] = int32_t((i * 7 + s * 3) % 11);
+    for (int64_t r = 0; r < rows; ++r) labels[r] = int32_t((r * 5 + s + 1) % O);
+    labels[size_t(s % rows)] = -1;  // a row without loss
+    features = uniform<T>(data, size_t(N * config.input_size), 1.0);
+    targets = uniform<T>(data, size_t(rows * O), 1.0);
     for (auto* m : {cpu.get(), gpu.get()}) m->arena().zero(Arena<T>::Part::Grads, 0, m->arena().size());
-    losses_cpu.push_back(cpu->step(T_, B, inputs.data(), targets.data(), state_cpu.data(), next_cpu.data(), true));
-    losses_gpu.push_back(gpu->step(T_, B, inputs.data(), targets.data(), state_gpu.data(), next_gpu.data(), true));
+    const bool carried = config.vocab_size > 0;  // the language model carries its state between windows
+    losses_cpu.push_back(cpu->step(batch(state_cpu, next_cpu, out_cpu, carried), true));
+    losses_gpu.push_back(gpu->step(batch(state_gpu, next_gpu, out_gpu, carried), true));
     state_cpu.swap(next_cpu), state_gpu.swap(next_gpu);
     const double norm = std::sqrt(cpu->arena().grad_sum_squares());
-    step.t = k + 1, step.grad_scale = norm > 1 ? 1 / norm : 1;  // clip at 1, the CPU model's norm for both
+    step.t = s + 1, step.grad_scale = norm > 1 ? 1 / norm : 1;  // clip at 1, the CPU model's norm for both
     cpu->update(step);
     gpu->update(step);
   }
   compare(name + "20 training losses", losses_gpu, losses_cpu, rtol_loss, 0);
   compare(name + "the final state", state_gpu, state_cpu, rtol_params, atol_params);
-  auto params = [](LanguageModel<T>& m) {
+  compare(name + "the head's outputs", out_gpu, out_cpu, rtol_params, atol_params);
+  auto params = [](SequenceModel<T>& m) {
     std::vector<T> v(size_t(m.arena().size()));
     m.arena().read(Arena<T>::Part::Params, 0, m.arena().size(), v.data());
     return v;
   };
   compare(name + "every parameter after 20 updates", params(*gpu), params(*cpu), rtol_params, atol_params);
-  std::vector<T> eval_cpu(per), eval_gpu(per);
-  const double l1 = cpu->step(T_, B, inputs.data(), targets.data(), nullptr, eval_cpu.data(), false);
-  const double l2 = gpu->step(T_, B, inputs.data(), targets.data(), nullptr, eval_gpu.data(), false);
+  const double l1 = cpu->step(batch(state_cpu, next_cpu, out_cpu, false), false);
+  const double l2 = gpu->step(batch(state_gpu, next_gpu, out_gpu, false), false);
   compare(name + "an evaluation step", std::vector<double>{l2}, std::vector<double>{l1}, rtol_loss, 0);
+  compare(name + "an evaluation step's outputs", out_gpu, out_cpu, rtol_params, atol_params);
 }
 
 // Every op of backend.h on the emulated CUDA backend against the CPU backend, on sizes off every block
@@ -295,6 +323,16 @@ void run_ops(const char* dtype, double rtol) {
   const double l2 = gpu->softmax_cross_entropy(logits.gpu.data(), targets.data(), N, V, 0.5);
   compare(name + "softmax cross-entropy loss", std::vector<double>{l2}, std::vector<double>{l1}, rtol, 0);
   check("softmax cross-entropy gradient (skipped rows zero)", logits, rtol);
+
+  {  // more values per row than a block has threads; one row skipped
+    const int64_t R = 7, C = 300;
+    Pair pred = both(uniform<T>(rng, size_t(R * C), 2)), target = both(uniform<T>(rng, size_t(R * C), 2));
+    const std::vector<int32_t> keep{1, 1, 0, 1, 1, 1, 1};
+    const double s1 = cpu->squared_error(pred.cpu.data(), target.cpu.data(), keep.data(), R, C, 0.25);
+    const double s2 = gpu->squared_error(pred.gpu.data(), target.gpu.data(), keep.data(), R, C, 0.25);
+    compare(name + "squared error", std::vector<double>{s2}, std::vector<double>{s1}, rtol, 0);
+    check("squared error gradient (skipped row zero)", pred, rtol);
+  }
 
   for (int64_t n : {0, 1, 4095, 4097, 20000}) {
     Pair a = both(uniform<T>(rng, size_t(n), 1));
@@ -362,8 +400,10 @@ int main() {
   run_ops<double>("float64", 1e-12);
   run_ops<float>("float32", 1e-5);
   // Sums in different orders (float64), the CPU's approximate activations (float32), over 20 updates.
-  run_model<double>("float64", 1e-9, 1e-7, 1e-9);
-  run_model<float>("float32", 1e-4, 1e-2, 1e-3);
+  for (const char* kind : {"language model", "classifier", "forecaster"}) {
+    run_model<double>("float64", kind, 1e-9, 1e-7, 1e-9);
+    run_model<float>("float32", kind, 1e-4, 1e-2, 1e-3);
+  }
   const std::vector<Case> cases = read_cases();
   for (const Case& c : cases) {
     // float64: the backends sum in different orders; float32: the CPU's activations are approximations

@@ -77,6 +77,11 @@ class Backend : public Memory {
   virtual void optimizer_update(const OptimizerStep& step, T* params, const T* grads, T* s1, T* s2, int64_t n) = 0;
   virtual double sum_squares(const T* a, int64_t n) = 0;
   virtual double softmax_cross_entropy(T* logits, const int32_t* targets, int64_t N, int64_t V, double grad_scale) = 0;
+  // Squared error of pred [N,O] against target [N,O] over the rows whose keep[r] is not 0 (keep: host
+  // memory, nullptr = every row). Returns the sum (double); overwrites pred with d(sum * grad_scale)/d pred,
+  // 0 on the skipped rows.
+  virtual double squared_error(T* pred, const T* target, const int32_t* keep, int64_t N, int64_t O,
+                               double grad_scale) = 0;
   virtual void embedding_forward(const T* table, int64_t D, const int32_t* ids, int64_t N, T* out) = 0;
   virtual void embedding_backward(const T* dy, int64_t D, const int32_t* ids, int64_t N, T* dtable) = 0;
   virtual void dense_forward(const T* x, const T* W, const T* b, int64_t N, int64_t I, int64_t O, T* y) = 0;

@@ -1,6 +1,6 @@
 // The model runtime: a model's parameters, gradients and optimizer state live here, each in one flat
-// buffer (an arena), and a whole training step (embedding, dropout, the stacked cells, softmax layer,
-// loss, all backward passes) runs here, so that per step only token ids go in and the loss comes out.
+// buffer (an arena), and a whole training step (embedding, dropout, the stacked cells, the head, the loss,
+// all backward passes) runs here, so that per step only the inputs and labels go in and the loss comes out.
 // Everything runs on the cells' backend (backend.h): on CUDA the arena, the activations and every op stay
 // on the device, and only the ids, the state and the loss cross the bus.
 #pragma once
@@ -62,64 +62,93 @@ class Arena {
   mutable Buffer<T> params_, grads_, s1_, s2_;
 };
 
-struct LanguageModelConfig {
-  int64_t vocab_size = 0, embedding_size = 0, hidden_size = 0, layers = 0;
-  double dropout = 0;  // on the embedding output, between layers and before the softmax layer
+// The loss of a model's head: softmax cross-entropy over classes, or squared error over values.
+enum class Loss { CrossEntropy, SquaredError };
+
+struct SequenceModelConfig {
+  int64_t vocab_size = 0;  // > 0: token ids in, through an embedding [vocab_size, input_size]; 0: features in
+  int64_t input_size = 0;  // the embedding's width, or the features per step
+  int64_t hidden_size = 0, layers = 0;
+  int64_t output_size = 0;  // the head's outputs: classes (cross-entropy) or values (squared error)
+  bool per_step = true;     // the head on every step's output (a language model, tagging, forecasting), or
+                            // on each row's last valid output (classifying or scoring whole sequences)
+  Loss loss = Loss::CrossEntropy;
+  double dropout = 0;  // on the input, between layers and before the head
 };
 
-// Zaremba et al.'s RNN language model: embedding [V,E] -> dropout -> cells -> dropout -> softmax layer
-// (kernel [H,V], bias [V]) -> softmax cross-entropy. Arena blocks, in order: "embedding", "lstm_<l>" (each
+// One batch of sequences for SequenceModel::step, all host memory, time-major. A head row is one step of
+// one sequence (per_step: steps*batch rows, row t*batch + b) or one sequence (batch rows).
+template <typename T>
+struct Batch {
+  int64_t steps = 0, batch = 0;
+  const int32_t* ids = nullptr;      // [steps*batch], each in [0, vocab_size) (with an embedding)
+  const T* features = nullptr;       // [steps*batch, input_size] (without)
+  const int32_t* lengths = nullptr;  // [batch], each in [0, steps]: the steps past a row's length are
+                                     // padding (no output, no loss); nullptr = all steps
+  const int32_t* labels = nullptr;   // cross-entropy: a class per head row, in [0, output_size), -1 = no loss
+  const T* targets = nullptr;        // squared error: [head rows, output_size]
+  const T* state_in = nullptr;       // [layers][c [B,H], h [B,H]], nullptr = zeros
+  T* state_out = nullptr;            // the same shape, out (nullptr: not wanted)
+  T* outputs = nullptr;              // the head's outputs [head rows, output_size], out (logits or values;
+                                     // nullptr: not wanted)
+};
+
+// A recurrent sequence model: embedding [V,E] (or float features) -> dropout -> stacked cells -> dropout ->
+// head (dense kernel [H,O], bias [O]) -> loss. With per_step heads and cross-entropy over the vocabulary it
+// is Zaremba et al.'s RNN language model. Arena blocks, in order: "embedding" (with ids), "lstm_<l>" (each
 // cell's parameters in param_layout order), "dense" (kernel, then bias).
 template <typename T>
-class LanguageModel {
+class SequenceModel {
  public:
   using value_type = T;
-  // cells: layer 0 takes embedding_size inputs, each next one hidden_size; all have hidden_size units and
-  // no projection, and all live on one device (ERR_WNLSTM_CONFIG otherwise). The model runs on that
-  // device's backend; the cells' parameters move into its arena (bind_params).
-  LanguageModel(const LanguageModelConfig& config, std::vector<std::shared_ptr<Cell<T>>> cells);
+  // cells: layer 0 takes input_size inputs, each next one hidden_size; all have hidden_size units and no
+  // projection, and all live on one device (ERR_WNLSTM_CONFIG otherwise). The model runs on that device's
+  // backend; the cells' parameters move into its arena (bind_params).
+  SequenceModel(const SequenceModelConfig& config, std::vector<std::shared_ptr<Cell<T>>> cells);
 
-  const LanguageModelConfig& config() const { return cfg_; }
+  const SequenceModelConfig& config() const { return cfg_; }
   Arena<T>& arena() { return *arena_; }
   const Arena<T>& arena() const { return *arena_; }
+  // Rows of the head for a batch: steps*batch (per_step) or batch.
+  int64_t head_rows(int64_t steps, int64_t batch) const { return cfg_.per_step ? steps * batch : batch; }
 
-  // One window of `batch` streams over `steps` steps. inputs, targets [steps*batch] in, time-major; each
-  // input in [0, V), each target in [0, V) or -1 (no loss); ERR_WNLSTM_RANGE before anything changes.
-  // state_in [layers][c [B,H], h [B,H]] in (nullptr = zeros); state_out, same shape, out (all host memory).
-  // With `train`: dropout on, and the gradients of the mean loss accumulate into the arena's gradients
-  // (on CUDA still queued when this returns; whatever reads them waits). Returns the mean loss over the
-  // window's tokens (nats).
-  double step(int64_t steps, int64_t batch, const int32_t* inputs, const int32_t* targets, const T* state_in,
-              T* state_out, bool train);
+  // One batch (see Batch); the inputs, labels and lengths are checked (ERR_WNLSTM_RANGE) before anything
+  // changes. With `train`: dropout on, and the gradients of the mean loss accumulate into the arena's
+  // gradients (on CUDA still queued when this returns; whatever reads them waits). Returns the mean loss
+  // over the rows that have one (per output value for squared error; NaN without labels or targets).
+  double step(const Batch<T>& batch, bool train);
 
   // Rows of the embedding: ids [N] (checked) -> out [N,E], host memory.
   void embed(const int32_t* ids, int64_t N, T* out);
-  // The softmax layer's logits: h [N,H] -> out [N,V], host memory.
-  void logits(const T* h, int64_t N, T* out);
+  // The head on given outputs of the last layer: h [N,H] -> out [N,O], host memory.
+  void head(const T* h, int64_t N, T* out);
 
   // After the arena's parameters changed in place: the cells rebuild what they derive from them.
   void params_changed();
   // One optimizer update over the whole arena.
   void update(const OptimizerStep& step);
 
-  Rng model_rng;  // dropout on the embedding and before the softmax layer (lib/lm.ts's model rng)
+  Rng model_rng;  // dropout on the input and before the head (lib/lm.ts's model rng)
   Rng stack_rng;  // dropout between layers (lib/layers.ts's StackedLSTM rng)
 
   int64_t memory_bytes() const;
 
  private:
-  void check_ids(const int32_t* ids, int64_t n, int32_t lowest, const char* what) const;
+  void check_ids(const int32_t* ids, int64_t n, int32_t lowest, int64_t limit, const char* what) const;
 
-  LanguageModelConfig cfg_;
+  SequenceModelConfig cfg_;
   std::shared_ptr<Backend<T>> backend_;
   std::shared_ptr<Arena<T>> arena_;
   std::vector<std::shared_ptr<Cell<T>>> cells_;
   int64_t embedding_ = 0, dense_ = 0;  // arena offsets
   std::vector<int64_t> cell_offsets_;
-  // Per step, reused (backend memory): layer inputs and outputs, dropout masks, the state, logits and the
-  // gradients flowing back (grad_[0] and grad_[1] take turns as a layer's dy and dx).
+  // Per step, reused (backend memory): layer inputs and outputs, dropout masks, the state, the head's outputs
+  // and the gradients flowing back (grad_[0] and grad_[1] take turns as a layer's dy and dx).
   std::vector<Buffer<T>> inputs_, outputs_, masks_;
-  Buffer<T> head_, head_mask_, logits_, grad_[2], cell_grads_, dc0_, dh0_, state_in_, state_out_, rows_in_, rows_out_;
+  Buffer<T> head_, head_mask_, logits_, targets_, grad_[2], dlast_, cell_grads_, dc0_, dh0_, state_in_, state_out_,
+      rows_in_, rows_out_;
+  Buffer<int32_t> lengths_;
+  std::vector<int32_t> labels_;  // host: the labels with padding rows skipped
 };
 
 }  // namespace wnlstm

@@ -1,0 +1,120 @@
+// The native model runtime seen from JavaScript: one backend-owned arena of a model's parameters,
+// gradients and optimizer state (native/include/wnlstm/model.h), the cells that read their weights from
+// it, and its blocks as ParamBlocks for the optimizers. LanguageModel and SequenceModel are built on it.
+import { addon, FloatArray, NativeBatch, NativeModel, NativeModelConfig, RngState } from '../core/native';
+import { wnlstmError } from '../core/errors';
+import { columnNorms, Initializer, Random } from '../core/init';
+import { ParamArena, ParamBlock } from '../optim';
+import { BackendName, LSTMState, nativeCellOf, WeightNormLSTMCell } from './cell';
+import { StackedLSTM } from './layers';
+
+export interface RuntimeConfig extends Omit<NativeModelConfig, 'dropout'> {
+  dropout: number;
+  /** Weight normalisation in every cell (each gain starts at its column's norm: the same function as
+   * without it) or none. */
+  norm: boolean;
+  seed: number;
+  dtype: 'float32' | 'float64';
+  backend?: BackendName;
+  device?: number;
+  /** The cells' kernels. */
+  cellInitializer: Initializer;
+  /** Embedding rows and the head's kernel: uniform in ±these. */
+  embeddingScale: number;
+  headScale: number;
+}
+
+export class ModelRuntime {
+  /** The recurrent layers (for streaming and for reading or setting a cell's weights by TF name). */
+  readonly stack: StackedLSTM;
+  readonly blocks: ParamBlock[];
+  readonly #native: NativeModel;
+  #disposed = false;
+
+  constructor(readonly config: RuntimeConfig) {
+    const { vocabSize, inputSize, hiddenSize, layers, outputSize, norm, seed, dtype } = config;
+    for (const [k, v] of Object.entries({ inputSize, hiddenSize, layers, outputSize })) {
+      if (!Number.isInteger(v) || v < 1) throw wnlstmError('ERR_WNLSTM_CONFIG', `${k} must be a positive integer`);
+    }
+    if (!(config.dropout >= 0 && config.dropout < 1)) throw wnlstmError('ERR_WNLSTM_CONFIG', 'dropout must be in [0, 1)');
+    const uniform = (n: number, scale: number, rngSeed: number) => {
+      const values = new (dtype === 'float64' ? Float64Array : Float32Array)(n), rng = new Random(rngSeed);
+      for (let i = 0; i < n; i++) values[i] = (2 * rng.uniform() - 1) * scale;
+      return values;
+    };
+    const cells = Array.from({ length: layers }, (_, l) => {
+      const cell = new WeightNormLSTMCell(hiddenSize, {
+        inputSize: l === 0 ? inputSize : hiddenSize, norm, seed: (seed + 101 * (l + 1)) >>> 0, dtype,
+        backend: config.backend, device: config.device, name: `lstm_${l}`, initializer: config.cellInitializer,
+      });
+      cell.setWeights({ bias: new Float64Array(4 * hiddenSize) });
+      if (norm) { // gains = column norms: W = V at the start, the same function as the plain arm
+        const w = cell.getWeights(), G = 4 * hiddenSize, I = cell.inputSize;
+        cell.setWeights({ norm_0: columnNorms(w.kernel, 0, I, G), norm_1: columnNorms(w.kernel, I, I + hiddenSize, G) });
+      }
+      return cell;
+    });
+    this.stack = new StackedLSTM(cells); // the cells as a group: the runtime's step draws its own dropout masks
+    const embedding = vocabSize > 0 ? uniform(vocabSize * inputSize, config.embeddingScale, seed) : null;
+    const dense = uniform(hiddenSize * outputSize + outputSize, config.headScale, seed + 13);
+    dense.fill(0, hiddenSize * outputSize);
+    const { perStep, loss } = config;
+    this.#native = new addon.NativeModel({ vocabSize, inputSize, hiddenSize, layers, outputSize, perStep, loss, dropout: config.dropout },
+      dtype, cells.map(nativeCellOf), { model: new Random(seed + 17).getState(), stack: new Random(seed + 7).getState() });
+    if (embedding) this.#native.setValues('embedding', embedding);
+    this.#native.setValues('dense', dense);
+    this.blocks = this.#makeBlocks(dtype);
+  }
+
+  /** The number of parameters of a runtime of this config (embedding, cells, head). */
+  static parameterCount({ vocabSize, inputSize, hiddenSize: H, layers, outputSize: O, norm }: Pick<RuntimeConfig,
+    'vocabSize' | 'inputSize' | 'hiddenSize' | 'layers' | 'outputSize' | 'norm'>): number {
+    let n = vocabSize * inputSize + H * O + O;
+    for (let l = 0; l < layers; l++) n += ((l === 0 ? inputSize : H) + H) * 4 * H + 4 * H + (norm ? 8 * H : 0);
+    return n;
+  }
+
+  /** The native model (throws ERR_WNLSTM_DISPOSED after dispose()). */
+  get native(): NativeModel {
+    if (this.#disposed) throw wnlstmError('ERR_WNLSTM_DISPOSED', 'this model has been disposed');
+    return this.#native;
+  }
+
+  get disposed(): boolean { return this.#disposed; }
+
+  #makeBlocks(dtype: 'float32' | 'float64'): ParamBlock[] {
+    const model = () => this.native;
+    const blocks = this.#native.blocks();
+    const arena: ParamArena = {
+      blockNames: blocks.map((b) => b.name),
+      gradSumSquares: () => model().gradSumSquares(),
+      update: (settings) => model().update(settings),
+      getMoments: (name) => model().getMoments(name),
+      setMoments: (name, s1, s2) => model().setMoments(name, s1, s2),
+      clearMoments: () => model().clearMoments(),
+    };
+    return blocks.map(({ name, size }) => ({
+      name, size, dtype, arena,
+      get grad() { return model().getGrad(name); },
+      zeroGrad: () => model().zeroGrad(name),
+      getValues: () => model().getValues(name),
+      setValues: (values: FloatArray) => model().setValues(name, values),
+    }));
+  }
+
+  /** The random state of the dropout masks: input and head (`model`), between layers (`stack`). */
+  get rngState(): RngState { return this.native.getRng(); }
+  set rngState(state: RngState) { this.native.setRng(state); }
+
+  zeroState(batchSize: number): LSTMState[] { return this.stack.zeroState(batchSize); }
+
+  step(batch: NativeBatch, train: boolean) { return this.native.step(batch, train); }
+  stepAsync(batch: NativeBatch, train: boolean) { return this.native.stepAsync(batch, train); }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#native.dispose();
+    for (const c of this.stack.cells) c.dispose();
+  }
+}
