@@ -83,7 +83,6 @@ export function encode(shape: DataShape, x: unknown, y: unknown, name = 'x'): Da
     let steps = flat ? seq.length / features : seq.length;
     if (flat && !Number.isInteger(steps)) fail('ERR_WNLSTM_SHAPE', `${name}[${i}] has ${seq.length} values: not a multiple of ${features} features`);
     if (steps === 0) fail('ERR_WNLSTM_SHAPE', `${name}[${i}] is empty`);
-    if (task === 'next-token' && steps < 2) fail('ERR_WNLSTM_SHAPE', `${name}[${i}] needs at least 2 tokens to predict the next one`);
     steps = Math.min(steps, maxLength);
     lengths[i] = steps;
     offsets[i] = total;

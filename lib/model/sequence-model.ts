@@ -9,9 +9,14 @@ import type { FloatArray, NativeBatch } from '../core/native';
 import type { BackendName, LSTMCell, WeightNormLSTMCell } from '../nn/cell';
 import { ModelRuntime } from '../nn/runtime';
 import { HasParameters, Optimizer, OPTIMIZER_NAMES, OptimizerName, OptimizerState, optimizerByName, ParamBlock } from '../optim';
+import * as fs from 'node:fs';
+import { exportOnnx } from './onnx';
 import { batchOf, Dataset, DataShape, encode, isClassifier, isPerStep, Sequence, subset, Targets, Task } from './data';
 
 export type { Task, Sequence, Targets } from './data';
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const VERSION: string = require('../../package.json').version;
 
 export interface SequenceModelConfig {
   /** Token ids in [0, vocabSize) through an embedding of `embeddingSize` (default 32), or `features`
@@ -405,6 +410,19 @@ export class SequenceModel implements HasParameters {
     }
     return model;
   }
+
+  // ---- ONNX ----
+
+  /** The model as an ONNX file's bytes (opset 17, float32): inputs `input` (token ids [steps, batch] int32, or
+   * features [steps, batch, features]) and `lengths` [batch] int32; output `output`: what predict() gives
+   * (class probabilities or values), [batch, outputs] or [steps, batch, outputs] (zeros past a length). */
+  toOnnx(): Uint8Array {
+    const blocks = Object.fromEntries(this.#runtime.blocks.map((b) => [b.name, b]));
+    return exportOnnx({ config: this.config, cells: this.cells, blockValues: (name) => blocks[name].getValues() }, VERSION);
+  }
+
+  /** Writes toOnnx() to a file. */
+  saveOnnx(file: string): void { fs.writeFileSync(file, this.toOnnx()); }
 
   /** Frees the native memory now (otherwise the garbage collector does); later calls throw ERR_WNLSTM_DISPOSED. */
   dispose(): void { this.#runtime.dispose(); }
