@@ -41,6 +41,6 @@ t.test('CUDA kernels, emulated on the CPU, = the CPU backend', { skip: hasCompil
   t.equal(status, 0, `the driver ran${status ? `: ${stderr}` : ''}`);
   const report = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { cases: number; checks: number; failures: string[] };
   t.equal(report.cases, 2 * cases.length, `the ${cases.length} cases of cuda-cases.json in float64 and float32`);
-  t.ok(report.checks >= 24 * cases.length, `${report.checks} comparisons ran (cells, backend ops, language models)`);
+  t.ok(report.checks >= 24 * cases.length, `${report.checks} comparisons ran (cells, backend ops, sequence models)`);
   t.same(report.failures, [], 'every output, gradient and state matches the CPU backend');
 });

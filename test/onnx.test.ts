@@ -13,13 +13,14 @@ const lengths = [4, 2, 5, 1];
 
 for (const [task, outputs] of [['classification', 3], ['regression', 2], ['tagging', 3], ['forecasting', 2], ['next-token', undefined]] as const) {
   t.test(`${task}: onnxruntime runs the export = predict()`, async (t) => {
-    for (const [norm, layers, ids] of [[true, 2, true], [false, 1, true], [true, 1, false], [false, 2, false]] as const) {
-      if (task === 'next-token' && !ids) continue;
+    for (const [norm, layers, ids, bidirectional] of [[true, 2, true, false], [false, 1, true, false], [true, 1, false, false], [false, 2, false, false],
+      [true, 2, true, true], [false, 1, false, true]] as const) {
+      if (task === 'next-token' && (!ids || bidirectional)) continue;
       const rng = new Random(layers + (norm ? 10 : 0));
       const x = lengths.map((n) => Array.from({ length: n }, () => (ids ? Math.floor(rng.uniform() * 7) : [rng.uniform() - 0.5, rng.uniform() - 0.5])));
       const y = x.map((s) => (task === 'classification' ? s.length % 3 : task === 'regression' ? [s.length, 1] : task === 'tagging' ? s.map((_, k) => k % 3)
         : s.map((_, k) => [k, -k])));
-      const config: SequenceModelConfig = { input: ids ? { vocabSize: 7, embeddingSize: 4 } : { features: 2 }, task, outputs, units: 6, layers, norm, seed: 5 };
+      const config: SequenceModelConfig = { input: ids ? { vocabSize: 7, embeddingSize: 4 } : { features: 2 }, task, outputs, units: 6, layers, norm, bidirectional, seed: 5 };
       const model = new SequenceModel(config);
       model.fit(x as never, (task === 'next-token' ? undefined : y) as never, { epochs: 3, batchSize: 2, learningRate: 0.05 }); // weights off their init
       const want = model.predict(x as never);
@@ -37,7 +38,7 @@ for (const [task, outputs] of [['classification', 3], ['regression', 2], ['taggi
         if (perStep) (p as number[][]).forEach((_, k) => { for (let o = 0; o < O; o++) got.push((output.data as Float32Array)[(k * B + b) * O + o]); });
         else for (let o = 0; o < O; o++) got.push((output.data as Float32Array)[b * O + o]);
       });
-      const name = `${norm ? 'weight norm' : 'plain'}, ${layers} layer${layers > 1 ? 's' : ''}, ${ids ? 'ids' : 'features'}`;
+      const name = `${norm ? 'weight norm' : 'plain'}, ${layers}${bidirectional ? ' bidirectional' : ''} layer${layers > 1 ? 's' : ''}, ${ids ? 'ids' : 'features'}`;
       t.same(output.dims, perStep ? [T, B, O] : [B, O], `${name}: the output's shape`);
       assertClose(t, got, (want as unknown[]).flat(2) as number[], { rtol: 1e-5, atol: 1e-6 }, `${name}: onnxruntime = predict() (float32)`);
       model.dispose();

@@ -74,7 +74,7 @@ t.test('each task learns its rule: classification, regression, tagging, forecast
   for (const m of [clf, reg, tag, fc, lm]) m.dispose();
 });
 
-t.test('gradients of every head and loss = central differences (float64, padded batches, 2 layers)', async (t) => {
+t.test('gradients of every head and loss = central differences (float64, padded batches, 2 layers, bidirectional)', async (t) => {
   const rng = new Random(4);
   const lengths = [4, 2, 5];
   const ids = lengths.map((n) => ints(rng, n, 6));
@@ -87,8 +87,9 @@ t.test('gradients of every head and loss = central differences (float64, padded 
     ['next-token', { input: { vocabSize: 6, embeddingSize: 3 }, task: 'next-token' }, ids, undefined],
   ];
   for (const [name, config, x, y] of cases) {
-    for (const norm of [true, false]) {
-      const m = new SequenceModel({ ...config, units: 3, layers: 2, norm, dtype: 'float64', seed: 9 });
+    for (const [norm, bidirectional] of [[true, false], [false, false], [true, true]]) {
+      if (bidirectional && name === 'next-token') continue;
+      const m = new SequenceModel({ ...config, units: 3, layers: 2, norm, bidirectional, dtype: 'float64', seed: 9 });
       const { loss, grads } = m.gradients(x as never, y as never);
       t.ok(Number.isFinite(loss) && loss > 0, `${name}: a loss`);
       const lossOf = () => m.evaluate(x as never, y as never, { batchSize: 3 }).loss;
@@ -111,7 +112,7 @@ t.test('gradients of every head and loss = central differences (float64, padded 
           want.push((up - down) / 2e-6);
           got.push(grads[block.name][i]);
         }
-        assertClose(t, got, want, { rtol: 1e-5, atol: 1e-8 }, `${name}${norm ? '' : ' (plain)'}: d loss / d ${block.name}`);
+        assertClose(t, got, want, { rtol: 1e-5, atol: 1e-8 }, `${name}${norm ? '' : ' (plain)'}${bidirectional ? ' (bidirectional)' : ''}: d loss / d ${block.name}`);
       }
       m.dispose();
     }
@@ -207,6 +208,7 @@ t.test('bad input: a coded error before anything changes', async (t) => {
     [() => new SequenceModel({ input: { features: 0 }, task: 'regression' }), 'ERR_WNLSTM_CONFIG', 'zero features'],
     [() => new SequenceModel({ input: { features: 2 }, task: 'summarise' as never }), 'ERR_WNLSTM_CONFIG', 'an unknown task'],
     [() => new SequenceModel({ input: { features: 2 }, task: 'regression', dropout: 1 }), 'ERR_WNLSTM_CONFIG', 'dropout 1'],
+    [() => new SequenceModel({ input: { vocabSize: 3 }, task: 'next-token', bidirectional: true }), 'ERR_WNLSTM_CONFIG', 'a bidirectional language model'],
   ];
   for (const [call, code, what] of bad) t.throws(call, { code }, what);
   t.same(m.parameters().map((b) => Array.from(b.getValues())), before, 'the weights are untouched');

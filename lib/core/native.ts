@@ -80,6 +80,9 @@ export interface NativeModelConfig {
   perStep: boolean;
   loss: 'crossEntropy' | 'squaredError';
   dropout: number;
+  /** Two cells per layer: one forward, one over each sequence reversed within its length; outputs side by
+   * side [.., 2 * hiddenSize]. The cells are given per layer, forward first. */
+  bidirectional?: boolean;
 }
 export interface RngState { model: number[]; stack: number[] }
 type States = { c: FloatArray; h: FloatArray }[];

@@ -51,6 +51,8 @@ export function window(data: { streams: Int32Array; length: number }, batchSize:
  * the final state come out. The cells (`stack.cells`) read their weights from the arena too. */
 export class LanguageModel implements HasParameters {
   readonly #runtime: ModelRuntime;
+  /** The recurrent layers (for streaming sessions and for reading or setting a cell's weights by TF name). */
+  readonly stack: StackedLSTM;
 
   constructor(readonly config: LMConfig) {
     const { vocabSize, embeddingSize, hiddenSize, layers, norm, seed = 1, initScale = 0.08, dtype = 'float32' } = config;
@@ -60,10 +62,9 @@ export class LanguageModel implements HasParameters {
       dropout: config.dropout ?? 0, norm, seed, dtype, backend: config.backend, device: config.device,
       cellInitializer: { kind: 'uniform', min: -initScale, max: initScale }, embeddingScale: initScale, headScale: initScale,
     });
+    this.stack = new StackedLSTM(this.#runtime.cells); // the cells as a group: the runtime's step draws its own dropout masks
   }
 
-  /** The recurrent layers (for streaming sessions and for reading or setting a cell's weights by TF name). */
-  get stack(): StackedLSTM { return this.#runtime.stack; }
 
   /** The number of parameters a model of this config has (embedding, cells, softmax layer). */
   static parameterCount({ vocabSize, embeddingSize, hiddenSize, layers, norm }: LMConfig): number {
@@ -79,7 +80,7 @@ export class LanguageModel implements HasParameters {
   get rngState(): RngState { return this.#runtime.rngState; }
   set rngState(state: RngState) { this.#runtime.rngState = state; }
 
-  zeroState(batchSize: number): LSTMState[] { return this.#runtime.zeroState(batchSize); }
+  zeroState(batchSize: number): LSTMState[] { return this.stack.zeroState(batchSize); }
 
   /** Mean loss (nats per token) of one window (inputs and targets [T, batchSize], time-major) from `state`
    * (one per layer); with `train`, dropout on and the gradients accumulated. Returns the final state. */

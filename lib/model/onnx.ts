@@ -21,7 +21,7 @@ const SCHEMA = {
         NodeProto: { fields: { input: { rule: 'repeated', type: 'string', id: 1 }, output: { rule: 'repeated', type: 'string', id: 2 },
           name: { type: 'string', id: 3 }, opType: { type: 'string', id: 4 }, attribute: { rule: 'repeated', type: 'AttributeProto', id: 5 } } },
         AttributeProto: { fields: { name: { type: 'string', id: 1 }, f: { type: 'float', id: 2 }, i: { type: 'int64', id: 3 },
-          type: { type: 'int32', id: 20 } } },
+          s: { type: 'bytes', id: 4 }, ints: { rule: 'repeated', type: 'int64', id: 8 }, type: { type: 'int32', id: 20 } } },
         TensorProto: { fields: { dims: { rule: 'repeated', type: 'int64', id: 1 }, dataType: { type: 'int32', id: 2 },
           name: { type: 'string', id: 8 }, rawData: { type: 'bytes', id: 9 } } },
         ValueInfoProto: { fields: { name: { type: 'string', id: 1 }, type: { type: 'TypeProto', id: 2 } } },
@@ -34,12 +34,12 @@ const SCHEMA = {
   },
 };
 const FLOAT = 1, INT32 = 6, INT64 = 7; // TensorProto.DataType
-const ATTR_INT = 2; // AttributeProto.AttributeType
+const ATTR_INT = 2, ATTR_STRING = 3, ATTR_INTS = 7; // AttributeProto.AttributeType
 let modelType: protobuf.Type | null = null;
 
 /** What the exporter needs of a SequenceModel. */
 export interface Exportable {
-  config: { task: string; units: number; layers: number; outputs: number; input: { vocabSize: number; embeddingSize?: number } | { features: number } };
+  config: { task: string; units: number; layers: number; outputs: number; bidirectional: boolean; input: { vocabSize: number; embeddingSize?: number } | { features: number } };
   cells: (LSTMCell | WeightNormLSTMCell)[];
   blockValues(name: string): FloatArray;
 }
@@ -54,7 +54,8 @@ function onnxGates(torch: Float32Array, H: number, width: number): Float32Array 
 }
 
 export function exportOnnx(model: Exportable, producerVersion: string): Uint8Array {
-  const { task, units: H, outputs: O, input } = model.config;
+  const { task, units: H, outputs: O, input, layers } = model.config;
+  const D = model.config.bidirectional ? 2 : 1;
   const ids = 'vocabSize' in input, perStep = task !== 'classification' && task !== 'regression';
   const classes = task === 'classification' || task === 'tagging' || task === 'next-token';
   const initializer: object[] = [], node: object[] = [];
@@ -79,27 +80,41 @@ export function exportOnnx(model: Exportable, producerVersion: string): Uint8Arr
   }
   const axes = new Map<number, string>();
   const squeezeAxis = (axis: number) => axes.get(axis) ?? axes.set(axis, tensor(`axis_${axis}`, [1], BigInt64Array.of(BigInt(axis)))).get(axis)!;
+  const shapes = new Set<string>();
+  const shape = (name: string, dims: number[]) => (shapes.has(name) ? name : (shapes.add(name), tensor(name, [dims.length], BigInt64Array.from(dims, BigInt))));
   let last = '';
-  model.cells.forEach((cell, l) => {
-    const t = toPyTorch(cell, l), I = cell.inputSize;
-    const W = tensor(`lstm_${l}/W`, [1, 4 * H, I], onnxGates(t[`weight_ih_l${l}`], H, I));
-    const R = tensor(`lstm_${l}/R`, [1, 4 * H, H], onnxGates(t[`weight_hh_l${l}`], H, H));
-    const B = new Float32Array(8 * H);
-    B.set(onnxGates(t[`bias_ih_l${l}`], H, 1));
-    B.set(onnxGates(t[`bias_hh_l${l}`], H, 1), 4 * H);
-    op('LSTM', [x, W, R, tensor(`lstm_${l}/B`, [1, 8 * H], B), 'lengths'], [`lstm_${l}/Y`, `lstm_${l}/Y_h`],
-      [{ name: 'hidden_size', type: ATTR_INT, i: H }]);
-    x = op('Squeeze', [`lstm_${l}/Y`, squeezeAxis(1)], [`lstm_${l}/outputs`]); // [T, 1, B, H] -> [T, B, H]
+  for (let l = 0; l < layers; l++) {
+    const cells = model.cells.slice(l * D, (l + 1) * D), I = cells[0].inputSize;
+    const W = new Float32Array(D * 4 * H * I), R = new Float32Array(D * 4 * H * H), B = new Float32Array(D * 8 * H);
+    cells.forEach((cell, d) => { // direction d: ONNX stacks forward, then reverse
+      const t = toPyTorch(cell, l);
+      W.set(onnxGates(t[`weight_ih_l${l}`], H, I), d * 4 * H * I);
+      R.set(onnxGates(t[`weight_hh_l${l}`], H, H), d * 4 * H * H);
+      B.set(onnxGates(t[`bias_ih_l${l}`], H, 1), d * 8 * H);
+      B.set(onnxGates(t[`bias_hh_l${l}`], H, 1), d * 8 * H + 4 * H);
+    });
+    const attributes: object[] = [{ name: 'hidden_size', type: ATTR_INT, i: H }];
+    if (D === 2) attributes.push({ name: 'direction', type: ATTR_STRING, s: new TextEncoder().encode('bidirectional') });
+    op('LSTM', [x, tensor(`lstm_${l}/W`, [D, 4 * H, I], W), tensor(`lstm_${l}/R`, [D, 4 * H, H], R), tensor(`lstm_${l}/B`, [D, 8 * H], B), 'lengths'],
+      [`lstm_${l}/Y`, `lstm_${l}/Y_h`], attributes);
+    if (D === 1) {
+      x = op('Squeeze', [`lstm_${l}/Y`, squeezeAxis(1)], [`lstm_${l}/outputs`]); // [T, 1, B, H] -> [T, B, H]
+    } else { // [T, 2, B, H] -> [T, B, 2H]: both directions side by side, as the layer outputs them
+      const moved = op('Transpose', [`lstm_${l}/Y`], [`lstm_${l}/Y_t`], [{ name: 'perm', type: ATTR_INTS, ints: [0, 2, 1, 3] }]);
+      x = op('Reshape', [moved, shape('shape_steps_batch', [0, 0, -1])], [`lstm_${l}/outputs`]);
+    }
     last = `lstm_${l}/Y_h`;
-  });
+  }
   const dense = model.blockValues('dense');
-  const kernel = tensor('dense/kernel', [H, O], Float32Array.from(dense.subarray(0, H * O)));
-  const bias = tensor('dense/bias', [O], Float32Array.from(dense.subarray(H * O)));
+  const kernel = tensor('dense/kernel', [H * D, O], Float32Array.from(dense.subarray(0, H * D * O)));
+  const bias = tensor('dense/bias', [O], Float32Array.from(dense.subarray(H * D * O)));
   let y: string;
   if (perStep) {
     y = op('Add', [op('MatMul', [x, kernel], ['head/matmul']), bias], [classes ? 'logits' : 'output']);
   } else {
-    const h = op('Squeeze', [last, squeezeAxis(0)], ['last']); // [1, B, H] -> [B, H]: each row's last valid step
+    // [D, B, H] -> [B, D*H]: each row's final h (forward: its last valid step; backward: its first)
+    const h = D === 1 ? op('Squeeze', [last, squeezeAxis(0)], ['last'])
+      : op('Reshape', [op('Transpose', [last], ['last_t'], [{ name: 'perm', type: ATTR_INTS, ints: [1, 0, 2] }]), shape('shape_batch', [0, -1])], ['last']);
     y = op('Gemm', [h, kernel, bias], [classes ? 'logits' : 'output']);
   }
   if (classes) y = op('Softmax', [y], ['output'], [{ name: 'axis', type: ATTR_INT, i: -1 }]);

@@ -35,6 +35,10 @@ export interface SequenceModelConfig {
   layers?: number;
   /** Weight normalisation (WeightNormLSTMCell, the default) or plain LSTMCells. */
   norm?: boolean;
+  /** Each layer reads the sequences both ways (Keras's Bidirectional, merge 'concat'): a second cell runs
+   * over each sequence reversed, and the layer outputs both cells' h side by side (2 x units). Not for
+   * next-token (it would see the token it predicts). Default false. */
+  bidirectional?: boolean;
   /** Dropout on the input, between layers and before the head, while training (default 0). */
   dropout?: number;
   /** Longer sequences keep their first maxLength steps (default: no limit). */
@@ -119,13 +123,16 @@ export class SequenceModel implements HasParameters {
     if (classes && task !== 'next-token' && config.outputs === undefined) throw wnlstmError('ERR_WNLSTM_CONFIG', `${task} needs outputs: the number of classes`);
     const outputs = task === 'next-token' ? vocabSize : positiveInt(config.outputs ?? 1, 'outputs');
     const units = positiveInt(config.units ?? 64, 'units'), layers = positiveInt(config.layers ?? 1, 'layers');
+    const bidirectional = config.bidirectional ?? false;
+    if (typeof bidirectional !== 'boolean') throw wnlstmError('ERR_WNLSTM_CONFIG', 'bidirectional must be a boolean');
+    if (bidirectional && task === 'next-token') throw wnlstmError('ERR_WNLSTM_CONFIG', 'next-token prediction cannot be bidirectional (it would see the token it predicts)');
     const maxLength = config.maxLength === undefined ? undefined : positiveInt(config.maxLength, 'maxLength');
     const seed = config.seed ?? 1;
     if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) throw wnlstmError('ERR_WNLSTM_CONFIG', 'seed must be an integer in [0, 2^32)');
     const dtype = config.dtype ?? 'float32';
     if (dtype !== 'float32' && dtype !== 'float64') throw wnlstmError('ERR_WNLSTM_CONFIG', `dtype must be 'float32' or 'float64'`);
     this.config = Object.freeze({
-      input: Object.freeze({ ...input }), task, outputs, units, layers, norm: config.norm ?? true, dropout: config.dropout ?? 0,
+      input: Object.freeze({ ...input }), task, outputs, units, layers, norm: config.norm ?? true, bidirectional, dropout: config.dropout ?? 0,
       maxLength, seed, dtype, backend: config.backend, device: config.device,
     });
     // Glorot-uniform limits (Keras's default) for the cells' kernels and the head; embeddings ±0.05.
@@ -133,7 +140,7 @@ export class SequenceModel implements HasParameters {
     const cellScale = glorot(Math.max(inputSize, units) + units, 4 * units);
     this.#runtime = new ModelRuntime({
       vocabSize, inputSize, hiddenSize: units, layers, outputSize: outputs, perStep: isPerStep(task),
-      loss: classes ? 'crossEntropy' : 'squaredError', dropout: this.config.dropout, norm: this.config.norm, seed, dtype,
+      loss: classes ? 'crossEntropy' : 'squaredError', dropout: this.config.dropout, norm: this.config.norm, bidirectional, seed, dtype,
       backend: config.backend, device: config.device, cellInitializer: { kind: 'uniform', min: -cellScale, max: cellScale },
       embeddingScale: 0.05, headScale: glorot(units, outputs),
     });
@@ -142,7 +149,7 @@ export class SequenceModel implements HasParameters {
   }
 
   /** The LSTM layers' cells: weights by TF name (getWeights/setWeights), streaming sessions. */
-  get cells(): AnyCell[] { return this.#runtime.stack.cells; }
+  get cells(): AnyCell[] { return this.#runtime.cells; }
 
   /** The model's blocks (embedding, lstm_<l>, dense): one arena, updated by one optimizer. */
   parameters(): ParamBlock[] { return this.#runtime.blocks; }
@@ -331,7 +338,7 @@ export class SequenceModel implements HasParameters {
     for (const cell of this.cells) for (const [name, v] of Object.entries(cell.getWeights())) arrays[`weights/${cell.name}/${name}`] = v;
     const blocks = Object.fromEntries(this.#runtime.blocks.map((b) => [b.name, b]));
     if (blocks.embedding) arrays['weights/embedding'] = blocks.embedding.getValues();
-    const dense = blocks.dense.getValues(), HO = this.config.units * this.config.outputs;
+    const dense = blocks.dense.getValues(), HO = this.config.units * (this.config.bidirectional ? 2 : 1) * this.config.outputs;
     arrays['weights/dense/kernel'] = dense.slice(0, HO);
     arrays['weights/dense/bias'] = dense.slice(HO);
     let optimizer: Omit<OptimizerState, 'buffers'> & { name: OptimizerName; clipNorm?: number } | null = null;
@@ -434,7 +441,8 @@ function runtimeShape(c: SequenceModelConfig) {
   const vocabSize = ids ? Number((c.input as { vocabSize: number }).vocabSize) : 0;
   const inputSize = ids ? Number((c.input as { embeddingSize?: number }).embeddingSize ?? 32) : Number((c.input as { features: number })?.features);
   const outputs = c.task === 'next-token' ? vocabSize : Number(c.outputs ?? 1);
-  return { vocabSize, inputSize, hiddenSize: Number(c.units ?? 64), layers: Number(c.layers ?? 1), outputSize: outputs, norm: c.norm ?? true };
+  return { vocabSize, inputSize, hiddenSize: Number(c.units ?? 64), layers: Number(c.layers ?? 1), outputSize: outputs, norm: c.norm ?? true,
+    bidirectional: c.bidirectional === true };
 }
 
 /** Loss and metrics over batches, each weighted by the rows it counts. */

@@ -5,11 +5,12 @@ import { addon, FloatArray, NativeBatch, NativeModel, NativeModelConfig, RngStat
 import { wnlstmError } from '../core/errors';
 import { columnNorms, Initializer, Random } from '../core/init';
 import { ParamArena, ParamBlock } from '../optim';
-import { BackendName, LSTMState, nativeCellOf, WeightNormLSTMCell } from './cell';
-import { StackedLSTM } from './layers';
+import { BackendName, nativeCellOf, WeightNormLSTMCell } from './cell';
 
 export interface RuntimeConfig extends Omit<NativeModelConfig, 'dropout'> {
   dropout: number;
+  /** Two cells per layer, forward and over the reversed sequence (see NativeModelConfig). */
+  bidirectional?: boolean;
   /** Weight normalisation in every cell (each gain starts at its column's norm: the same function as
    * without it) or none. */
   norm: boolean;
@@ -25,8 +26,8 @@ export interface RuntimeConfig extends Omit<NativeModelConfig, 'dropout'> {
 }
 
 export class ModelRuntime {
-  /** The recurrent layers (for streaming and for reading or setting a cell's weights by TF name). */
-  readonly stack: StackedLSTM;
+  /** The cells, per layer and direction (forward first): their weights by TF name live in the arena. */
+  readonly cells: WeightNormLSTMCell[];
   readonly blocks: ParamBlock[];
   readonly #native: NativeModel;
   #disposed = false;
@@ -42,10 +43,12 @@ export class ModelRuntime {
       for (let i = 0; i < n; i++) values[i] = (2 * rng.uniform() - 1) * scale;
       return values;
     };
-    const cells = Array.from({ length: layers }, (_, l) => {
+    const D = config.bidirectional ? 2 : 1;
+    const cells = Array.from({ length: layers * D }, (_, k) => {
+      const l = Math.floor(k / D), d = k % D;
       const cell = new WeightNormLSTMCell(hiddenSize, {
-        inputSize: l === 0 ? inputSize : hiddenSize, norm, seed: (seed + 101 * (l + 1)) >>> 0, dtype,
-        backend: config.backend, device: config.device, name: `lstm_${l}`, initializer: config.cellInitializer,
+        inputSize: l === 0 ? inputSize : hiddenSize * D, norm, seed: (seed + 101 * (l + 1) + 7919 * d) >>> 0, dtype,
+        backend: config.backend, device: config.device, name: `lstm_${l}${d ? '_backward' : ''}`, initializer: config.cellInitializer,
       });
       cell.setWeights({ bias: new Float64Array(4 * hiddenSize) });
       if (norm) { // gains = column norms: W = V at the start, the same function as the plain arm
@@ -54,12 +57,13 @@ export class ModelRuntime {
       }
       return cell;
     });
-    this.stack = new StackedLSTM(cells); // the cells as a group: the runtime's step draws its own dropout masks
+    this.cells = cells;
     const embedding = vocabSize > 0 ? uniform(vocabSize * inputSize, config.embeddingScale, seed) : null;
-    const dense = uniform(hiddenSize * outputSize + outputSize, config.headScale, seed + 13);
-    dense.fill(0, hiddenSize * outputSize);
+    const dense = uniform(hiddenSize * D * outputSize + outputSize, config.headScale, seed + 13);
+    dense.fill(0, hiddenSize * D * outputSize);
     const { perStep, loss } = config;
-    this.#native = new addon.NativeModel({ vocabSize, inputSize, hiddenSize, layers, outputSize, perStep, loss, dropout: config.dropout },
+    this.#native = new addon.NativeModel({ vocabSize, inputSize, hiddenSize, layers, outputSize, perStep, loss, dropout: config.dropout,
+      bidirectional: D === 2 },
       dtype, cells.map(nativeCellOf), { model: new Random(seed + 17).getState(), stack: new Random(seed + 7).getState() });
     if (embedding) this.#native.setValues('embedding', embedding);
     this.#native.setValues('dense', dense);
@@ -67,10 +71,11 @@ export class ModelRuntime {
   }
 
   /** The number of parameters of a runtime of this config (embedding, cells, head). */
-  static parameterCount({ vocabSize, inputSize, hiddenSize: H, layers, outputSize: O, norm }: Pick<RuntimeConfig,
-    'vocabSize' | 'inputSize' | 'hiddenSize' | 'layers' | 'outputSize' | 'norm'>): number {
-    let n = vocabSize * inputSize + H * O + O;
-    for (let l = 0; l < layers; l++) n += ((l === 0 ? inputSize : H) + H) * 4 * H + 4 * H + (norm ? 8 * H : 0);
+  static parameterCount({ vocabSize, inputSize, hiddenSize: H, layers, outputSize: O, norm, bidirectional }: Pick<RuntimeConfig,
+    'vocabSize' | 'inputSize' | 'hiddenSize' | 'layers' | 'outputSize' | 'norm' | 'bidirectional'>): number {
+    const D = bidirectional ? 2 : 1;
+    let n = vocabSize * inputSize + H * D * O + O;
+    for (let l = 0; l < layers; l++) n += D * (((l === 0 ? inputSize : H * D) + H) * 4 * H + 4 * H + (norm ? 8 * H : 0));
     return n;
   }
 
@@ -106,8 +111,6 @@ export class ModelRuntime {
   get rngState(): RngState { return this.native.getRng(); }
   set rngState(state: RngState) { this.native.setRng(state); }
 
-  zeroState(batchSize: number): LSTMState[] { return this.stack.zeroState(batchSize); }
-
   step(batch: NativeBatch, train: boolean) { return this.native.step(batch, train); }
   stepAsync(batch: NativeBatch, train: boolean) { return this.native.stepAsync(batch, train); }
 
@@ -115,6 +118,6 @@ export class ModelRuntime {
     if (this.#disposed) return;
     this.#disposed = true;
     this.#native.dispose();
-    for (const c of this.stack.cells) c.dispose();
+    for (const c of this.cells) c.dispose();
   }
 }

@@ -108,19 +108,22 @@ SequenceModel<T>::SequenceModel(const SequenceModelConfig& config, std::vector<s
     : cfg_(config), backend_(backend_of(cells)), cells_(std::move(cells)), head_(backend_), head_mask_(backend_),
       logits_(backend_), targets_(backend_), grad_{Buffer<T>(backend_), Buffer<T>(backend_)}, dlast_(backend_),
       cell_grads_(backend_), dc0_(backend_), dh0_(backend_), state_in_(backend_), state_out_(backend_),
-      rows_in_(backend_), rows_out_(backend_), lengths_(backend_) {
+      rows_in_(backend_), rows_out_(backend_), last_(backend_),
+      scratch_{Buffer<T>(backend_), Buffer<T>(backend_), Buffer<T>(backend_), Buffer<T>(backend_), Buffer<T>(backend_),
+               Buffer<T>(backend_)}, lengths_(backend_) {
   const int64_t V = cfg_.vocab_size, E = cfg_.input_size, H = cfg_.hidden_size, O = cfg_.output_size;
+  const int64_t D = cfg_.directions();
   auto fail = [](const std::string& m) { throw Error("ERR_WNLSTM_CONFIG", m); };
   if (V < 0 || E < 1 || H < 1 || O < 1 || cfg_.layers < 1)
     fail("inputSize, hiddenSize, outputSize and layers must be at least 1");
-  if (double(V) * E > double(kMaxElements) || double(O) * H > double(kMaxElements))
+  if (double(V) * E > double(kMaxElements) || double(O) * H * D > double(kMaxElements))
     fail("the embedding or the head would exceed " + std::to_string(kMaxElements) + " elements");
   if (!(cfg_.dropout >= 0 && cfg_.dropout < 1)) fail("dropout must be in [0, 1)");
-  if (int64_t(cells_.size()) != cfg_.layers) fail("the model needs one cell per layer");
-  for (size_t l = 0; l < cells_.size(); ++l) {
-    const CellConfig& c = cells_[l]->config();
-    if (c.input_size != (l == 0 ? E : H) || c.num_units != H || c.num_proj != 0)
-      fail("layer " + std::to_string(l) + "'s cell does not fit the model (inputs, units or projection)");
+  if (int64_t(cells_.size()) != cfg_.layers * D) fail("the model needs one cell per layer and direction");
+  for (size_t k = 0; k < cells_.size(); ++k) {
+    const CellConfig& c = cells_[k]->config();
+    if (c.input_size != (k < size_t(D) ? E : H * D) || c.num_units != H || c.num_proj != 0)
+      fail("cell " + std::to_string(k) + " does not fit the model (inputs, units or projection)");
   }
   std::vector<typename Arena<T>::Block> blocks;
   int64_t size = 0;
@@ -129,17 +132,18 @@ SequenceModel<T>::SequenceModel(const SequenceModelConfig& config, std::vector<s
     size += n;
   };
   if (V > 0) add("embedding", V * E);
-  for (size_t l = 0; l < cells_.size(); ++l) {
+  for (size_t k = 0; k < cells_.size(); ++k) {
     cell_offsets_.push_back(size);
-    add("lstm_" + std::to_string(l), param_count(cells_[l]->config()));
+    add("lstm_" + std::to_string(k / D) + (k % D ? "_backward" : ""), param_count(cells_[k]->config()));
   }
   dense_ = size;
-  add("dense", H * O + O);
+  add("dense", H * D * O + O);
   arena_ = std::make_shared<Arena<T>>(backend_, std::move(blocks));
-  for (size_t l = 0; l < cells_.size(); ++l)
-    cells_[l]->bind_params(arena_->params() + cell_offsets_[l], std::shared_ptr<void>(arena_));
-  for (size_t l = 0; l < cells_.size(); ++l)
-    for (auto* group : {&inputs_, &outputs_, &masks_}) group->emplace_back(backend_);
+  for (size_t k = 0; k < cells_.size(); ++k)
+    cells_[k]->bind_params(arena_->params() + cell_offsets_[k], std::shared_ptr<void>(arena_));
+  for (int64_t l = 0; l < cfg_.layers; ++l)
+    for (auto* group : {&inputs_, &outputs_, &masks_, &reversed_}) group->emplace_back(backend_);
+  for (size_t k = 0; k < cells_.size(); ++k) direction_out_.emplace_back(backend_);
 }
 
 template <typename T>
@@ -190,49 +194,73 @@ double SequenceModel<T>::step(const Batch<T>& in, bool train) {
 
   Backend<T>& be = *backend_;
   const bool drop = train && cfg_.dropout > 0;
+  const int64_t D = cfg_.directions(), HD = H * D, S = L * D;  // S: cells, one state each
   T* params = arena_->params();
   T* grads = arena_->grads();
   const T* states = nullptr;
   if (in.state_in) {
-    states = state_in_.resize(2 * L * per);
-    be.upload(state_in_.data(), in.state_in, size_t(2 * L * per) * sizeof(T));
+    states = state_in_.resize(2 * S * per);
+    be.upload(state_in_.data(), in.state_in, size_t(2 * S * per) * sizeof(T));
   }
   const int32_t* lengths = nullptr;
   if (in.lengths) {
     lengths = lengths_.resize(batch);
     be.upload(lengths_.data(), in.lengths, size_t(batch) * sizeof(int32_t));
   }
-  T* next = state_out_.resize(2 * L * per);
+  T* next = state_out_.resize(2 * S * per);
 
   // Forward, in the order the JS layers drew their dropout masks: input, between layers, head.
   T* x0 = inputs_[0].resize(N * E);
   if (in.ids) be.embedding_forward(params + embedding_, E, in.ids, N, x0);
   else be.upload(x0, in.features, size_t(N * E) * sizeof(T));
   if (drop) be.dropout(x0, masks_[0].resize(N * E), N * E, cfg_.dropout, model_rng);
-  for (size_t l = 0; l < cells_.size(); ++l) {
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t I = l == 0 ? E : HD;
     const T* x = l == 0 ? x0 : outputs_[l - 1].data();  // a copy only where dropout changes it
     if (l > 0 && drop) {
-      T* kept = inputs_[l].resize(N * H);
-      be.copy(kept, x, size_t(N * H) * sizeof(T));
-      be.dropout(kept, masks_[l].resize(N * H), N * H, cfg_.dropout, stack_rng);
+      T* kept = inputs_[l].resize(N * I);
+      be.copy(kept, x, size_t(N * I) * sizeof(T));
+      be.dropout(kept, masks_[l].resize(N * I), N * I, cfg_.dropout, stack_rng);
       x = kept;
     }
-    const T* c0 = states ? states + 2 * l * per : nullptr;
-    const T* h0 = states ? c0 + per : nullptr;
-    T* c = next + 2 * l * per;
-    cells_[l]->device_forward(steps, batch, x, c0, h0, lengths, outputs_[l].resize(N * H), c, c + per, train);
+    T* out = outputs_[l].resize(N * HD);
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t k = l * D + d;
+      const T* c0 = states ? states + 2 * k * per : nullptr;
+      const T* h0 = states ? c0 + per : nullptr;
+      T* c = next + 2 * k * per;
+      const T* xin = x;
+      if (d == 1) {  // the backward direction reads each sequence reversed
+        T* reversed = reversed_[l].resize(N * I);
+        be.reverse_sequences(x, in.lengths, steps, batch, I, reversed);
+        xin = reversed;
+      }
+      T* y = D == 1 ? out : direction_out_[k].resize(N * H);
+      cells_[k]->device_forward(steps, batch, xin, c0, h0, lengths, y, c, c + per, train);
+    }
+    if (D == 2) {  // both directions' outputs side by side, the backward one in the sequence's order
+      T* back = scratch_[0].resize(N * H);
+      be.reverse_sequences(direction_out_[l * D + 1].data(), in.lengths, steps, batch, H, back);
+      be.concat_columns(direction_out_[l * D].data(), H, back, H, N, out);
+    }
   }
-  // The head's input: every output of the last layer, or its final h (each row's last valid step).
-  const T* h = cfg_.per_step ? outputs_.back().data() : next + 2 * (L - 1) * per + per;
+  // The head's input: every output of the last layer, or its cells' final h (the forward cell's at each
+  // row's last valid step; the backward cell's after the row's first step).
+  const T* h = outputs_.back().data();
+  if (!cfg_.per_step) {
+    const T* final_h = next + 2 * (S - D) * per + per;
+    h = final_h;
+    if (D == 2) be.concat_columns(final_h, H, final_h + 2 * per, H, batch, last_.resize(batch * HD)), h = last_.data();
+  }
   if (drop) {
-    T* kept = head_.resize(R * H);
-    be.copy(kept, h, size_t(R * H) * sizeof(T));
-    be.dropout(kept, head_mask_.resize(R * H), R * H, cfg_.dropout, model_rng);
+    T* kept = head_.resize(R * HD);
+    be.copy(kept, h, size_t(R * HD) * sizeof(T));
+    be.dropout(kept, head_mask_.resize(R * HD), R * HD, cfg_.dropout, model_rng);
     h = kept;
   }
   T* logits = logits_.resize(R * O);
   const T* kernel = params + dense_;
-  be.dense_forward(h, kernel, kernel + H * O, R, H, O, logits);
+  be.dense_forward(h, kernel, kernel + HD * O, R, HD, O, logits);
   if (in.outputs) be.download(in.outputs, logits, size_t(R * O) * sizeof(T));
   double loss = std::numeric_limits<double>::quiet_NaN();
   if (has_loss) {
@@ -246,22 +274,48 @@ double SequenceModel<T>::step(const Batch<T>& in, bool train) {
     }
     loss = counted > 0 ? sum / (double(counted) * per_row) : 0.0;
   }
-  if (in.state_out) be.download(in.state_out, next, size_t(2 * L * per) * sizeof(T));
+  if (in.state_out) be.download(in.state_out, next, size_t(2 * S * per) * sizeof(T));
   if (!train) return loss;
 
   // Backward: logits now holds d loss / d logits; grad_[k] is the gradient flowing into the layer below.
-  T* dh = (cfg_.per_step ? grad_[0] : dlast_).resize(R * H);
-  be.dense_backward(h, kernel, logits, R, H, O, grads + dense_, grads + dense_ + H * O, dh);
-  if (drop) be.apply_mask(dh, head_mask_.data(), R * H);
-  if (!cfg_.per_step) be.zero(grad_[0].resize(N * H), size_t(N * H) * sizeof(T));  // no loss on the outputs
-  int k = 0;
-  for (size_t l = cells_.size(); l-- > 0;) {
-    const int64_t I = l == 0 ? E : H, n = param_count(cells_[l]->config());
-    T* dx = grad_[1 - k].resize(N * I);
+  T* dh = (cfg_.per_step ? grad_[0] : dlast_).resize(R * HD);
+  be.dense_backward(h, kernel, logits, R, HD, O, grads + dense_, grads + dense_ + HD * O, dh);
+  if (drop) be.apply_mask(dh, head_mask_.data(), R * HD);
+  // The last layer's final-state gradients, per direction (a last-step head), and no loss on its outputs.
+  const T* dfinal[2] = {nullptr, nullptr};
+  if (!cfg_.per_step) {
+    be.zero(grad_[0].resize(N * HD), size_t(N * HD) * sizeof(T));
+    if (D == 1) dfinal[0] = dlast_.data();
+    else be.split_columns(dlast_.data(), H, H, batch, scratch_[4].resize(per), scratch_[5].resize(per)),
+         dfinal[0] = scratch_[4].data(), dfinal[1] = scratch_[5].data();
+  }
+  auto run_backward = [&](int64_t k, const T* dy, const T* dh_final, T* dx) {
+    const int64_t n = param_count(cells_[k]->config());
     T* g = cell_grads_.resize(n);
-    const T* dh_final = !cfg_.per_step && l + 1 == cells_.size() ? dlast_.data() : nullptr;
-    cells_[l]->device_backward(grad_[k].data(), nullptr, dh_final, g, dx, dc0_.resize(per), dh0_.resize(per));
-    be.add(grads + cell_offsets_[l], g, n);
+    cells_[k]->device_backward(dy, nullptr, dh_final, g, dx, dc0_.resize(per), dh0_.resize(per));
+    be.add(grads + cell_offsets_[k], g, n);
+  };
+  int k = 0;
+  for (int64_t l = L; l-- > 0;) {
+    const int64_t I = l == 0 ? E : HD;
+    const bool top = l == L - 1;
+    T* dx = grad_[1 - k].resize(N * I);
+    const T* dy = grad_[k].data();
+    if (D == 1) {
+      run_backward(l, dy, top ? dfinal[0] : nullptr, dx);
+    } else {  // undo the concatenation and the reversals of the forward
+      T* dy_forward = scratch_[0].resize(N * H);
+      T* dy_backward = scratch_[1].resize(N * H);
+      be.split_columns(dy, H, H, N, dy_forward, dy_backward);
+      T* dy_reversed = scratch_[2].resize(N * H);
+      be.reverse_sequences(dy_backward, in.lengths, steps, batch, H, dy_reversed);
+      run_backward(l * D, dy_forward, top ? dfinal[0] : nullptr, dx);
+      T* dx_reversed = scratch_[3].resize(N * I);
+      run_backward(l * D + 1, dy_reversed, top ? dfinal[1] : nullptr, dx_reversed);
+      T* dx_backward = scratch_[1].resize(N * I);
+      be.reverse_sequences(dx_reversed, in.lengths, steps, batch, I, dx_backward);
+      be.add(dx, dx_backward, N * I);
+    }
     if (drop) be.apply_mask(dx, masks_[l].data(), N * I);
     k = 1 - k;
   }
@@ -281,7 +335,7 @@ void SequenceModel<T>::embed(const int32_t* ids, int64_t N, T* out) {
 
 template <typename T>
 void SequenceModel<T>::head(const T* h, int64_t N, T* out) {
-  const int64_t H = cfg_.hidden_size, O = cfg_.output_size;
+  const int64_t H = cfg_.hidden_size * cfg_.directions(), O = cfg_.output_size;
   const T* kernel = arena_->params() + dense_;
   if (backend_->is_host()) return backend_->dense_forward(h, kernel, kernel + H * O, N, H, O, out);
   T* x = rows_in_.resize(N * H);
@@ -305,10 +359,11 @@ void SequenceModel<T>::update(const OptimizerStep& step) {
 template <typename T>
 int64_t SequenceModel<T>::memory_bytes() const {
   int64_t n = arena_->memory_bytes() + lengths_.bytes();
-  for (const auto* group : {&inputs_, &outputs_, &masks_})
+  for (const auto* group : {&inputs_, &outputs_, &masks_, &reversed_, &direction_out_})
     for (const Buffer<T>& b : *group) n += b.bytes();
+  for (const Buffer<T>& b : scratch_) n += b.bytes();
   for (const Buffer<T>* b : {&head_, &head_mask_, &logits_, &targets_, &grad_[0], &grad_[1], &dlast_, &cell_grads_,
-                             &dc0_, &dh0_, &state_in_, &state_out_, &rows_in_, &rows_out_})
+                             &dc0_, &dh0_, &state_in_, &state_out_, &rows_in_, &rows_out_, &last_})
     n += b->bytes();
   return n;
 }

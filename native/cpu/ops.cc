@@ -276,6 +276,27 @@ class CpuBackend final : public Backend<T> {
   void add(T* y, const T* x, int64_t n) override {
     for (int64_t i = 0; i < n; ++i) y[i] += x[i];
   }
+  void reverse_sequences(const T* x, const int32_t* lengths, int64_t steps, int64_t B, int64_t D, T* out) override {
+    for (int64_t t = 0; t < steps; ++t)
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t len = lengths ? lengths[b] : steps;
+        T* row = out + (t * B + b) * D;
+        if (t < len) std::copy_n(x + ((len - 1 - t) * B + b) * D, D, row);
+        else std::fill_n(row, D, T(0));
+      }
+  }
+  void concat_columns(const T* a, int64_t Da, const T* b, int64_t Db, int64_t N, T* out) override {
+    for (int64_t r = 0; r < N; ++r) {
+      std::copy_n(a + r * Da, Da, out + r * (Da + Db));
+      std::copy_n(b + r * Db, Db, out + r * (Da + Db) + Da);
+    }
+  }
+  void split_columns(const T* in, int64_t Da, int64_t Db, int64_t N, T* a, T* b) override {
+    for (int64_t r = 0; r < N; ++r) {
+      std::copy_n(in + r * (Da + Db), Da, a + r * Da);
+      std::copy_n(in + r * (Da + Db) + Da, Db, b + r * Db);
+    }
+  }
 };
 
 }  // namespace

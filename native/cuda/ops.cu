@@ -207,6 +207,27 @@ __global__ void add_kernel(T* y, const T* x, int64_t n) {
     y[i] += x[i];
 }
 
+template <typename T>
+__global__ void reverse_sequences_kernel(const T* x, const int32_t* lengths, int64_t steps, int64_t B, int64_t D, T* out) {
+  const int64_t n = steps * B * D;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / (B * D), b = (i / D) % B, d = i % D, len = lengths ? lengths[b] : steps;
+    out[i] = t < len ? x[((len - 1 - t) * B + b) * D + d] : T(0);
+  }
+}
+
+// concat: out [N, Da+Db] from a and b; split (concat = false): a and b from out.
+template <typename T>
+__global__ void columns_kernel(T* a, int64_t Da, T* b, int64_t Db, int64_t N, T* out, bool concat) {
+  const int64_t W = Da + Db, n = N * W;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / W, c = i % W;
+    T* part = c < Da ? a + r * Da + c : b + r * Db + (c - Da);
+    if (concat) out[i] = *part;
+    else *part = out[i];
+  }
+}
+
 // One block per row: the row's squared error (double) and the gradient in place; skipped rows get zeros.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) squared_error_kernel(T* pred, const T* target, const int32_t* keep,
@@ -374,6 +395,24 @@ class CudaBackend final : public Backend<T> {
   void add(T* y, const T* x, int64_t n) override {
     use_device();
     launch("add kernel", add_kernel<T>, grid_for(n), kThreads, stream_, y, x, n);
+  }
+
+  void reverse_sequences(const T* x, const int32_t* lengths, int64_t steps, int64_t B, int64_t D, T* out) override {
+    use_device();
+    int32_t* d_lengths = nullptr;
+    if (lengths) staging_.upload(d_lengths = ids_.resize(B), lengths, size_t(B) * sizeof(int32_t));
+    launch("reverse sequences kernel", reverse_sequences_kernel<T>, grid_for(steps * B * D), kThreads, stream_, x,
+           d_lengths, steps, B, D, out);
+  }
+  void concat_columns(const T* a, int64_t Da, const T* b, int64_t Db, int64_t N, T* out) override {
+    use_device();
+    launch("concat columns kernel", columns_kernel<T>, grid_for(N * (Da + Db)), kThreads, stream_, const_cast<T*>(a), Da,
+           const_cast<T*>(b), Db, N, out, true);
+  }
+  void split_columns(const T* in, int64_t Da, int64_t Db, int64_t N, T* a, T* b) override {
+    use_device();
+    launch("split columns kernel", columns_kernel<T>, grid_for(N * (Da + Db)), kThreads, stream_, a, Da, b, Db, N,
+           const_cast<T*>(in), false);
   }
 
  private:

@@ -853,7 +853,8 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   }
 
   // new NativeModel({ vocabSize (0: features), inputSize, hiddenSize, layers, outputSize, perStep, loss:
-  //                   'crossEntropy' | 'squaredError', dropout }, dtype, cells: NativeCell[],
+  //                   'crossEntropy' | 'squaredError', dropout, bidirectional }, dtype,
+  //                 cells: NativeCell[] (per layer, per direction),
   //                 rng: { model: [4 words], stack: [4 words] })
   NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
     guarded(info.Env(), [&] {
@@ -873,6 +874,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
         fail("ERR_WNLSTM_CONFIG", "loss must be 'crossEntropy' or 'squaredError'");
       config.loss = loss_name == "crossEntropy" ? wnlstm::Loss::CrossEntropy : wnlstm::Loss::SquaredError;
       config.dropout = number_option(o, "dropout", 0);
+      config.bidirectional = o.Get("bidirectional").ToBoolean();
       const std::string dtype = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
       if (dtype != "float32" && dtype != "float64") fail("ERR_WNLSTM_CONFIG", "dtype must be 'float32' or 'float64'");
       if (!info[2].IsArray()) fail("ERR_WNLSTM_TYPE", "cells must be an array of native cells");
@@ -1124,7 +1126,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       const Napi::Object o = info[0].As<Napi::Object>();
       const int64_t steps = int_arg(o.Get("steps"), "steps", 1, wnlstm::kMaxElements);
       const int64_t batch = int_arg(o.Get("batchSize"), "batchSize", 1, wnlstm::kMaxElements);
-      const int64_t n = steps * batch, H = c.hidden_size, L = c.layers, per = batch * H;
+      const int64_t n = steps * batch, H = c.hidden_size, L = c.layers * c.directions(), per = batch * H;  // L: states
       const int64_t rows = model->head_rows(steps, batch);
       // The largest buffer of a step (input, gates or head) and the state, before anything is allocated.
       if (double(n) * double(std::max({c.input_size, 4 * H, c.output_size})) > double(wnlstm::kMaxElements) ||
@@ -1153,7 +1155,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       const Napi::Value states = o.Get("states");
       if (!states.IsUndefined() && !states.IsNull()) {
         if (!states.IsArray() || states.As<Napi::Array>().Length() != uint32_t(L))
-          fail("ERR_WNLSTM_TYPE", "states must be an array of " + std::to_string(L) + " { c, h } (one per layer)");
+          fail("ERR_WNLSTM_TYPE", "states must be an array of " + std::to_string(L) + " { c, h } (one per layer and direction)");
         job->state_in.resize(2 * L * per);
         for (int64_t l = 0; l < L; ++l) {
           const Napi::Value s = states.As<Napi::Array>().Get(uint32_t(l));

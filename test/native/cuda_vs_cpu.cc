@@ -187,22 +187,25 @@ void run(const Case& c, const char* dtype, double rtol_out, double atol_out, dou
 // final state, the head's outputs and every parameter. The cells read their weights from the arena
 // (bind_params) and rebuild their scales when the optimizer has updated it (params_changed). Kinds: a
 // language model (ids, a per-step softmax), a sequence classifier (features, sequence lengths, the last
-// state's softmax) and a forecaster (features, lengths, per-step squared error).
+// state's softmax), a forecaster (features, lengths, per-step squared error), and bidirectional forms of
+// the classifier and a tagger (features, lengths, a per-step softmax).
 template <typename T>
 void run_model(const char* dtype, const char* kind, double rtol_loss, double rtol_params, double atol_params) {
   SequenceModelConfig config;
   const std::string k = kind;
   config.vocab_size = k == "language model" ? 11 : 0;
   config.input_size = 6, config.hidden_size = 9, config.layers = 2, config.dropout = 0.2;
-  config.output_size = k == "forecaster" ? 2 : k == "classifier" ? 3 : 11;
-  config.per_step = k != "classifier";
+  config.output_size = k == "forecaster" ? 2 : k == "language model" ? 11 : 3;
+  config.per_step = k != "classifier" && k != "bidirectional classifier";
+  config.bidirectional = k.rfind("bidirectional", 0) == 0;
   config.loss = k == "forecaster" ? Loss::SquaredError : Loss::CrossEntropy;
   const std::string name = std::string(dtype) + " " + kind + ": ";
   auto make = [&](bool cuda) {
     std::vector<std::shared_ptr<Cell<T>>> cells;
-    for (int64_t l = 0; l < config.layers; ++l) {
+    const int64_t D = config.directions();
+    for (int64_t k = 0; k < config.layers * D; ++k) {
       CellConfig c;
-      c.input_size = l == 0 ? config.input_size : config.hidden_size, c.num_units = config.hidden_size;
+      c.input_size = k < D ? config.input_size : config.hidden_size * D, c.num_units = config.hidden_size;
       cells.push_back(cuda ? std::shared_ptr<Cell<T>>(make_cuda_cell<T>(c)) : std::shared_ptr<Cell<T>>(make_cpu_cell<T>(c)));
     }
     auto model = std::make_unique<SequenceModel<T>>(config, cells);
@@ -214,7 +217,7 @@ void run_model(const char* dtype, const char* kind, double rtol_loss, double rto
     return model;
   };
   auto cpu = make(false), gpu = make(true);
-  const int64_t T_ = 5, B = 3, N = T_ * B, per = 2 * config.layers * B * config.hidden_size;
+  const int64_t T_ = 5, B = 3, N = T_ * B, per = 2 * config.layers * config.directions() * B * config.hidden_size;
   const int64_t rows = cpu->head_rows(T_, B), O = config.output_size;
   std::vector<T> state_cpu(per, T(0)), state_gpu(per, T(0)), next_cpu(per), next_gpu(per);
   std::vector<T> out_cpu(size_t(rows * O)), out_gpu(size_t(rows * O));
@@ -334,6 +337,28 @@ void run_ops(const char* dtype, double rtol) {
     check("squared error gradient (skipped row zero)", pred, rtol);
   }
 
+  {  // a bidirectional layer's data movement: sequences reversed within their lengths, columns joined and split
+    const int64_t steps = 6, Bs = 4, Ds = 37;
+    const std::vector<int32_t> lengths{6, 2, 0, 5};
+    Pair seq = both(uniform<T>(rng, size_t(steps * Bs * Ds), 1)), rev = both(std::vector<T>(size_t(steps * Bs * Ds)));
+    for (const int32_t* lens : {lengths.data(), static_cast<const int32_t*>(nullptr)}) {
+      cpu->reverse_sequences(seq.cpu.data(), lens, steps, Bs, Ds, rev.cpu.data());
+      gpu->reverse_sequences(seq.gpu.data(), lens, steps, Bs, Ds, rev.gpu.data());
+      check(lens ? "sequences reversed within their lengths" : "sequences reversed (all steps)", rev, 0);
+    }
+    const int64_t Na = 5, Da = 3, Db = 300;
+    Pair a = both(uniform<T>(rng, size_t(Na * Da), 1)), b2 = both(uniform<T>(rng, size_t(Na * Db), 1)),
+         joined = both(std::vector<T>(size_t(Na * (Da + Db))));
+    cpu->concat_columns(a.cpu.data(), Da, b2.cpu.data(), Db, Na, joined.cpu.data());
+    gpu->concat_columns(a.gpu.data(), Da, b2.gpu.data(), Db, Na, joined.gpu.data());
+    check("columns joined", joined, 0);
+    Pair a2 = both(std::vector<T>(size_t(Na * Da))), b3 = both(std::vector<T>(size_t(Na * Db)));
+    cpu->split_columns(joined.cpu.data(), Da, Db, Na, a2.cpu.data(), b3.cpu.data());
+    gpu->split_columns(joined.gpu.data(), Da, Db, Na, a2.gpu.data(), b3.gpu.data());
+    check("columns split (left)", a2, 0);
+    check("columns split (right)", b3, 0);
+  }
+
   for (int64_t n : {0, 1, 4095, 4097, 20000}) {
     Pair a = both(uniform<T>(rng, size_t(n), 1));
     compare(name + "sum of squares of " + std::to_string(n), std::vector<double>{gpu->sum_squares(a.gpu.data(), n)},
@@ -400,7 +425,7 @@ int main() {
   run_ops<double>("float64", 1e-12);
   run_ops<float>("float32", 1e-5);
   // Sums in different orders (float64), the CPU's approximate activations (float32), over 20 updates.
-  for (const char* kind : {"language model", "classifier", "forecaster"}) {
+  for (const char* kind : {"language model", "classifier", "forecaster", "bidirectional classifier", "bidirectional tagger"}) {
     run_model<double>("float64", kind, 1e-9, 1e-7, 1e-9);
     run_model<float>("float32", kind, 1e-4, 1e-2, 1e-3);
   }

@@ -93,6 +93,13 @@ class Backend : public Memory {
   virtual void apply_mask(T* x, const T* mask, int64_t n) = 0;
   // y[i] += x[i].
   virtual void add(T* y, const T* x, int64_t n) = 0;
+  // Each sequence in time-reversed order within its length (a bidirectional layer's backward direction):
+  // x, out [steps,B,D]; out[t,b] = x[len_b - 1 - t, b] for t < len_b, else 0. lengths: host memory
+  // (nullptr = all steps). out must not alias x.
+  virtual void reverse_sequences(const T* x, const int32_t* lengths, int64_t steps, int64_t B, int64_t D, T* out) = 0;
+  // out [N, Da + Db] = the columns of a [N,Da], then those of b [N,Db]; split_columns undoes it.
+  virtual void concat_columns(const T* a, int64_t Da, const T* b, int64_t Db, int64_t N, T* out) = 0;
+  virtual void split_columns(const T* in, int64_t Da, int64_t Db, int64_t N, T* a, T* b) = 0;
 };
 
 // A new backend for `device` ("cpu" or "cuda:<index>"); each model has its own (its scratch is not shared).

@@ -74,6 +74,11 @@ struct SequenceModelConfig {
                             // on each row's last valid output (classifying or scoring whole sequences)
   Loss loss = Loss::CrossEntropy;
   double dropout = 0;  // on the input, between layers and before the head
+  // Each layer runs two cells, one over each sequence forward and one over it reversed (within its
+  // length), and outputs both directions' h side by side [.., 2H]; the last-step head takes the forward
+  // cell's final h and the backward cell's (its state after the sequence's first step).
+  bool bidirectional = false;
+  int64_t directions() const { return bidirectional ? 2 : 1; }
 };
 
 // One batch of sequences for SequenceModel::step, all host memory, time-major. A head row is one step of
@@ -87,22 +92,24 @@ struct Batch {
                                      // padding (no output, no loss); nullptr = all steps
   const int32_t* labels = nullptr;   // cross-entropy: a class per head row, in [0, output_size), -1 = no loss
   const T* targets = nullptr;        // squared error: [head rows, output_size]
-  const T* state_in = nullptr;       // [layers][c [B,H], h [B,H]], nullptr = zeros
+  const T* state_in = nullptr;       // [layers][directions][c [B,H], h [B,H]], nullptr = zeros
   T* state_out = nullptr;            // the same shape, out (nullptr: not wanted)
   T* outputs = nullptr;              // the head's outputs [head rows, output_size], out (logits or values;
                                      // nullptr: not wanted)
 };
 
 // A recurrent sequence model: embedding [V,E] (or float features) -> dropout -> stacked cells -> dropout ->
-// head (dense kernel [H,O], bias [O]) -> loss. With per_step heads and cross-entropy over the vocabulary it
-// is Zaremba et al.'s RNN language model. Arena blocks, in order: "embedding" (with ids), "lstm_<l>" (each
-// cell's parameters in param_layout order), "dense" (kernel, then bias).
+// head (dense kernel [H*directions,O], bias [O]) -> loss. With per_step heads and cross-entropy over the
+// vocabulary it is Zaremba et al.'s RNN language model. Arena blocks, in order: "embedding" (with ids),
+// "lstm_<l>" and, bidirectional, "lstm_<l>_backward" (each cell's parameters in param_layout order), "dense"
+// (kernel, then bias).
 template <typename T>
 class SequenceModel {
  public:
   using value_type = T;
-  // cells: layer 0 takes input_size inputs, each next one hidden_size; all have hidden_size units and no
-  // projection, and all live on one device (ERR_WNLSTM_CONFIG otherwise). The model runs on that device's
+  // cells: one per layer and direction (layer by layer, forward first); layer 0 takes input_size inputs,
+  // each next one hidden_size * directions; all have hidden_size units and no projection, and all live on
+  // one device (ERR_WNLSTM_CONFIG otherwise). The model runs on that device's
   // backend; the cells' parameters move into its arena (bind_params).
   SequenceModel(const SequenceModelConfig& config, std::vector<std::shared_ptr<Cell<T>>> cells);
 
@@ -120,7 +127,7 @@ class SequenceModel {
 
   // Rows of the embedding: ids [N] (checked) -> out [N,E], host memory.
   void embed(const int32_t* ids, int64_t N, T* out);
-  // The head on given outputs of the last layer: h [N,H] -> out [N,O], host memory.
+  // The head on given outputs of the last layer: h [N,H*directions] -> out [N,O], host memory.
   void head(const T* h, int64_t N, T* out);
 
   // After the arena's parameters changed in place: the cells rebuild what they derive from them.
@@ -145,8 +152,10 @@ class SequenceModel {
   // Per step, reused (backend memory): layer inputs and outputs, dropout masks, the state, the head's outputs
   // and the gradients flowing back (grad_[0] and grad_[1] take turns as a layer's dy and dx).
   std::vector<Buffer<T>> inputs_, outputs_, masks_;
+  // Bidirectional: per layer, the reversed input and each direction's outputs (kept for the backward).
+  std::vector<Buffer<T>> reversed_, direction_out_;
   Buffer<T> head_, head_mask_, logits_, targets_, grad_[2], dlast_, cell_grads_, dc0_, dh0_, state_in_, state_out_,
-      rows_in_, rows_out_;
+      rows_in_, rows_out_, last_, scratch_[6];  // scratch: a bidirectional layer's temporaries
   Buffer<int32_t> lengths_;
   std::vector<int32_t> labels_;  // host: the labels with padding rows skipped
 };
