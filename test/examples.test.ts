@@ -41,6 +41,8 @@ for (const [script, args, classes] of [
     const url = `http://127.0.0.1:${await port}/classify`;
     const res = await fetch(url, { method: 'POST', body: 'Subject: win money now\n\nclick here to claim your free prize $$$' });
     t.equal(res.status, 200, 'classifies a text');
+    const overlapping = await Promise.all(['free money', 'meeting at noon', 'the court ruled', 'win a prize now'].map((body) => fetch(url, { method: 'POST', body })));
+    t.same(overlapping.map((r) => r.status), [200, 200, 200, 200], 'overlapping requests are all answered (the model queues its async calls)');
     const { probabilities } = await res.json() as { probabilities: number[] };
     t.equal(probabilities.length, classes, 'one probability per class');
     t.ok(Math.abs(probabilities.reduce((a, b) => a + b, 0) - 1) < 1e-5, 'they sum to 1');

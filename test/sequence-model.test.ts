@@ -163,6 +163,8 @@ t.test('fitAsync = fit, with the event loop free; callbacks, schedules and early
   t.ok(ticks > 0, `timers ran during fitAsync (${ticks} ticks)`);
   t.same(events, ['begin 0', 'end 0 true', 'begin 1', 'end 1 true', 'begin 2', 'end 2 true'], 'callbacks in order, async ones awaited');
   t.same(await b.predictAsync(x.slice(0, 4)), b.predict(x.slice(0, 4)), 'predictAsync = predict');
+  const batch = x.slice(0, 6), together = await Promise.all(batch.map((s) => b.predictAsync([s])));
+  t.same(together.map((p) => p[0]), b.predict(batch), 'overlapping async calls wait their turn, each with its own inputs');
   t.same(await b.evaluateAsync(x, y), b.evaluate(x, y), 'evaluateAsync = evaluate');
 
   const rates: number[] = [];
@@ -200,6 +202,7 @@ t.test('bad input: a coded error before anything changes', async (t) => {
     [() => m.fit([[1, 2]], [0], { validationSplit: 0.5 }), 'ERR_WNLSTM_SHAPE', 'a split that leaves no data'],
     [() => f.fit([[[1, NaN]]], [[[0]]] as never), 'ERR_WNLSTM_NOT_FINITE', 'NaN in the features'],
     [() => f.fit([[[1, 2]]], [[NaN]]), 'ERR_WNLSTM_NOT_FINITE', 'NaN in the targets'],
+    [() => f.fit([[[1, 1e39]]], [[0]]), 'ERR_WNLSTM_NOT_FINITE', 'a feature past float32'],
     [() => f.fit([[[1, 2, 3]]], [[0]]), 'ERR_WNLSTM_SHAPE', 'a step of 3 features for 2'],
     [() => f.fit([[1, 2, 3]], [[0]]), 'ERR_WNLSTM_SHAPE', 'a flat sequence not a multiple of the features'],
     [() => f.fit([[[1, 2], [3, 4]]], [[0]]), 'ERR_WNLSTM_SHAPE', 'fewer targets than steps'],

@@ -127,7 +127,7 @@ export interface NativeModel {
   /** The same off the main thread (inputs copied at the call); the model and its cells are busy meanwhile. */
   stepAsync(...args: Parameters<NativeModel['step']>): Promise<ReturnType<NativeModel['step']>>;
   embed(ids: Int32Array): FloatArray;
-  /** The head (logits or values) on outputs h [rows, hiddenSize] of the last layer. */
+  /** The head (logits or values) on outputs h [rows, hiddenSize * directions] of the last layer. */
   head(h: FloatArray, rows: number): FloatArray;
   dispose(): void;
 }

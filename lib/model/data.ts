@@ -44,9 +44,12 @@ const fail = (code: 'ERR_WNLSTM_TYPE' | 'ERR_WNLSTM_SHAPE' | 'ERR_WNLSTM_RANGE' 
 };
 const isList = (v: unknown): v is ArrayLike<unknown> => Array.isArray(v) || (ArrayBuffer.isView(v) && !(v instanceof DataView));
 
+/** The largest float32: a larger value would become Infinity in a float32 model. */
+const FLOAT32_MAX = 3.4028234663852886e38;
+
 function finite(v: unknown, where: string): number {
   if (typeof v !== 'number') fail('ERR_WNLSTM_TYPE', `${where} must be a number, got ${typeof v}`);
-  if (!Number.isFinite(v as number)) fail('ERR_WNLSTM_NOT_FINITE', `${where} is ${String(v)}`);
+  if (!(Math.abs(v as number) <= FLOAT32_MAX)) fail('ERR_WNLSTM_NOT_FINITE', `${where} is ${String(v)}${Number.isFinite(v) ? ' (past float32)' : ''}`);
   return v as number;
 }
 
@@ -87,8 +90,8 @@ export function encode(shape: DataShape, x: unknown, y: unknown, name = 'x'): Da
     lengths[i] = steps;
     offsets[i] = total;
     total += steps;
-    if (total > 2 ** 31 - 1) fail('ERR_WNLSTM_SHAPE', `${name} has more than 2^31 steps`);
   }
+  if (total * Math.max(features, outputs, 1) > 2 ** 31 - 1) throw wnlstmError('ERR_WNLSTM_SIZE', `${name} has ${total} steps: too many values for one dataset`);
   const data: Dataset = { size: n, lengths, offsets };
   if (vocabSize > 0) {
     const ids = (data.ids = new Int32Array(total));

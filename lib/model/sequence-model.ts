@@ -87,6 +87,7 @@ export interface FitOptions {
 }
 
 type AnyCell = LSTMCell | WeightNormLSTMCell;
+type OptimizerSettings = { optimizer: OptimizerName; clipNorm: number; weightDecay?: number };
 /** A step the training or evaluation loop asks its driver to run (sync or async). */
 type Request = { batch: NativeBatch; train: boolean };
 type StepResult = { loss: number; outputs?: FloatArray };
@@ -105,6 +106,9 @@ export class SequenceModel implements HasParameters {
   readonly #shape: DataShape;
   readonly #shuffle: Random;
   #optimizer: Optimizer | null = null;
+  #tail: Promise<unknown> = Promise.resolve();
+  /** What made #optimizer (saved with the model, to make it again on load). */
+  #optimizerSettings: OptimizerSettings | null = null;
 
   constructor(config: SequenceModelConfig) {
     if (config === null || typeof config !== 'object') throw wnlstmError('ERR_WNLSTM_CONFIG', 'config must be an object');
@@ -137,12 +141,13 @@ export class SequenceModel implements HasParameters {
     });
     // Glorot-uniform limits (Keras's default) for the cells' kernels and the head; embeddings ±0.05.
     const glorot = (fanIn: number, fanOut: number) => Math.sqrt(6 / (fanIn + fanOut));
-    const cellScale = glorot(Math.max(inputSize, units) + units, 4 * units);
+    const D = bidirectional ? 2 : 1;
+    const cellScale = glorot(Math.max(inputSize, units * D) + units, 4 * units);
     this.#runtime = new ModelRuntime({
       vocabSize, inputSize, hiddenSize: units, layers, outputSize: outputs, perStep: isPerStep(task),
       loss: classes ? 'crossEntropy' : 'squaredError', dropout: this.config.dropout, norm: this.config.norm, bidirectional, seed, dtype,
       backend: config.backend, device: config.device, cellInitializer: { kind: 'uniform', min: -cellScale, max: cellScale },
-      embeddingScale: 0.05, headScale: glorot(units, outputs),
+      embeddingScale: 0.05, headScale: glorot(units * D, outputs),
     });
     this.#shape = { task, vocabSize, features: ids ? 0 : inputSize, outputs, maxLength: maxLength ?? 2 ** 31 - 1 };
     this.#shuffle = new Random(seed + 31);
@@ -169,7 +174,7 @@ export class SequenceModel implements HasParameters {
 
   /** fit() with every step off the main thread; async callbacks are awaited. */
   fitAsync(x: Sequence[], y?: Targets, options: FitOptions = {}): Promise<History> {
-    return driveAsync(this.#fit(x, y, options), (r) => this.#runtime.stepAsync(r.batch, r.train));
+    return this.#queued(this.#fit(x, y, options));
   }
 
   /** The mean loss and metrics over x and y. */
@@ -178,7 +183,7 @@ export class SequenceModel implements HasParameters {
   }
 
   evaluateAsync(x: Sequence[], y?: Targets, { batchSize = 64 } = {}): Promise<Logs> {
-    return driveAsync(this.#evaluate(this.#encode(x, y, 'x'), positiveInt(batchSize, 'batchSize')), (r) => this.#runtime.stepAsync(r.batch, r.train));
+    return this.#queued(this.#evaluate(this.#encode(x, y, 'x'), positiveInt(batchSize, 'batchSize')));
   }
 
   /** Predictions for each sequence: class probabilities (classification: [classes]; tagging and next-token:
@@ -188,7 +193,7 @@ export class SequenceModel implements HasParameters {
   }
 
   predictAsync(x: Sequence[], { batchSize = 64 } = {}): Promise<number[][] | number[][][]> {
-    return driveAsync(this.#predict(x, positiveInt(batchSize, 'batchSize')), (r) => this.#runtime.stepAsync(r.batch, r.train));
+    return this.#queued(this.#predict(x, positiveInt(batchSize, 'batchSize')));
   }
 
   /** The mean loss over x and y as one batch, and its gradient for every block (by name), without changing
@@ -199,6 +204,14 @@ export class SequenceModel implements HasParameters {
     for (const b of this.#runtime.blocks) b.zeroGrad();
     const { loss } = this.#runtime.step(batch, true);
     return { loss, grads: Object.fromEntries(this.#runtime.blocks.map((b) => [b.name, b.grad])) };
+  }
+
+  /** Async calls run one after another (a service's overlapping requests wait their turn); each takes its
+   * inputs at the call. A sync call while one is in flight throws ERR_WNLSTM_BUSY. */
+  #queued<R>(gen: Generator<unknown, R, StepResult>): Promise<R> {
+    const result = driveAsync(gen, (r) => this.#runtime.stepAsync(r.batch, r.train), this.#tail);
+    this.#tail = result.catch(() => undefined);
+    return result;
   }
 
   #encode(x: unknown, y: unknown, name: string): Dataset {
@@ -213,7 +226,9 @@ export class SequenceModel implements HasParameters {
     if (!OPTIMIZER_NAMES.includes(name)) throw wnlstmError('ERR_WNLSTM_CONFIG', `optimizer must be one of ${OPTIMIZER_NAMES.join(', ')}`);
     const clip = options.clipNorm ?? 5;
     if (!(clip >= 0)) throw wnlstmError('ERR_WNLSTM_CONFIG', 'clipNorm must be a non-negative number');
-    return optimizerByName(name, this, { learningRate: options.learningRate, clipNorm: clip > 0 ? clip : undefined, weightDecay: options.weightDecay });
+    const opt = optimizerByName(name, this, { learningRate: options.learningRate, clipNorm: clip > 0 ? clip : undefined, weightDecay: options.weightDecay });
+    this.#optimizerSettings = { optimizer: name, clipNorm: clip, weightDecay: options.weightDecay };
+    return opt;
   }
 
   *#fit(x: Sequence[], y: Targets | undefined, options: FitOptions): Generator<Request | Promise<unknown> | unknown, History, StepResult> {
@@ -226,7 +241,7 @@ export class SequenceModel implements HasParameters {
     } else if (options.validationSplit !== undefined) {
       const f = options.validationSplit;
       if (!(f > 0 && f < 1)) throw wnlstmError('ERR_WNLSTM_CONFIG', 'validationSplit must be in (0, 1)');
-      const nValid = Math.floor(train.size * f);
+      const nValid = train.size - Math.floor(train.size * (1 - f)); // Keras: the last (1 - f) of the sequences train
       if (nValid < 1 || nValid >= train.size) throw wnlstmError('ERR_WNLSTM_SHAPE', `validationSplit ${f} of ${train.size} sequences leaves no training or no validation data`);
       const all = Array.from({ length: train.size }, (_, i) => i);
       valid = subset(train, all.slice(train.size - nValid), this.#shape);
@@ -236,10 +251,14 @@ export class SequenceModel implements HasParameters {
     const monitor = stop?.monitor ?? (valid ? 'val_loss' : 'loss');
     const patience = stop?.patience ?? 0, minDelta = stop?.minDelta ?? 0;
     if (stop && (!Number.isInteger(patience) || patience < 0)) throw wnlstmError('ERR_WNLSTM_CONFIG', 'earlyStopping.patience must be a non-negative integer');
+    const reported = Object.keys(new Metrics(this.#shape).logs()).flatMap((k) => (valid ? [k, `val_${k}`] : [k]));
+    if (stop && !reported.includes(monitor)) {
+      throw wnlstmError('ERR_WNLSTM_CONFIG', `earlyStopping monitors '${monitor}', which fit() does not report here (${reported.join(', ')})`);
+    }
     const verbose = options.verbose ?? (process.stderr.isTTY ? 1 : 0);
     if (!this.#optimizer) this.#optimizer = this.#makeOptimizer(options);
-    else if (options.optimizer !== undefined && options.optimizer !== this.#optimizer.kind && !(options.optimizer === 'momentum' && this.#optimizer.kind === 'sgd')) {
-      throw wnlstmError('ERR_WNLSTM_CONFIG', `this model trains with ${this.#optimizer.kind}: its optimizer state carries over between fit() calls`);
+    else if (options.optimizer !== undefined && options.optimizer !== this.#optimizerSettings!.optimizer) {
+      throw wnlstmError('ERR_WNLSTM_CONFIG', `this model trains with ${this.#optimizerSettings!.optimizer}: its optimizer state carries over between fit() calls`);
     }
     const opt = this.#optimizer;
     if (options.learningRate !== undefined) opt.learningRate = options.learningRate;
@@ -271,7 +290,7 @@ export class SequenceModel implements HasParameters {
         metrics.add(batch, r);
         opt.step(); // throws ERR_WNLSTM_NOT_FINITE when the gradients are
         if (verbose) progress(epoch, epochs, k + 1, batches, metrics.logs(), started);
-        if (cb.onBatchEnd) yield cb.onBatchEnd(k, { loss: r.loss, ...metrics.logs() });
+        if (cb.onBatchEnd) yield cb.onBatchEnd(k, metrics.logs()); // means over the epoch so far, as Keras
       }
       const logs: Logs = metrics.logs();
       if (valid) {
@@ -283,7 +302,6 @@ export class SequenceModel implements HasParameters {
       if (verbose) process.stderr.write(`\repoch ${epoch + 1}/${epochs} ${formatLogs(logs)} ${((Date.now() - started) / 1000).toFixed(1)} s\x1b[K\n`);
       if (cb.onEpochEnd) yield cb.onEpochEnd(epoch, { ...logs });
       if (stop) {
-        if (!(monitor in logs)) throw wnlstmError('ERR_WNLSTM_CONFIG', `earlyStopping monitors '${monitor}', which is not reported (${Object.keys(logs).join(', ')})`);
         const value = higherIsBetter ? -logs[monitor] : logs[monitor];
         if (value < best - minDelta) {
           best = value;
@@ -341,16 +359,14 @@ export class SequenceModel implements HasParameters {
     const dense = blocks.dense.getValues(), HO = this.config.units * (this.config.bidirectional ? 2 : 1) * this.config.outputs;
     arrays['weights/dense/kernel'] = dense.slice(0, HO);
     arrays['weights/dense/bias'] = dense.slice(HO);
-    let optimizer: Omit<OptimizerState, 'buffers'> & { name: OptimizerName; clipNorm?: number } | null = null;
+    let optimizer: Omit<OptimizerState, 'buffers'> & OptimizerSettings | null = null;
     if (this.#optimizer) {
       const state = this.#optimizer.getState();
       for (const [name, [s1, s2]] of Object.entries(state.buffers)) {
         if (s1) arrays[`opt/${name}/1`] = s1;
         if (s2) arrays[`opt/${name}/2`] = s2;
       }
-      const momentum = this.#optimizer.kind === 'sgd' && (this.#optimizer as unknown as { momentum: number }).momentum > 0;
-      optimizer = { name: momentum ? 'momentum' : this.#optimizer.kind, kind: state.kind, step: state.step, learningRate: state.learningRate,
-        clipNorm: (this.#optimizer as unknown as { clipNorm?: number }).clipNorm };
+      optimizer = { ...this.#optimizerSettings!, kind: state.kind, step: state.step, learningRate: state.learningRate };
     }
     const { backend: _b, device: _d, ...config } = this.config;
     return { meta: { format: 'wnlstm-sequence-model', config, optimizer, rng: this.#runtime.rngState, shuffle: this.#shuffle.getState() }, arrays };
@@ -370,7 +386,7 @@ export class SequenceModel implements HasParameters {
 
   static #restore(file: string, { meta, arrays }: Checkpoint, options: { backend?: BackendName; device?: number }): SequenceModel {
     const bad = (why: string) => wnlstmError('ERR_WNLSTM_CHECKPOINT', `${file}: ${why}`);
-    const m = meta as { format?: string; config?: SequenceModelConfig; optimizer?: (OptimizerState & { name: OptimizerName; clipNorm?: number }) | null;
+    const m = meta as { format?: string; config?: SequenceModelConfig; optimizer?: (OptimizerState & OptimizerSettings) | null;
       rng?: { model: number[]; stack: number[] }; shuffle?: number[] } | null;
     if (!m || m.format !== 'wnlstm-sequence-model' || !m.config) throw bad('not a sequence model (saved by SequenceModel.save?)');
     const expected = ModelRuntime.parameterCount(runtimeShape(m.config));
@@ -402,7 +418,7 @@ export class SequenceModel implements HasParameters {
       if (Array.isArray(m.shuffle)) model.#shuffle.setState(m.shuffle);
       if (m.optimizer) {
         const o = m.optimizer;
-        const opt = model.#makeOptimizer({ optimizer: o.name, learningRate: o.learningRate, clipNorm: o.clipNorm ?? 0 });
+        const opt = model.#makeOptimizer({ optimizer: o.optimizer, learningRate: o.learningRate, clipNorm: o.clipNorm, weightDecay: o.weightDecay });
         const buffers: OptimizerState['buffers'] = {};
         for (const b of model.parameters()) {
           const get = (k: number) => (arrays[`opt/${b.name}/${k}`] as FloatArray | undefined) ?? null;
@@ -422,7 +438,8 @@ export class SequenceModel implements HasParameters {
 
   /** The model as an ONNX file's bytes (opset 17, float32): inputs `input` (token ids [steps, batch] int32, or
    * features [steps, batch, features]) and `lengths` [batch] int32; output `output`: what predict() gives
-   * (class probabilities or values), [batch, outputs] or [steps, batch, outputs] (zeros past a length). */
+   * (class probabilities or values), [batch, outputs] or [steps, batch, outputs] (past a sequence's length: the
+   * head on a zero state, to be ignored). */
   toOnnx(): Uint8Array {
     const blocks = Object.fromEntries(this.#runtime.blocks.map((b) => [b.name, b]));
     return exportOnnx({ config: this.config, cells: this.cells, blockValues: (name) => blocks[name].getValues() }, VERSION);
@@ -504,8 +521,10 @@ function drive<R>(gen: Generator<unknown, R, StepResult>, step: (r: Request) => 
   return next.value;
 }
 
-async function driveAsync<R>(gen: Generator<unknown, R, StepResult>, step: (r: Request) => Promise<StepResult>): Promise<R> {
+/** Runs the generator up to its first step now (its inputs are checked and taken), the steps after `after`. */
+async function driveAsync<R>(gen: Generator<unknown, R, StepResult>, step: (r: Request) => Promise<StepResult>, after: Promise<unknown>): Promise<R> {
   let next = gen.next();
+  await after;
   while (!next.done) next = gen.next(isRequest(next.value) ? await step(next.value) : ((await next.value) as StepResult));
   return next.value;
 }

@@ -1220,12 +1220,12 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     });
   }
 
-  // head(h, rows) -> [rows, outputSize]: the head (logits or values) on h [rows, hiddenSize].
+  // head(h, rows) -> [rows, outputSize]: the head (logits or values) on h [rows, hiddenSize * directions].
   Napi::Value Head(const Napi::CallbackInfo& info) {
     return with_model(info, [&](auto model) -> Napi::Value {
       using T = typename std::decay_t<decltype(*model)>::value_type;
       const int64_t rows = int_arg(info[1], "rows", 1, wnlstm::kMaxElements);
-      const int64_t H = model->config().hidden_size, O = model->config().output_size;
+      const int64_t H = model->config().hidden_size * model->config().directions(), O = model->config().output_size;
       if (double(rows) * double(std::max(H, O)) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "too many rows");
       const T* h = array_arg<T>(info[0], "h", size_t(rows * H), false);
       auto out = new_array<T>(info.Env(), rows * O);
