@@ -35,6 +35,10 @@ t.test('each task learns its rule: classification, regression, tagging, forecast
   const p = clf.predict([[3, 1, 1], [1, 1, 0, 4]]) as number[][];
   t.ok(p[0][1] > 0.9 && p[1][0] > 0.9, 'predicts the rule on new sequences');
   t.ok(Math.abs(p[0][0] + p[0][1] - 1) < 1e-6, 'probabilities sum to 1');
+  const summary = clf.summary();
+  t.match(summary, /embedding \(5 ids\)\s+\[steps, batch, 8\]\s+40\n/, 'summary(): the embedding');
+  t.match(summary, /lstm_0: WeightNormLSTMCell \(16\)\s+\[steps, batch, 16\]\s+1,728\n/, 'summary(): the layer (kernel 1,536, bias 64, gains 2 x 64)');
+  t.match(summary, /total parameters: 1,802$/, `summary(): the total = parameterCount (${clf.parameterCount})`);
   const ev = clf.evaluate(x.slice(500), y.slice(500), { batchSize: 7 });
   assertClose(t, [ev.loss, ev.accuracy], [h.history.val_loss.at(-1)!, h.history.val_accuracy.at(-1)!], { rtol: 1e-5, atol: 1e-7 },
     'evaluate() with another batch size = the last validation');

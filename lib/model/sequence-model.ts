@@ -165,6 +165,26 @@ export class SequenceModel implements HasParameters {
   /** The number of parameters. */
   get parameterCount(): number { return this.#runtime.blocks.reduce((n, b) => n + b.size, 0); }
 
+  /** A table of the layers, their output shapes and parameters (Keras's model.summary()). */
+  summary(): string {
+    const { input, task, units, layers, outputs, norm, bidirectional } = this.config;
+    const D = bidirectional ? 2 : 1, perStep = isPerStep(task), sizes = Object.fromEntries(this.#runtime.blocks.map((b) => [b.name, b.size]));
+    const rows: [string, string, number][] = [];
+    if ('vocabSize' in input) rows.push([`embedding (${input.vocabSize} ids)`, `[steps, batch, ${input.embeddingSize ?? 32}]`, sizes.embedding]);
+    else rows.push(['input (features)', `[steps, batch, ${input.features}]`, 0]);
+    const cell = norm ? 'WeightNormLSTMCell' : 'LSTMCell';
+    for (let l = 0; l < layers; l++) {
+      rows.push([`lstm_${l}: ${bidirectional ? `bidirectional ${cell} x 2` : cell} (${units})`, `[steps, batch, ${units * D}]`,
+        sizes[`lstm_${l}`] + (sizes[`lstm_${l}_backward`] ?? 0)]);
+    }
+    const head = `${isClassifier(task) ? 'dense + softmax' : 'dense'} (${perStep ? 'every step' : 'last step'})`;
+    rows.push([head, perStep ? `[steps, batch, ${outputs}]` : `[batch, ${outputs}]`, sizes.dense]);
+    const w = [Math.max(5, ...rows.map((r) => r[0].length)), Math.max(12, ...rows.map((r) => r[1].length))];
+    const line = (a: string, b: string, c: string) => `${a.padEnd(w[0])}  ${b.padEnd(w[1])}  ${c}`;
+    return [`SequenceModel (${task})`, line('layer', 'output shape', 'parameters'), ...rows.map((r) => line(r[0], r[1], r[2].toLocaleString('en-US'))),
+      `total parameters: ${this.parameterCount.toLocaleString('en-US')}`].join('\n');
+  }
+
   // ---- training ----
 
   /** Trains on x (sequences) and y (labels or targets; none for next-token); returns the history. */
