@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import t from 'tap';
-import { Random, SequenceModel } from '../lib/index';
+import { isWnlstmError, Random, SequenceModel } from '../lib/index';
 import type { SequenceModelConfig } from '../lib/index';
 import { assertClose } from './helpers';
 
@@ -223,4 +223,52 @@ t.test('bad input: a coded error before anything changes', async (t) => {
   m.dispose();
   t.throws(() => m.predict([[1]]), { code: 'ERR_WNLSTM_DISPOSED' }, 'a disposed model');
   f.dispose();
+});
+
+t.test('fuzz: random and malformed model calls give coded errors, never a crash', async (t) => {
+  const rng = new Random(13);
+  const pick = <T>(xs: T[]): T => xs[Math.floor(rng.uniform() * xs.length)];
+  const junk = () => pick<unknown>([undefined, null, NaN, -1, 0, 1.5, 7, 1e40, 'x', {}, [], [[]], [[1, 2]], [[NaN]], [[[1, 2]]], [[[1]]],
+    [[1, 9]], [[0, 1], [2]], new Float32Array(3), new Int32Array(2), [new Float32Array(4)], Symbol('s'), () => 1]);
+  const configs: unknown[] = [
+    { input: { vocabSize: 5 }, task: 'classification', outputs: 2, units: 3 },
+    { input: { features: 2 }, task: 'forecasting', units: 3, bidirectional: true },
+    { input: { vocabSize: 5 }, task: 'next-token', units: 3 },
+    { input: { features: 2 }, task: 'regression', outputs: 2, units: 3 },
+    { input: { vocabSize: 5 }, task: 'tagging', outputs: 3, units: 3, bidirectional: true },
+  ];
+  const codes = new Map<string, number>();
+  let calls = 0, ok = 0, unexpected = 0;
+  const attempt = async (fn: () => unknown) => {
+    calls++;
+    try { await fn(); ok++; } catch (err) {
+      if (isWnlstmError(err)) codes.set(err.code, (codes.get(err.code) ?? 0) + 1);
+      else { unexpected++; if (unexpected < 5) t.fail(`not a coded error: ${String(err)}`); }
+    }
+  };
+  const start = Date.now();
+  while (Date.now() - start < 2000) {
+    let model: SequenceModel | null = null;
+    await attempt(() => { model = new SequenceModel((rng.uniform() < 0.85 ? pick(configs) : { ...(pick(configs) as object), [pick(['units', 'outputs', 'input', 'task', 'dropout', 'maxLength'])]: junk() }) as never); });
+    if (!model) continue;
+    const m: SequenceModel = model;
+    const ids = () => [[1, 2, 3], [4, 0]], feats = () => [[[0.1, 0.2], [0.3, 0.4]], [[0.5, 0.6]]];
+    const x = () => (rng.uniform() < 0.6 ? ('vocabSize' in m.config.input ? ids() : feats()) : junk());
+    const y = () => pick<unknown>([junk(), [0, 1], [[0, 1, 2], [1, 0]], [[0.5, 0.5], [1, 1]], [[[1], [2]], [[3]]], [[1, 2], [3]]]);
+    for (let k = 0; k < 8; k++) {
+      const op = pick(['fit', 'fitAsync', 'evaluate', 'predict', 'predictAsync', 'gradients', 'toOnnx', 'dispose']);
+      if (op === 'fit') await attempt(() => m.fit(x() as never, y() as never, pick<unknown>([{ epochs: 1 }, junk(), { epochs: junk() }, { batchSize: junk() }]) as never));
+      else if (op === 'fitAsync') await attempt(() => m.fitAsync(x() as never, y() as never, { epochs: 1, verbose: 0 }));
+      else if (op === 'evaluate') await attempt(() => m.evaluate(x() as never, y() as never));
+      else if (op === 'predict') await attempt(() => m.predict(x() as never, pick<unknown>([undefined, { batchSize: junk() }]) as never));
+      else if (op === 'predictAsync') await attempt(() => m.predictAsync(x() as never));
+      else if (op === 'gradients') await attempt(() => m.gradients(x() as never, y() as never));
+      else if (op === 'toOnnx') await attempt(() => m.toOnnx());
+      else if (rng.uniform() < 0.3) await attempt(() => m.dispose());
+    }
+    m.dispose();
+  }
+  t.equal(unexpected, 0, `${calls} random calls: ${ok} went through, the rest failed with codes ` +
+    [...codes.entries()].map(([c, n]) => `${c} ${n}`).join(', '));
+  t.ok(calls > 200 && ok > 20, `enough calls (${calls}), and enough that went through (${ok})`);
 });

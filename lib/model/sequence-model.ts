@@ -92,8 +92,18 @@ type OptimizerSettings = { optimizer: OptimizerName; clipNorm: number; weightDec
 type Request = { batch: NativeBatch; train: boolean };
 type StepResult = { loss: number; outputs?: FloatArray };
 
-const positiveInt = (v: unknown, name: string) => {
-  if (!Number.isInteger(v) || (v as number) < 1) throw wnlstmError('ERR_WNLSTM_CONFIG', `${name} must be a positive integer, got ${String(v)}`);
+/** Options given as an object (or nothing). */
+function optionsOf<O extends object>(o: O | undefined, what: string): O {
+  if (o === undefined) return {} as O;
+  if (o === null || typeof o !== 'object' || Array.isArray(o)) throw wnlstmError('ERR_WNLSTM_TYPE', `${what} options must be an object`);
+  return o;
+}
+
+/** An integer in [1, max]; larger ones are not meant (a million epochs, a batch past 2^31). */
+const positiveInt = (v: unknown, name: string, max = 2 ** 31 - 1) => {
+  if (!Number.isInteger(v) || (v as number) < 1 || (v as number) > max) {
+    throw wnlstmError('ERR_WNLSTM_CONFIG', `${name} must be an integer in [1, ${max}], got ${String(v)}`);
+  }
   return v as number;
 };
 
@@ -126,7 +136,7 @@ export class SequenceModel implements HasParameters {
     const classes = isClassifier(task);
     if (classes && task !== 'next-token' && config.outputs === undefined) throw wnlstmError('ERR_WNLSTM_CONFIG', `${task} needs outputs: the number of classes`);
     const outputs = task === 'next-token' ? vocabSize : positiveInt(config.outputs ?? 1, 'outputs');
-    const units = positiveInt(config.units ?? 64, 'units'), layers = positiveInt(config.layers ?? 1, 'layers');
+    const units = positiveInt(config.units ?? 64, 'units', 16384), layers = positiveInt(config.layers ?? 1, 'layers', 1024);
     const bidirectional = config.bidirectional ?? false;
     if (typeof bidirectional !== 'boolean') throw wnlstmError('ERR_WNLSTM_CONFIG', 'bidirectional must be a boolean');
     if (bidirectional && task === 'next-token') throw wnlstmError('ERR_WNLSTM_CONFIG', 'next-token prediction cannot be bidirectional (it would see the token it predicts)');
@@ -188,31 +198,35 @@ export class SequenceModel implements HasParameters {
   // ---- training ----
 
   /** Trains on x (sequences) and y (labels or targets; none for next-token); returns the history. */
-  fit(x: Sequence[], y?: Targets, options: FitOptions = {}): History {
-    return drive(this.#fit(x, y, options), (r) => this.#runtime.step(r.batch, r.train));
+  fit(x: Sequence[], y?: Targets, options?: FitOptions): History {
+    return drive(this.#fit(x, y, optionsOf(options, 'fit')), (r) => this.#runtime.step(r.batch, r.train));
   }
 
   /** fit() with every step off the main thread; async callbacks are awaited. */
-  fitAsync(x: Sequence[], y?: Targets, options: FitOptions = {}): Promise<History> {
-    return this.#queued(this.#fit(x, y, options));
+  fitAsync(x: Sequence[], y?: Targets, options?: FitOptions): Promise<History> {
+    return this.#queued(this.#fit(x, y, optionsOf(options, 'fit')));
   }
 
   /** The mean loss and metrics over x and y. */
-  evaluate(x: Sequence[], y?: Targets, { batchSize = 64 } = {}): Logs {
+  evaluate(x: Sequence[], y?: Targets, options?: { batchSize?: number }): Logs {
+    const { batchSize = 64 } = optionsOf(options, 'evaluate');
     return drive(this.#evaluate(this.#encode(x, y, 'x'), positiveInt(batchSize, 'batchSize')), (r) => this.#runtime.step(r.batch, r.train));
   }
 
-  evaluateAsync(x: Sequence[], y?: Targets, { batchSize = 64 } = {}): Promise<Logs> {
+  evaluateAsync(x: Sequence[], y?: Targets, options?: { batchSize?: number }): Promise<Logs> {
+    const { batchSize = 64 } = optionsOf(options, 'evaluate');
     return this.#queued(this.#evaluate(this.#encode(x, y, 'x'), positiveInt(batchSize, 'batchSize')));
   }
 
   /** Predictions for each sequence: class probabilities (classification: [classes]; tagging and next-token:
    * [steps][classes]) or values ([outputs], or [steps][outputs] for forecasting), steps up to its length. */
-  predict(x: Sequence[], { batchSize = 64 } = {}): number[][] | number[][][] {
+  predict(x: Sequence[], options?: { batchSize?: number }): number[][] | number[][][] {
+    const { batchSize = 64 } = optionsOf(options, 'predict');
     return drive(this.#predict(x, positiveInt(batchSize, 'batchSize')), (r) => this.#runtime.step(r.batch, r.train));
   }
 
-  predictAsync(x: Sequence[], { batchSize = 64 } = {}): Promise<number[][] | number[][][]> {
+  predictAsync(x: Sequence[], options?: { batchSize?: number }): Promise<number[][] | number[][][]> {
+    const { batchSize = 64 } = optionsOf(options, 'predict');
     return this.#queued(this.#predict(x, positiveInt(batchSize, 'batchSize')));
   }
 
@@ -252,7 +266,7 @@ export class SequenceModel implements HasParameters {
   }
 
   *#fit(x: Sequence[], y: Targets | undefined, options: FitOptions): Generator<Request | Promise<unknown> | unknown, History, StepResult> {
-    const epochs = positiveInt(options.epochs ?? 1, 'epochs'), batchSize = positiveInt(options.batchSize ?? 32, 'batchSize');
+    const epochs = positiveInt(options.epochs ?? 1, 'epochs', 1e6), batchSize = positiveInt(options.batchSize ?? 32, 'batchSize');
     let train = this.#encode(x, y, 'x');
     let valid: Dataset | null = null;
     if (options.validationData !== undefined) {

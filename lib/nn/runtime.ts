@@ -37,7 +37,8 @@ export class ModelRuntime {
     for (const [k, v] of Object.entries({ inputSize, hiddenSize, layers, outputSize })) {
       if (!Number.isInteger(v) || v < 1) throw wnlstmError('ERR_WNLSTM_CONFIG', `${k} must be a positive integer`);
     }
-    if (!(config.dropout >= 0 && config.dropout < 1)) throw wnlstmError('ERR_WNLSTM_CONFIG', 'dropout must be in [0, 1)');
+    const d = config.dropout;
+    if (typeof d !== 'number' || !(d >= 0 && d < 1)) throw wnlstmError('ERR_WNLSTM_CONFIG', 'dropout must be a number in [0, 1)');
     const uniform = (n: number, scale: number, rngSeed: number) => {
       const values = new (dtype === 'float64' ? Float64Array : Float32Array)(n), rng = new Random(rngSeed);
       for (let i = 0; i < n; i++) values[i] = (2 * rng.uniform() - 1) * scale;
