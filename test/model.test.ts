@@ -8,6 +8,7 @@ import * as vm from 'node:vm';
 import { Adagrad, Adam, AdamW, ArrayParams, LanguageModel, Optimizer, ParamBlock, Random, RMSProp, SGD, WeightNormLSTMCell } from '../lib/index';
 import { addon } from '../lib/core/native';
 import { nativeCellOf } from '../lib/nn/cell';
+import { ModelRuntime } from '../lib/nn/runtime';
 import { assertClose } from './helpers';
 
 const small = (o: Partial<ConstructorParameters<typeof LanguageModel>[0]> = {}) =>
@@ -47,6 +48,39 @@ t.test('with dropout on, the gradient of a training step equals central differen
     });
     lm.dispose();
   }
+});
+
+t.test("the first layer's projected table gives what projecting each step's row gives (float64: losses, outputs, states, every gradient)", async (t) => {
+  const rng = new Random(3);
+  for (const [kind, perStep, bidirectional] of [['language model', true, false], ['bidirectional tagger', true, true], ['bidirectional classifier', false, true]] as const) {
+    const T = 5, B = 3, V = 6;
+    const inputs = ids(rng, T * B, V), lengths = bidirectional ? Int32Array.from([5, 2, 4]) : undefined;
+    const labels = perStep ? ids(rng, T * B, 4) : ids(rng, B, 4);
+    const make = (embeddingProjection: 'table' | 'rows') => new ModelRuntime({ vocabSize: V, inputSize: 3, hiddenSize: 4, layers: 2, outputSize: 4,
+      perStep, loss: 'crossEntropy', dropout: 0, bidirectional, norm: true, seed: 2, dtype: 'float64', embeddingProjection,
+      cellInitializer: { kind: 'uniform', min: -0.5, max: 0.5 }, embeddingScale: 0.5, headScale: 0.5 });
+    const [table, rows] = [make('table'), make('rows')];
+    const batch = { steps: T, batchSize: B, ids: inputs, lengths, labels, outputs: true };
+    const runs = [table, rows].map((m) => {
+      for (const b of m.blocks) b.zeroGrad();
+      const train = m.step(batch, true), evaluation = m.step(batch, false);
+      return { train, evaluation, grads: m.blocks.map((b) => b.grad) };
+    });
+    assertClose(t, [runs[0].train.loss, runs[0].evaluation.loss], [runs[1].train.loss, runs[1].evaluation.loss], { rtol: 1e-13, atol: 0 }, `${kind}: training and evaluation losses`);
+    assertClose(t, runs[0].evaluation.outputs!, runs[1].evaluation.outputs!, { rtol: 1e-12, atol: 1e-15 }, `${kind}: outputs`);
+    assertClose(t, runs[0].train.states.flatMap((s) => [...s.c, ...s.h]), runs[1].train.states.flatMap((s) => [...s.c, ...s.h]), { rtol: 1e-12, atol: 1e-15 }, `${kind}: final states`);
+    table.blocks.forEach((b, k) => assertClose(t, runs[0].grads[k], runs[1].grads[k], { rtol: 1e-11, atol: 1e-15 }, `${kind}: d${b.name}`));
+    table.dispose(); rows.dispose();
+  }
+  // A model's step runs its cells' passes and keeps their inputs itself: a cell's own backward() then has no
+  // inputs of its own to differentiate, and says so.
+  const lm = small({ dropout: 0 });
+  lm.step(ids(rng, 6, 7), ids(rng, 6, 7), 2, null, true);
+  t.throws(() => lm.stack.cells[0].backward(new Float64Array(6 * 4)), { code: 'ERR_WNLSTM_NO_FORWARD' }, "a cell's backward() after the model's step is refused");
+  lm.dispose();
+  t.throws(() => new ModelRuntime({ vocabSize: 5, inputSize: 3, hiddenSize: 4, layers: 1, outputSize: 5, perStep: true, loss: 'crossEntropy', dropout: 0,
+    norm: true, seed: 1, dtype: 'float64', embeddingProjection: 'sometimes' as never, cellInitializer: { kind: 'uniform', min: -0.1, max: 0.1 },
+    embeddingScale: 0.1, headScale: 0.1 }), { code: 'ERR_WNLSTM_CONFIG' }, 'an unknown embeddingProjection is refused');
 });
 
 t.test('the fused update of an arena equals the per-block update, for every optimizer (float32, clipped)', async (t) => {

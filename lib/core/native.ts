@@ -83,7 +83,12 @@ export interface NativeModelConfig {
   /** Two cells per layer: one forward, one over each sequence reversed within its length; outputs side by
    * side [.., 2 * hiddenSize]. The cells are given per layer, forward first. */
   bidirectional?: boolean;
+  /** How the first layer projects embedded ids (native/include/wnlstm/model.h): each step's row, or the
+   * table's rows once per batch, gathered by id (the same values, less work for a small vocabulary).
+   * Default 'auto': the table when the vocabulary has at most half as many rows as the batch. */
+  embeddingProjection?: EmbeddingProjection;
 }
+export type EmbeddingProjection = 'auto' | 'table' | 'rows';
 export interface RngState { model: number[]; stack: number[] }
 type States = { c: FloatArray; h: FloatArray }[];
 

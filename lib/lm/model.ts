@@ -1,6 +1,6 @@
 // An RNN language model (Zaremba et al. 2014 / char-rnn): embedding -> dropout -> stacked LSTM cells ->
 // dropout -> dense -> softmax, trained by truncated BPTT with the state carried between windows.
-import { addon, FloatArray, NativeBatch, RngState } from '../core/native';
+import { addon, EmbeddingProjection, FloatArray, NativeBatch, RngState } from '../core/native';
 import { LSTMState, BackendName } from '../nn/cell';
 import { wnlstmError } from '../core/errors';
 import { columnNorms, Random } from '../core/init';
@@ -25,6 +25,10 @@ export interface LMConfig {
   /** With backend 'cuda': the device's index (default 0). */
   device?: number;
   dtype?: 'float32' | 'float64';
+  /** How the first layer projects the embedded characters or words: 'auto' (the default) projects the
+   * embedding's table once per batch and gathers its rows by id where the vocabulary is small against the
+   * batch (the same values for less work), else each step's row; 'table' and 'rows' choose. */
+  embeddingProjection?: EmbeddingProjection;
 }
 
 /** B parallel streams of a token sequence (Zaremba's batching): stream b is ids[b*L .. (b+1)*L). */
@@ -60,6 +64,7 @@ export class LanguageModel implements HasParameters {
     this.#runtime = new ModelRuntime({
       vocabSize, inputSize: embeddingSize, hiddenSize, layers, outputSize: vocabSize, perStep: true, loss: 'crossEntropy',
       dropout: config.dropout ?? 0, norm, seed, dtype, backend: config.backend, device: config.device,
+      embeddingProjection: config.embeddingProjection,
       cellInitializer: { kind: 'uniform', min: -initScale, max: initScale }, embeddingScale: initScale, headScale: initScale,
     });
     this.stack = new StackedLSTM(this.#runtime.cells); // the cells as a group: the runtime's step draws its own dropout masks

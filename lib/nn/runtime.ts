@@ -62,9 +62,9 @@ export class ModelRuntime {
     const embedding = vocabSize > 0 ? uniform(vocabSize * inputSize, config.embeddingScale, seed) : null;
     const dense = uniform(hiddenSize * D * outputSize + outputSize, config.headScale, seed + 13);
     dense.fill(0, hiddenSize * D * outputSize);
-    const { perStep, loss } = config;
+    const { perStep, loss, embeddingProjection } = config;
     this.#native = new addon.NativeModel({ vocabSize, inputSize, hiddenSize, layers, outputSize, perStep, loss, dropout: config.dropout,
-      bidirectional: D === 2 },
+      bidirectional: D === 2, embeddingProjection },
       dtype, cells.map(nativeCellOf), { model: new Random(seed + 17).getState(), stack: new Random(seed + 7).getState() });
     if (embedding) this.#native.setValues('embedding', embedding);
     this.#native.setValues('dense', dense);

@@ -110,7 +110,8 @@ SequenceModel<T>::SequenceModel(const SequenceModelConfig& config, std::vector<s
       cell_grads_(backend_), dc0_(backend_), dh0_(backend_), state_in_(backend_), state_out_(backend_),
       rows_in_(backend_), rows_out_(backend_), last_(backend_),
       scratch_{Buffer<T>(backend_), Buffer<T>(backend_), Buffer<T>(backend_), Buffer<T>(backend_), Buffer<T>(backend_),
-               Buffer<T>(backend_)}, lengths_(backend_) {
+               Buffer<T>(backend_)}, table_(backend_), table_grad_(backend_), table_rows_(backend_),
+      table_dembedding_(backend_), lengths_(backend_) {
   const int64_t V = cfg_.vocab_size, E = cfg_.input_size, H = cfg_.hidden_size, O = cfg_.output_size;
   const int64_t D = cfg_.directions();
   auto fail = [](const std::string& m) { throw Error("ERR_WNLSTM_CONFIG", m); };
@@ -144,6 +145,7 @@ SequenceModel<T>::SequenceModel(const SequenceModelConfig& config, std::vector<s
   for (int64_t l = 0; l < cfg_.layers; ++l)
     for (auto* group : {&inputs_, &outputs_, &masks_, &reversed_}) group->emplace_back(backend_);
   for (size_t k = 0; k < cells_.size(); ++k) direction_out_.emplace_back(backend_);
+  cell_inputs_.assign(cells_.size(), nullptr);
 }
 
 template <typename T>
@@ -209,10 +211,17 @@ double SequenceModel<T>::step(const Batch<T>& in, bool train) {
   }
   T* next = state_out_.resize(2 * S * per);
 
+  // The first layer's inputs: each step's embedded row, or rows of the projected table (model.h).
+  const int64_t V = cfg_.vocab_size, G = 4 * H;
+  const EmbeddingProjection projection = cfg_.embedding_projection;
+  const bool table = in.ids && !drop &&
+                     (projection == EmbeddingProjection::Table ||
+                      (projection == EmbeddingProjection::Auto && 2 * V <= N));
+
   // Forward, in the order the JS layers drew their dropout masks: input, between layers, head.
-  T* x0 = inputs_[0].resize(N * E);
-  if (in.ids) be.embedding_forward(params + embedding_, E, in.ids, N, x0);
-  else be.upload(x0, in.features, size_t(N * E) * sizeof(T));
+  T* x0 = table ? nullptr : inputs_[0].resize(N * E);  // the table's path embeds no rows
+  if (in.ids && !table) be.embedding_forward(params + embedding_, E, in.ids, N, x0);
+  else if (!in.ids) be.upload(x0, in.features, size_t(N * E) * sizeof(T));
   if (drop) be.dropout(x0, masks_[0].resize(N * E), N * E, cfg_.dropout, model_rng);
   for (int64_t l = 0; l < L; ++l) {
     const int64_t I = l == 0 ? E : HD;
@@ -229,14 +238,28 @@ double SequenceModel<T>::step(const Batch<T>& in, bool train) {
       const T* c0 = states ? states + 2 * k * per : nullptr;
       const T* h0 = states ? c0 + per : nullptr;
       T* c = next + 2 * k * per;
-      const T* xin = x;
-      if (d == 1) {  // the backward direction reads each sequence reversed
-        T* reversed = reversed_[l].resize(N * I);
-        be.reverse_sequences(x, in.lengths, steps, batch, I, reversed);
-        xin = reversed;
-      }
       T* y = D == 1 ? out : direction_out_[k].resize(N * H);
-      cells_[k]->device_forward(steps, batch, xin, c0, h0, lengths, y, c, c + per, train);
+      T* zx = cells_[k]->input_gates(steps, batch, train);
+      if (l == 0 && table) {  // the projection of each id's row is that row of the projected table
+        cells_[k]->project_inputs(V, params + embedding_, table_.resize(V * G));
+        if (d == 0) {
+          be.embedding_forward(table_.data(), G, in.ids, N, zx);
+        } else {  // reversed, as the backward direction reads each sequence
+          be.embedding_forward(table_.data(), G, in.ids, N, table_rows_.resize(N * G));
+          be.reverse_sequences(table_rows_.data(), in.lengths, steps, batch, G, zx);
+        }
+        cell_inputs_[k] = nullptr;
+      } else {
+        const T* xin = x;
+        if (d == 1) {  // the backward direction reads each sequence reversed
+          T* reversed = reversed_[l].resize(N * I);
+          be.reverse_sequences(x, in.lengths, steps, batch, I, reversed);
+          xin = reversed;
+        }
+        cells_[k]->project_inputs(N, xin, zx);
+        cell_inputs_[k] = xin;
+      }
+      cells_[k]->forward_projected(steps, batch, c0, h0, lengths, y, c, c + per, train);
     }
     if (D == 2) {  // both directions' outputs side by side, the backward one in the sequence's order
       T* back = scratch_[0].resize(N * H);
@@ -292,14 +315,28 @@ double SequenceModel<T>::step(const Batch<T>& in, bool train) {
   auto run_backward = [&](int64_t k, const T* dy, const T* dh_final, T* dx) {
     const int64_t n = param_count(cells_[k]->config());
     T* g = cell_grads_.resize(n);
-    cells_[k]->device_backward(dy, nullptr, dh_final, g, dx, dc0_.resize(per), dh0_.resize(per));
+    const T* dz = cells_[k]->backward_projected(dy, nullptr, dh_final, g, dc0_.resize(per), dh0_.resize(per));
+    if (cell_inputs_[k]) {
+      cells_[k]->project_inputs_backward(N, cell_inputs_[k], dz, g, dx);
+    } else {  // the projected table: dz summed by id is its gradient, from which the kernel's and the embedding's
+      if (k == 1) {  // the backward direction's dz is in reversed order
+        be.reverse_sequences(dz, in.lengths, steps, batch, G, table_rows_.resize(N * G));
+        dz = table_rows_.data();
+      }
+      T* dtable = table_grad_.resize(V * G);
+      be.zero(dtable, size_t(V * G) * sizeof(T));
+      be.embedding_backward(dz, G, in.ids, N, dtable);
+      T* dembedding = table_dembedding_.resize(V * E);
+      cells_[k]->project_inputs_backward(V, params + embedding_, dtable, g, dembedding);
+      be.add(grads + embedding_, dembedding, V * E);
+    }
     be.add(grads + cell_offsets_[k], g, n);
   };
   int k = 0;
   for (int64_t l = L; l-- > 0;) {
     const int64_t I = l == 0 ? E : HD;
     const bool top = l == L - 1;
-    T* dx = grad_[1 - k].resize(N * I);
+    T* dx = l == 0 && table ? nullptr : grad_[1 - k].resize(N * I);  // the table's path has no dx
     const T* dy = grad_[k].data();
     if (D == 1) {
       run_backward(l, dy, top ? dfinal[0] : nullptr, dx);
@@ -310,16 +347,18 @@ double SequenceModel<T>::step(const Batch<T>& in, bool train) {
       T* dy_reversed = scratch_[2].resize(N * H);
       be.reverse_sequences(dy_backward, in.lengths, steps, batch, H, dy_reversed);
       run_backward(l * D, dy_forward, top ? dfinal[0] : nullptr, dx);
-      T* dx_reversed = scratch_[3].resize(N * I);
+      T* dx_reversed = dx ? scratch_[3].resize(N * I) : nullptr;
       run_backward(l * D + 1, dy_reversed, top ? dfinal[1] : nullptr, dx_reversed);
-      T* dx_backward = scratch_[1].resize(N * I);
-      be.reverse_sequences(dx_reversed, in.lengths, steps, batch, I, dx_backward);
-      be.add(dx, dx_backward, N * I);
+      if (dx) {
+        T* dx_backward = scratch_[1].resize(N * I);
+        be.reverse_sequences(dx_reversed, in.lengths, steps, batch, I, dx_backward);
+        be.add(dx, dx_backward, N * I);
+      }
     }
     if (drop) be.apply_mask(dx, masks_[l].data(), N * I);
     k = 1 - k;
   }
-  if (in.ids) be.embedding_backward(grad_[k].data(), E, in.ids, N, grads + embedding_);
+  if (in.ids && !table) be.embedding_backward(grad_[k].data(), E, in.ids, N, grads + embedding_);
   return loss;
 }
 
@@ -363,7 +402,8 @@ int64_t SequenceModel<T>::memory_bytes() const {
     for (const Buffer<T>& b : *group) n += b.bytes();
   for (const Buffer<T>& b : scratch_) n += b.bytes();
   for (const Buffer<T>* b : {&head_, &head_mask_, &logits_, &targets_, &grad_[0], &grad_[1], &dlast_, &cell_grads_,
-                             &dc0_, &dh0_, &state_in_, &state_out_, &rows_in_, &rows_out_, &last_})
+                             &dc0_, &dh0_, &state_in_, &state_out_, &rows_in_, &rows_out_, &last_, &table_,
+                             &table_grad_, &table_rows_, &table_dembedding_})
     n += b->bytes();
   return n;
 }

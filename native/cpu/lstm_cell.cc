@@ -120,7 +120,7 @@ class CpuCell final : public Cell<T> {
       for (const std::vector<T>* v : {&a->cs, &a->hs, &a->gates, &a->c_raw, &a->hh, &a->pre}) n += bytes(*v);
     for (const PackedMatrix<T>* m : {&packed_xgates_[0], &packed_xgates_[1], &packed_xgates_[2], &packed_xgates_[3],
                                      &packed_gates_[0], &packed_gates_[1], &packed_gates_[2], &packed_gates_[3],
-                                     &packed_wp_, &packed_wht_, &packed_wpt_})
+                                     &packed_wp_, &packed_wht_, &packed_wpt_, &packed_wxt_})
       n += m->memory_bytes();
     return n + bytes(len_) + params_.memory_bytes();
   }
@@ -129,10 +129,58 @@ class CpuCell final : public Cell<T> {
                T* y, T* c_out, T* h_out, bool training) override {
     validate_forward(cfg_, steps, batch, seq_len);
     const double rows = double(steps) * double(batch);
+    check_memory(sizeof(T) * (training ? rows * (I_ + G_ + 3 * H_ + 2 * P_) : double(kChunkElements) + 4 * batch * G_));
+    if (training) {
+      saved_steps_ = saved_batch_ = 0;  // a failed forward leaves nothing to differentiate
+      x_.assign(x, x + steps * batch * I_);
+    }
+    recur(steps, batch, x, c0, h0, seq_len, y, c_out, h_out, training);
+    if (training) saved_x_ = true;  // inference leaves the saved forward alone
+  }
+
+  T* input_gates(int64_t steps, int64_t batch, bool training) override {
+    validate_forward(cfg_, steps, batch, nullptr);
+    const double rows = double(steps) * double(batch);
+    check_memory(sizeof(T) * rows * (G_ + (training ? 3 * H_ + 2 * P_ : 0)));
+    if (training) saved_steps_ = saved_batch_ = 0;
+    Activations& a = training ? saved_ : scratch_;
+    a.gates.resize(steps * batch * G_);
+    return a.gates.data();
+  }
+
+  void project_inputs(int64_t rows, const T* x, T* zx) override {
+    refresh_weights();
+    const Kernels<T>& kern = kernels<T>();
+    const T* wx[4] = {packed_xgates_[0].data(), packed_xgates_[1].data(), packed_xgates_[2].data(),
+                      packed_xgates_[3].data()};
+    T* zc[4] = {zx, zx + H_, zx + 2 * H_, zx + 3 * H_};
+    // Split by units (whole packed panels), as the forward's own input GEMM.
+    const int64_t nr = kern.nr, panels = (H_ + nr - 1) / nr;
+    const bool small = double(rows) * G_ * I_ < 64.0 * 64 * 64;
+    const int tasks = small ? 1 : int(std::min<int64_t>(num_threads(), panels));
+    parallel_for(tasks, [&](int task) {
+      const int64_t j0 = std::min(H_, panels * task / tasks * nr), j1 = std::min(H_, panels * (task + 1) / tasks * nr);
+      kern.gemm_prepacked(false, rows, H_, I_, x, I_, 4, wx, j0, j1 - j0, false, zc, G_);
+    });
+  }
+
+  void forward_projected(int64_t steps, int64_t batch, const T* c0, const T* h0, const int32_t* seq_len, T* y,
+                         T* c_out, T* h_out, bool training) override {
+    validate_forward(cfg_, steps, batch, seq_len);
+    const Activations& a = training ? saved_ : scratch_;
+    if (int64_t(a.gates.size()) != steps * batch * G_)
+      throw Error("ERR_WNLSTM_SHAPE", "forward_projected: the input gates were made for other sizes");
+    recur(steps, batch, nullptr, c0, h0, seq_len, y, c_out, h_out, training);
+    if (training) saved_x_ = false;  // the caller keeps the inputs
+  }
+
+ private:
+  // The forward over a sequence: with x, each chunk of steps is projected first (inference goes by chunks
+  // to bound its memory); without, the gates buffer already holds every step's projection.
+  void recur(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0, const int32_t* seq_len, T* y,
+             T* c_out, T* h_out, bool training) {
     const int64_t B = batch, H = H_, P = P_, G = G_;
     const bool proj = cfg_.num_proj > 0;
-    check_memory(sizeof(T) * (training ? rows * (I_ + G + 3 * H + 2 * P) : double(kChunkElements) + 4 * B * G));
-    if (training) saved_steps_ = saved_batch_ = 0;  // a failed forward leaves nothing to differentiate
     refresh_weights();
 
     // State: training keeps every step (cs[t] is c before step t); inference uses two slots.
@@ -145,16 +193,13 @@ class CpuCell final : public Cell<T> {
     c0 ? std::copy(c0, c0 + B * H, a.cs.begin()) : std::fill_n(a.cs.begin(), B * H, T(0));
     h0 ? std::copy(h0, h0 + B * P, a.hs.begin()) : std::fill_n(a.hs.begin(), B * P, T(0));
 
-    const int64_t chunk = training ? steps : std::clamp<int64_t>(kChunkElements / (B * G), 1, steps);
+    const int64_t chunk = training || !x ? steps : std::clamp<int64_t>(kChunkElements / (B * G), 1, steps);
     a.gates.resize(chunk * B * G);
     const int64_t kept = training ? steps : 1;  // per-step buffers: all steps, or one reused
     a.c_raw.resize(kept * B * H);
     a.hh.resize(proj ? kept * B * H : 0);
     a.pre.resize(proj ? kept * B * P : 0);
-    if (training) {
-      x_.assign(x, x + steps * B * I_);
-      len_.assign(seq_len ? seq_len : nullptr, seq_len ? seq_len + B : nullptr);
-    }
+    if (training) len_.assign(seq_len ? seq_len : nullptr, seq_len ? seq_len + B : nullptr);
 
     const Pointwise<T> pw = pointwise_params();
     const Kernels<T>& kern = kernels<T>();
@@ -188,9 +233,11 @@ class CpuCell final : public Cell<T> {
         const int64_t n = std::min(chunk, steps - t0);
         if (by_rows && t0 > 0) team.sync();  // every member is done with the last chunk's gates
         // Input part of every step in the chunk, this member's columns (the bias comes in the pointwise).
-        T* zc[4] = {a.gates.data(), a.gates.data() + H, a.gates.data() + 2 * H, a.gates.data() + 3 * H};
-        kern.gemm_prepacked(false, n * B, H, I_, x + t0 * B * I_, I_, 4, wx, x0, x1 - x0, false, zc, G);
-        if (by_rows) team.sync();  // the chunk's input parts are complete
+        if (x) {
+          T* zc[4] = {a.gates.data(), a.gates.data() + H, a.gates.data() + 2 * H, a.gates.data() + 3 * H};
+          kern.gemm_prepacked(false, n * B, H, I_, x + t0 * B * I_, I_, 4, wx, x0, x1 - x0, false, zc, G);
+          if (by_rows) team.sync();  // the chunk's input parts are complete
+        }
         for (int64_t t = t0; t < t0 + n; ++t) {
           T* z = a.gates.data() + (t - t0) * B * G;
           const T* c_prev = a.cs.data() + slot(t) * B * H;
@@ -230,7 +277,17 @@ class CpuCell final : public Cell<T> {
     if (training) saved_steps_ = steps, saved_batch_ = batch;
   }
 
+
+ public:
   void backward(const T* dy, const T* dc_in, const T* dh_in, T* grads, T* dx, T* dc0, T* dh0) override {
+    if (saved_steps_ > 0 && !saved_x_)
+      throw Error("ERR_WNLSTM_NO_FORWARD", "backward needs a training forward() first: the last one was a model's, "
+                                           "which keeps its inputs itself");
+    backward_projected(dy, dc_in, dh_in, grads, dc0, dh0);
+    project_inputs_backward(saved_steps_ * saved_batch_, x_.data(), dz_.data(), grads, dx);
+  }
+
+  const T* backward_projected(const T* dy, const T* dc_in, const T* dh_in, T* grads, T* dc0, T* dh0) override {
     if (saved_steps_ == 0)
       throw Error("ERR_WNLSTM_NO_FORWARD",
                   "backward needs a training forward first (and the weights unchanged since)");
@@ -240,8 +297,8 @@ class CpuCell final : public Cell<T> {
     const Activations& a = saved_;
     check_memory(sizeof(T) * (double(steps) * B * (G + P) + K_ * G + H * P));
 
-    // With the normalised weights: dh = dz . Wh^T, dx = dz . Wx^T, dhh = dpre . Wp^T. The transposes
-    // used every step are packed once per call.
+    // With the normalised weights: dh = dz . Wh^T, dhh = dpre . Wp^T. The transposes used every step are
+    // packed once per call.
     const T* kernel = params_.data() + off_.kernel;
     packed_wht_.pack(true, w_.data() + I * G, G, G, P);
     if (proj) packed_wpt_.pack(true, wp_.data(), P, P, H);
@@ -318,9 +375,7 @@ class CpuCell final : public Cell<T> {
     const int64_t rows = steps * B;
     const T* dz = dz_.data();
     T* dkernel = grads + off_.kernel;
-    gemm<T>(true, false, I, G, rows, x_.data(), I, dz, G, false, dkernel, G);
     gemm<T>(true, false, P, G, rows, a.hs.data(), P, dz, G, false, dkernel + I * G, G);
-    gemm<T>(false, true, rows, I, G, dz, G, w_.data(), G, false, dx, I);
     column_sums(dz, rows, G, grads + off_.bias);
     if (cfg_.use_peepholes) {
       T *dwi = grads + off_.w_i, *dwf = grads + off_.w_f, *dwo = grads + off_.w_o;
@@ -337,13 +392,28 @@ class CpuCell final : public Cell<T> {
     if (proj) gemm<T>(true, false, H, P, rows, a.hh.data(), H, dpre_.data(), P, false, grads + off_.proj_kernel, P);
     if (cfg_.norm) {
       const T* p = params_.data();
-      weight_norm_grad(kernel, I, G, p + off_.norm_0, sumsq0_.data(), s0_.data(), dkernel, grads + off_.norm_0);
       weight_norm_grad(kernel + I * G, P, G, p + off_.norm_1, sumsq1_.data(), s1_.data(), dkernel + I * G,
                        grads + off_.norm_1);
       if (proj)
         weight_norm_grad(p + off_.proj_kernel, H, P, p + off_.proj_norm, sumsqp_.data(), sp_.data(),
                          grads + off_.proj_kernel, grads + off_.proj_norm);
     }
+    return dz_.data();
+  }
+
+  void project_inputs_backward(int64_t rows, const T* x, const T* dz, T* grads, T* dx) override {
+    refresh_weights();
+    const int64_t I = I_, G = G_;
+    const T* kernel = params_.data() + off_.kernel;
+    T* dkernel = grads + off_.kernel;
+    gemm<T>(true, false, I, G, rows, x, I, dz, G, false, dkernel, G);
+    if (dx) {  // dx = dz . Wx^T, with Wx^T packed once per change of the weights
+      if (packed_wxt_dirty_) packed_wxt_.pack(true, w_.data(), G, G, I), packed_wxt_dirty_ = false;
+      gemm<T>(false, rows, dz, G, packed_wxt_, false, dx, I);
+    }
+    if (cfg_.norm)
+      weight_norm_grad(kernel, I, G, params_.data() + off_.norm_0, sumsq0_.data(), s0_.data(), dkernel,
+                       grads + off_.norm_0);
   }
 
  private:
@@ -377,6 +447,7 @@ class CpuCell final : public Cell<T> {
     for (int64_t r = 0; proj && r < H_; ++r)
       for (int64_t j = 0; j < P_; ++j) wp_[r * P_ + j] = params_[off_.proj_kernel + r * P_ + j] * sp_[j];
     if (proj) packed_wp_.pack(false, wp_.data(), P_, H_, P_);
+    packed_wxt_dirty_ = true;
     scales_dirty_ = false;
   }
 
@@ -391,10 +462,15 @@ class CpuCell final : public Cell<T> {
             cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity()};
   }
 
+  // Blocks of 16 columns split over the pool (the last takes the rest); each column still sums its rows in
+  // order, so the result does not depend on the number of threads.
   static void column_sums(const T* m, int64_t rows, int64_t cols, T* out) {
-    std::fill_n(out, cols, T(0));
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < cols; ++j) out[j] += m[r * cols + j];
+    parallel_rows(cols / 16, [&](int64_t c0, int64_t c1) {
+      const int64_t j0 = c0 * 16, j1 = c1 * 16 == cols / 16 * 16 ? cols : c1 * 16;
+      std::fill(out + j0, out + j1, T(0));
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = j0; j < j1; ++j) out[j] += m[r * cols + j];
+    });
   }
 
   CellConfig cfg_;
@@ -410,6 +486,8 @@ class CpuCell final : public Cell<T> {
   std::vector<T> w_, wp_;  // W = V * s: [K,G] (input rows, then recurrent rows) and projection [H,P]
   PackedMatrix<T> packed_xgates_[4], packed_gates_[4], packed_wp_;  // Wx and Wh by gate (i, j, f, o), Wp
   PackedMatrix<T> packed_wht_, packed_wpt_;  // backward: Wh^T, Wp^T
+  PackedMatrix<T> packed_wxt_;               // backward: Wx^T (packed on first use after a change)
+  bool packed_wxt_dirty_ = true;
 
   // What a training forward keeps for backward (shapes for T steps; inference keeps 1 or 2 steps).
   struct Activations {
@@ -423,6 +501,7 @@ class CpuCell final : public Cell<T> {
   Activations saved_, scratch_;
   int64_t saved_steps_ = 0, saved_batch_ = 0;
   std::vector<T> x_;          // [T,B,I] inputs of the training forward
+  bool saved_x_ = false;      // x_ belongs to the saved forward (not so after forward_projected)
   std::vector<int32_t> len_;  // [B] its sequence lengths, or empty
   // Scratch.
   std::vector<T> dz_, dpre_;

@@ -162,17 +162,30 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* 
   cpu::gemm<T>(trans_a, trans_b, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
 }
 
+// Splits columns [0, D) of a row-wise op over the pool when the op is large: every element is then
+// still added in the order of the rows, so the result does not depend on the number of threads.
+template <typename F>
+void by_columns(int64_t N, int64_t D, F&& body) {
+  const int tasks = N * D < (1 << 16) ? 1 : int(std::min<int64_t>(cpu::num_threads(), D / 16));
+  if (tasks <= 1) return body(int64_t(0), D);
+  cpu::parallel_for(tasks, [&](int task) { body(D * task / tasks / 16 * 16, task + 1 == tasks ? D : D * (task + 1) / tasks / 16 * 16); });
+}
+
 template <typename T>
 void embedding_forward(const T* table, int64_t D, const int32_t* ids, int64_t N, T* out) {
-  for (int64_t n = 0; n < N; ++n) std::copy(table + int64_t(ids[n]) * D, table + int64_t(ids[n] + 1) * D, out + n * D);
+  by_columns(N, D, [&](int64_t k0, int64_t k1) {
+    for (int64_t n = 0; n < N; ++n) std::copy(table + int64_t(ids[n]) * D + k0, table + int64_t(ids[n]) * D + k1, out + n * D + k0);
+  });
 }
 
 template <typename T>
 void embedding_backward(const T* dy, int64_t D, const int32_t* ids, int64_t N, T* dtable) {
-  for (int64_t n = 0; n < N; ++n) {
-    T* row = dtable + int64_t(ids[n]) * D;
-    for (int64_t k = 0; k < D; ++k) row[k] += dy[n * D + k];
-  }
+  by_columns(N, D, [&](int64_t k0, int64_t k1) {
+    for (int64_t n = 0; n < N; ++n) {
+      T* row = dtable + int64_t(ids[n]) * D;
+      for (int64_t k = k0; k < k1; ++k) row[k] += dy[n * D + k];
+    }
+  });
 }
 
 template <typename T>

@@ -549,31 +549,82 @@ class CudaCell final : public Cell<T> {
     run_backward(dy, dc_in, dh_in, grads, dx, dc0, dh0);
   }
 
+  T* input_gates(int64_t steps, int64_t batch, bool training) override {
+    validate_forward(cfg_, steps, batch, nullptr);
+    use_device();
+    check_memory(sizeof(T) * double(steps) * double(batch) * G_);
+    if (training) saved_steps_ = saved_batch_ = 0;
+    return (training ? saved_ : scratch_).gates.resize(steps * batch * G_);
+  }
+
+  void project_inputs(int64_t rows, const T* x, T* zx) override {
+    use_device();
+    // x . Vx: the column scale s0 is applied by the step kernels.
+    gemm<T>(stream_, false, false, rows, G_, I_, x, I_, params_ + off_.kernel, G_, nullptr, false, zx, G_);
+  }
+
+  void forward_projected(int64_t steps, int64_t batch, const T* c0, const T* h0, const int32_t* seq_len, T* y,
+                         T* c_out, T* h_out, bool training) override {
+    validate_forward(cfg_, steps, batch, nullptr);  // device lengths are the caller's to check
+    if ((training ? saved_ : scratch_).gates.size() != steps * batch * G_)
+      throw Error("ERR_WNLSTM_SHAPE", "forward_projected: the input gates were made for other sizes");
+    use_device();
+    recur(steps, batch, c0, h0, seq_len, y, c_out, h_out, training);
+    if (training) saved_x_ = false;  // the caller keeps the inputs
+  }
+
+  const T* backward_projected(const T* dy, const T* dc_in, const T* dh_in, T* grads, T* dc0, T* dh0) override {
+    require_forward();
+    use_device();
+    return recur_backward(dy, dc_in, dh_in, grads, dc0, dh0);
+  }
+
+  void project_inputs_backward(int64_t rows, const T* x, const T* dz, T* g, T* dx) override {
+    use_device();
+    refresh_scales();
+    const int64_t I = I_, G = G_;
+    const T* kernel = params_ + off_.kernel;
+    T* dkernel = g + off_.kernel;
+    gemm<T>(stream_, true, false, I, G, rows, x, I, dz, G, nullptr, false, dkernel, G);
+    if (dx) gemm<T>(stream_, false, true, rows, I, G, dz, G, kernel, G, s0_.data(), false, dx, I);  // (dz * s0) . Vx^T
+    if (cfg_.norm) weight_norm_grad(kernel, I, G, off_.norm_0, sumsq0_.data(), s0_.data(), dkernel, g + off_.norm_0);
+  }
+
  private:
   // forward and backward on device buffers (the contract of cell.h), queued on the stream.
   void run_forward(int64_t steps, int64_t batch, const T* x, const T* c0, const T* h0, const int32_t* seq_len, T* y,
                    T* c_out, T* h_out, bool training) {
+    check_memory(sizeof(T) * double(steps) * double(batch) * (I_ + G_ + (training ? 3 * H_ + 2 * P_ : 0)));
+    T* z = input_gates(steps, batch, training);
+    // Training keeps its own copy of x for the backward.
+    const T* xs = x;
+    if (training) {
+      T* kept = saved_.x.resize(steps * batch * I_);
+      copy(kept, x, steps * batch * I_);
+      xs = kept;
+    }
+    project_inputs(steps * batch, xs, z);  // the input part of every step at once
+    recur(steps, batch, c0, h0, seq_len, y, c_out, h_out, training);
+    if (training) saved_x_ = true;  // inference leaves the saved forward alone
+  }
+
+  // The recurrence over the input gates' buffer (already projected).
+  void recur(int64_t steps, int64_t batch, const T* c0, const T* h0, const int32_t* seq_len, T* y, T* c_out,
+             T* h_out, bool training) {
     const double rows = double(steps) * double(batch);
     const int64_t B = batch, H = H_, P = P_, G = G_;
     const bool proj = cfg_.num_proj > 0;
-    check_memory(sizeof(T) * rows * (I_ + G + (training ? 3 * H + 2 * P : 0)));
-    if (training) saved_steps_ = saved_batch_ = 0;  // a failed forward leaves nothing to differentiate
+    check_memory(sizeof(T) * rows * (training ? 3 * H + 2 * P : 0));
     refresh_scales();
 
-    // Training keeps every step (cs[t] is c before step t) and its own copy of x; inference uses two
-    // slots, in its own buffers, so a step() between forward() and backward() changes nothing.
+    // Training keeps every step (cs[t] is c before step t); inference uses two slots, in its own buffers,
+    // so a step() between forward() and backward() changes nothing.
     Activations& a = training ? saved_ : scratch_;
     const int64_t slots = training ? steps + 1 : 2;
     auto slot = [&](int64_t t) { return training ? t : (t & 1); };
-    const T* xs = x;
-    if (training) {
-      T* kept = a.x.resize(steps * B * I_);
-      copy(kept, x, steps * B * I_);
-      xs = kept;
-    }
     T* cs = a.cs.resize(slots * B * H);
     T* hs = a.hs.resize(slots * B * P);
-    T* z = a.gates.resize(steps * B * G);
+    T* z = a.gates.data();
     T* c_raw = training ? a.c_raw.resize(steps * B * H) : nullptr;
     T* hh_all = proj ? a.hh.resize((training ? steps : 1) * B * H) : nullptr;
     T* pre_all = proj ? a.pre.resize((training ? steps : 1) * B * P) : nullptr;
@@ -588,9 +639,6 @@ class CudaCell final : public Cell<T> {
     else check(cudaMemsetAsync(hs, 0, B * P * sizeof(T), stream_), "zero h0");
 
     const T* kernel = params_ + off_.kernel;
-    // Input part of every step: one GEMM (its column scale and the bias come in the step kernel).
-    gemm<T>(stream_, false, false, steps * B, G, I_, xs, I_, kernel, G, nullptr, false, z, G);
-
     StepForward<T> sp{};
     sp.B = B, sp.H = H, sp.P = P;
     sp.vh = kernel + I_ * G;
@@ -640,6 +688,15 @@ class CudaCell final : public Cell<T> {
   }
 
   void run_backward(const T* dys, const T* dc_in, const T* dh_in, T* g, T* dxs, T* dc0, T* dh0) {
+    if (!saved_x_)
+      throw Error("ERR_WNLSTM_NO_FORWARD", "backward needs a training forward() first: the last one was a model's, "
+                                           "which keeps its inputs itself");
+    const T* dz = recur_backward(dys, dc_in, dh_in, g, dc0, dh0);
+    project_inputs_backward(saved_steps_ * saved_batch_, saved_.x.data(), dz, g, dxs);
+  }
+
+  // Everything of the backward but the input kernel's block and dx; returns dz.
+  const T* recur_backward(const T* dys, const T* dc_in, const T* dh_in, T* g, T* dc0, T* dh0) {
     const int64_t steps = saved_steps_, B = saved_batch_, H = H_, P = P_, G = G_, I = I_, rows = steps * B;
     const bool proj = cfg_.num_proj > 0;
     check_memory(sizeof(T) * (double(rows) * (G + 2 * P) + 6.0 * B * (H + P)));
@@ -718,9 +775,7 @@ class CudaCell final : public Cell<T> {
     // Everything that sums over steps: large GEMMs over all T*B rows at once.
     check(cudaMemsetAsync(g, 0, param_count(cfg_) * sizeof(T), stream_), "zero gradients");
     T* dkernel = g + off_.kernel;
-    gemm<T>(stream_, true, false, I, G, rows, a.x.data(), I, dz, G, nullptr, false, dkernel, G);
     gemm<T>(stream_, true, false, P, G, rows, a.hs.data(), P, dz, G, nullptr, false, dkernel + I * G, G);
-    gemm<T>(stream_, false, true, rows, I, G, dz, G, kernel, G, s0_.data(), false, dxs, I);  // (dz * s0) . Vx^T
     launch("bias gradient kernel", column_sums_kernel<T>, column_blocks(G), kReduceThreads, stream_, dz, rows, G,
            g + off_.bias);
     if (cfg_.use_peepholes) {
@@ -730,7 +785,6 @@ class CudaCell final : public Cell<T> {
     if (proj)
       gemm<T>(stream_, true, false, H, P, rows, a.hh.data(), H, dpre, P, nullptr, false, g + off_.proj_kernel, P);
     if (cfg_.norm) {
-      weight_norm_grad(kernel, I, G, off_.norm_0, sumsq0_.data(), s0_.data(), dkernel, g + off_.norm_0);
       weight_norm_grad(kernel + I * G, P, G, off_.norm_1, sumsq1_.data(), s1_.data(), dkernel + I * G, g + off_.norm_1);
       if (proj)
         weight_norm_grad(params_ + off_.proj_kernel, H, P, off_.proj_norm, sumsqp_.data(), sp_.data(),
@@ -738,6 +792,7 @@ class CudaCell final : public Cell<T> {
     }
     copy(dc0, dc, B * H);
     copy(dh0, dh, B * P);
+    return dz;
   }
 
  private:
@@ -892,6 +947,7 @@ class CudaCell final : public Cell<T> {
   };
   Activations saved_, scratch_;
   bool has_lengths_ = false;
+  bool saved_x_ = false;  // saved_.x belongs to the saved forward (not so after forward_projected)
   int64_t saved_steps_ = 0, saved_batch_ = 0;
 
   // Scratch (x_in_ to h_out_: the host forms' arguments and results on the device).

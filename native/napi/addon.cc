@@ -853,7 +853,8 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
   }
 
   // new NativeModel({ vocabSize (0: features), inputSize, hiddenSize, layers, outputSize, perStep, loss:
-  //                   'crossEntropy' | 'squaredError', dropout, bidirectional }, dtype,
+  //                   'crossEntropy' | 'squaredError', dropout, bidirectional,
+  //                   embeddingProjection?: 'auto' | 'table' | 'rows' }, dtype,
   //                 cells: NativeCell[] (per layer, per direction),
   //                 rng: { model: [4 words], stack: [4 words] })
   NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {
@@ -875,6 +876,14 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       config.loss = loss_name == "crossEntropy" ? wnlstm::Loss::CrossEntropy : wnlstm::Loss::SquaredError;
       config.dropout = number_option(o, "dropout", 0);
       config.bidirectional = o.Get("bidirectional").ToBoolean();
+      const Napi::Value projection = o.Get("embeddingProjection");
+      const std::string projection_name = projection.IsString() ? projection.As<Napi::String>().Utf8Value()
+                                          : projection.IsUndefined() ? "auto" : "";
+      if (projection_name != "auto" && projection_name != "table" && projection_name != "rows")
+        fail("ERR_WNLSTM_CONFIG", "embeddingProjection must be 'auto', 'table' or 'rows'");
+      config.embedding_projection = projection_name == "table" ? wnlstm::EmbeddingProjection::Table
+                                    : projection_name == "rows" ? wnlstm::EmbeddingProjection::Rows
+                                                                : wnlstm::EmbeddingProjection::Auto;
       const std::string dtype = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
       if (dtype != "float32" && dtype != "float64") fail("ERR_WNLSTM_CONFIG", "dtype must be 'float32' or 'float64'");
       if (!info[2].IsArray()) fail("ERR_WNLSTM_TYPE", "cells must be an array of native cells");

@@ -188,14 +188,17 @@ void run(const Case& c, const char* dtype, double rtol_out, double atol_out, dou
 // (bind_params) and rebuild their scales when the optimizer has updated it (params_changed). Kinds: a
 // language model (ids, a per-step softmax), a sequence classifier (features, sequence lengths, the last
 // state's softmax), a forecaster (features, lengths, per-step squared error), and bidirectional forms of
-// the classifier and a tagger (features, lengths, a per-step softmax).
+// the classifier and a tagger (features, lengths, a per-step softmax); and, without dropout, a language
+// model and a bidirectional tagger of ids (lengths) whose first layer projects the embedding's table.
 template <typename T>
 void run_model(const char* dtype, const char* kind, double rtol_loss, double rtol_params, double atol_params) {
   SequenceModelConfig config;
   const std::string k = kind;
-  config.vocab_size = k == "language model" ? 11 : 0;
-  config.input_size = 6, config.hidden_size = 9, config.layers = 2, config.dropout = 0.2;
-  config.output_size = k == "forecaster" ? 2 : k == "language model" ? 11 : 3;
+  const bool lm = k.rfind("language model", 0) == 0, table = k.find("projected table") != std::string::npos;
+  config.vocab_size = lm || k.find("of ids") != std::string::npos ? 11 : 0;
+  config.input_size = 6, config.hidden_size = 9, config.layers = 2, config.dropout = table ? 0 : 0.2;
+  if (table) config.embedding_projection = EmbeddingProjection::Table;
+  config.output_size = k == "forecaster" ? 2 : lm ? 11 : 3;
   config.per_step = k != "classifier" && k != "bidirectional classifier";
   config.bidirectional = k.rfind("bidirectional", 0) == 0;
   config.loss = k == "forecaster" ? Loss::SquaredError : Loss::CrossEntropy;
@@ -231,7 +234,8 @@ void run_model(const char* dtype, const char* kind, double rtol_loss, double rto
     Batch<T> b;
     b.steps = T_, b.batch = B;
     if (config.vocab_size) b.ids = ids.data();
-    else b.features = features.data(), b.lengths = lengths.data();
+    else b.features = features.data();
+    if (!lm) b.lengths = lengths.data();
     if (config.loss == Loss::CrossEntropy) b.labels = labels.data();
     else b.targets = targets.data();
     b.state_in = carried ? state.data() : nullptr, b.state_out = next.data(), b.outputs = out.data();
@@ -244,7 +248,7 @@ void run_model(const char* dtype, const char* kind, double rtol_loss, double rto
     features = uniform<T>(data, size_t(N * config.input_size), 1.0);
     targets = uniform<T>(data, size_t(rows * O), 1.0);
     for (auto* m : {cpu.get(), gpu.get()}) m->arena().zero(Arena<T>::Part::Grads, 0, m->arena().size());
-    const bool carried = config.vocab_size > 0;  // the language model carries its state between windows
+    const bool carried = lm;  // the language model carries its state between windows
     losses_cpu.push_back(cpu->step(batch(state_cpu, next_cpu, out_cpu, carried), true));
     losses_gpu.push_back(gpu->step(batch(state_gpu, next_gpu, out_gpu, carried), true));
     state_cpu.swap(next_cpu), state_gpu.swap(next_gpu);
@@ -425,7 +429,8 @@ int main() {
   run_ops<double>("float64", 1e-12);
   run_ops<float>("float32", 1e-5);
   // Sums in different orders (float64), the CPU's approximate activations (float32), over 20 updates.
-  for (const char* kind : {"language model", "classifier", "forecaster", "bidirectional classifier", "bidirectional tagger"}) {
+  for (const char* kind : {"language model", "classifier", "forecaster", "bidirectional classifier", "bidirectional tagger",
+                           "language model, projected table", "bidirectional tagger of ids, projected table"}) {
     run_model<double>("float64", kind, 1e-9, 1e-7, 1e-9);
     run_model<float>("float32", kind, 1e-4, 1e-2, 1e-3);
   }

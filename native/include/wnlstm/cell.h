@@ -144,6 +144,31 @@ class Cell {
     backward(dy, dc, dh, grads, dx, dc0, dh0);
   }
 
+  // The cell as two passes, as haste splits it: the input projection of every step at once (one large
+  // GEMM), then the recurrence over the projected inputs. forward() is project_inputs() into input_gates()
+  // then forward_projected(); backward() is backward_projected() then project_inputs_backward(). A model
+  // calls the passes itself: it keeps each layer's input (the cell copies it otherwise), and it can project
+  // an embedding's table once and gather rows instead of projecting every step's row (SequenceModel).
+  // Every pointer here is in the backend's memory (device memory on CUDA).
+  //
+  // The buffer [T,B,G] that the next forward_projected(steps, batch, .., training) reads: the input part
+  // of the gate pre-activations, for the caller to fill. It belongs to the cell; a training one replaces the
+  // saved forward.
+  virtual T* input_gates(int64_t steps, int64_t batch, bool training) = 0;
+  // zx [rows,G] out = x [rows,I] in, projected by the input kernel in the cell's own scaling (what
+  // forward_projected expects; rows of a projected table are the projections of the table's rows).
+  virtual void project_inputs(int64_t rows, const T* x, T* zx) = 0;
+  // forward()'s contract, over inputs already projected into input_gates(steps, batch, training).
+  virtual void forward_projected(int64_t steps, int64_t batch, const T* c0, const T* h0, const int32_t* seq_len,
+                                 T* y, T* c, T* h, bool training) = 0;
+  // backward()'s contract after a forward_projected, without dx and without the input kernel's block of
+  // grads (rows [0, I) of kernel, and norm_0 with norm: project_inputs_backward writes them). Returns dz
+  // [T,B,G], the gradient of the projected inputs: the cell's buffer, valid until its next call.
+  virtual const T* backward_projected(const T* dy, const T* dc, const T* dh, T* grads, T* dc0, T* dh0) = 0;
+  // The input kernel's block of grads for inputs x [rows,I] whose projections have gradient dz [rows,G],
+  // with the weights of the last forward; dx [rows,I] out (nullptr: not wanted).
+  virtual void project_inputs_backward(int64_t rows, const T* x, const T* dz, T* grads, T* dx) = 0;
+
   // From now on the parameters live in `storage` [param_count] (a model's arena, in the backend's memory):
   // the current values are copied there, and `owner` keeps the storage alive as long as the cell. Changes
   // made there directly must be followed by params_changed().

@@ -65,6 +65,16 @@ class Arena {
 // The loss of a model's head: softmax cross-entropy over classes, or squared error over values.
 enum class Loss { CrossEntropy, SquaredError };
 
+// How the first layer projects its embedded inputs (x . Wx, the bulk of that layer's input work):
+//  - Rows: each step's embedded row, as any layer's input (N rows x E x 4H multiply-adds, and as many for
+//    each of its two gradients);
+//  - Table: the embedding's V rows once per batch, then the row of each id gathered, and in the backward
+//    the gradient summed by id before the two gradient products (V instead of N rows each): the same
+//    values for a fraction of the work when the vocabulary is small against the batch (a character model).
+//    Not with dropout on the input, which makes each step's row its own.
+//  - Auto: Table when 2V <= N and the input has no dropout in this step.
+enum class EmbeddingProjection { Auto, Table, Rows };
+
 struct SequenceModelConfig {
   int64_t vocab_size = 0;  // > 0: token ids in, through an embedding [vocab_size, input_size]; 0: features in
   int64_t input_size = 0;  // the embedding's width, or the features per step
@@ -78,6 +88,7 @@ struct SequenceModelConfig {
   // length), and outputs both directions' h side by side [.., 2H]; the last-step head takes the forward
   // cell's final h and the backward cell's (its state after the sequence's first step).
   bool bidirectional = false;
+  EmbeddingProjection embedding_projection = EmbeddingProjection::Auto;  // with token ids
   int64_t directions() const { return bidirectional ? 2 : 1; }
 };
 
@@ -156,6 +167,11 @@ class SequenceModel {
   std::vector<Buffer<T>> reversed_, direction_out_;
   Buffer<T> head_, head_mask_, logits_, targets_, grad_[2], dlast_, cell_grads_, dc0_, dh0_, state_in_, state_out_,
       rows_in_, rows_out_, last_, scratch_[6];  // scratch: a bidirectional layer's temporaries
+  // The first layer's projected table (EmbeddingProjection::Table): [V,4H], its gradient, a direction's
+  // gathered (then reversed) rows [N,4H], and the embedding's gradient from it [V,E].
+  Buffer<T> table_, table_grad_, table_rows_, table_dembedding_;
+  // Each cell's input in the last forward ([N,I], the model's buffers), for its backward.
+  std::vector<const T*> cell_inputs_;
   Buffer<int32_t> lengths_;
   std::vector<int32_t> labels_;  // host: the labels with padding rows skipped
 };
