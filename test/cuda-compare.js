@@ -10,7 +10,7 @@
 // float32 outputs and states rtol 1e-4, gradients rtol 1e-3 (the CPU's float activations are
 // approximations within ~4e-7, and the sums run in different orders over up to T*B rows).
 'use strict';
-const { backendInfo, LanguageModel, Random, RMSProp, SGD, tensor, WeightNormLSTMCell } = require('../dist/index.js');
+const { backendInfo, Dense, Embedding, LanguageModel, Random, RMSProp, SGD, StreamingSession, tensor, WeightNormLSTMCell } = require('../dist/index.js');
 
 const { closeness, randomArray } = require('./closeness.js');
 
@@ -97,14 +97,14 @@ async function compareBackends({ I, H, T, B, lengths, options }, dtype) {
  * evaluation step: losses, final state and every parameter block. Tolerances over 20 updates: float64 rtol
  * 1e-9 on losses, 1e-7 on parameters; float32 1e-4 and 1e-2 (atol 1e-3).
  */
-async function compareLanguageModels(dtype) {
+async function compareLanguageModels(dtype, { dropout = 0.2, embeddingProjection = 'auto' } = {}) {
   const tol = dtype === 'float64'
     ? { loss: { rtol: 1e-9, atol: 0 }, params: { rtol: 1e-7, atol: 1e-9 } }
     : { loss: { rtol: 1e-4, atol: 0 }, params: { rtol: 1e-2, atol: 1e-3 } };
   const { check, report } = checker();
   const V = 300, B = 8, T = 12;  // V: more classes than one block's threads
-  const make = (backend) => new LanguageModel({ vocabSize: V, embeddingSize: 24, hiddenSize: 40, layers: 2, dropout: 0.2,
-    norm: true, initScale: 0.3, seed: 3, dtype, backend });
+  const make = (backend) => new LanguageModel({ vocabSize: V, embeddingSize: 24, hiddenSize: 40, layers: 2, dropout,
+    norm: true, initScale: 0.3, seed: 3, dtype, backend, embeddingProjection });
   const models = [make('cpu'), make('cuda')];
   const optimizers = models.map((lm) => new RMSProp(lm, { learningRate: 0.01, clipNorm: 1 }));
   const losses = [[], []], states = [null, null];
@@ -134,7 +134,43 @@ async function compareLanguageModels(dtype) {
   return report();
 }
 
-module.exports = { cases, compareBackends, compareLanguageModels };
+/**
+ * The layers whose weights are JS arrays on CUDA tensors (Embedding, Dense: uploaded weights, gradients
+ * brought back) and a streaming session whose state stays on the device, against the same on CPU tensors.
+ */
+async function compareLayers(dtype) {
+  const tol = tolerances[dtype];
+  const { check, report } = checker();
+  const V = 50, E = 12, H = 20, O = 33, T = 6, B = 5;
+  const rng = new Random(6);
+  const ids = Int32Array.from({ length: T * B }, () => Math.floor(rng.uniform() * V));
+  const dLogits = randomArray(rng, T * B * O, 1);
+  const run = (backend) => {
+    const emb = new Embedding(V, E, { seed: 2, dtype }), dense = new Dense(H, O, { seed: 3, dtype });
+    const cell = new WeightNormLSTMCell(H, { inputSize: E, seed: 4, dtype, backend });
+    const rows = emb.forward(ids, { backend }), steps = rows.reshape([T, B, E]);
+    const { outputs, state } = cell.forward(steps);
+    const logits = dense.forward(outputs), dy = tensor(dLogits, [T * B, O], { dtype, backend });
+    const dh = dense.backward(dy), r = cell.backward(dh.reshape([T, B, H]));
+    emb.backward(r.dInputs);
+    const session = new StreamingSession([cell], B);
+    const x = tensor(randomArray(new Random(7), B * E, 1), [B, E], { dtype, backend });
+    const h = [session.step(x).read(), session.step(x).read()];
+    const out = { logits: logits.read(), dEmbedding: emb.params.grad, dDense: dense.params.grad, dKernel: r.grads.kernel, h };
+    for (const t of [rows, steps, outputs, state.c, state.h, logits, dy, dh, r.dInputs, r.dInitialState.c, r.dInitialState.h, x]) t.dispose();
+    cell.dispose();
+    return out;
+  };
+  const cpu = run('cpu'), gpu = run('cuda');
+  check('Dense outputs on tensors', gpu.logits, cpu.logits, tol.out);
+  check('Embedding gradient from a tensor', gpu.dEmbedding, cpu.dEmbedding, tol.grad);
+  check('Dense gradient (brought back)', gpu.dDense, cpu.dDense, tol.grad);
+  check('the cell kernel gradient', gpu.dKernel, cpu.dKernel, tol.grad);
+  gpu.h.forEach((h, k) => check(`a streaming session's step ${k + 1} (state on the device)`, h, cpu.h[k], tol.out));
+  return report();
+}
+
+module.exports = { cases, compareBackends, compareLanguageModels, compareLayers };
 
 if (require.main === module) {
   (async () => {
@@ -145,9 +181,14 @@ if (require.main === module) {
       return;
     }
     for (const dtype of ['float64', 'float32']) {
-      const lm = await compareLanguageModels(dtype);
-      report.cases++, report.checks += lm.checks;
-      for (const f of lm.failures) report.failures.push(`${dtype} language model: ${f}`);
+      for (const [what, options] of [['language model', {}], ['language model, projected table', { dropout: 0, embeddingProjection: 'table' }]]) {
+        const lm = await compareLanguageModels(dtype, options);
+        report.cases++, report.checks += lm.checks;
+        for (const f of lm.failures) report.failures.push(`${dtype} ${what}: ${f}`);
+      }
+      const layers = await compareLayers(dtype);
+      report.cases++, report.checks += layers.checks;
+      for (const f of layers.failures) report.failures.push(`${dtype} layers on tensors: ${f}`);
       for (const c of cases) {
         const r = await compareBackends(c, dtype);
         report.cases++, report.checks += r.checks;

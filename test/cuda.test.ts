@@ -6,10 +6,12 @@ import t from 'tap';
 import { backendInfo, WeightNormLSTMCell } from '../lib/index';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const { cases, compareBackends, compareLanguageModels } = require('./cuda-compare.js') as {
+type Report = Promise<{ checks: number; failures: string[] }>;
+const { cases, compareBackends, compareLanguageModels, compareLayers } = require('./cuda-compare.js') as {
   cases: { I: number; H: number; T: number; B: number; lengths?: boolean; options: object }[];
-  compareBackends(c: object, dtype: 'float64' | 'float32'): Promise<{ checks: number; failures: string[] }>;
-  compareLanguageModels(dtype: 'float64' | 'float32'): Promise<{ checks: number; failures: string[] }>;
+  compareBackends(c: object, dtype: 'float64' | 'float32'): Report;
+  compareLanguageModels(dtype: 'float64' | 'float32', options?: { dropout?: number; embeddingProjection?: string }): Report;
+  compareLayers(dtype: 'float64' | 'float32'): Report;
 };
 
 const cuda = backendInfo().cuda;
@@ -24,6 +26,16 @@ for (const dtype of ['float64', 'float32'] as const) {
     const { checks, failures } = await compareLanguageModels(dtype);
     t.ok(checks >= 10, `${checks} comparisons ran`);
     t.same(failures, [], 'losses, states and every parameter block match the CPU backend');
+  });
+  t.test(`a language model whose first layer projects the embedding's table, on CUDA = on the CPU, ${dtype}`, { skip }, async (t) => {
+    const { checks, failures } = await compareLanguageModels(dtype, { dropout: 0, embeddingProjection: 'table' });
+    t.ok(checks >= 10, `${checks} comparisons ran`);
+    t.same(failures, [], 'losses, states and every parameter block match the CPU backend');
+  });
+  t.test(`Embedding, Dense and a streaming session on CUDA tensors = on CPU tensors, ${dtype}`, { skip }, async (t) => {
+    const { checks, failures } = await compareLayers(dtype);
+    t.ok(checks >= 6, `${checks} comparisons ran`);
+    t.same(failures, [], 'outputs, gradients and steps match');
   });
   for (const c of cases) {
     t.test(`CUDA = CPU, ${dtype}: ${JSON.stringify(c)}`, { skip }, async (t) => {

@@ -4,7 +4,7 @@
 import t from 'tap';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
-import { backendInfo, Random, StackedLSTM, synchronize, Tensor, tensor, tensorMemory, WeightNormLSTMCell, zeros } from '../lib/index';
+import { backendInfo, Dense, Embedding, Random, StackedLSTM, StreamingSession, synchronize, Tensor, tensor, tensorMemory, WeightNormLSTMCell, zeros } from '../lib/index';
 import { addon } from '../lib/core/native';
 import { randomArray } from './helpers';
 
@@ -170,4 +170,108 @@ t.test('tensors free their memory: on dispose(), and the layers between a stack\
   const grown = (await collected()) - steady;
   t.ok(grown < 64 * 1024, `30 more forward/backward rounds hold no more memory (${grown} bytes more)`);
   t.equal(tensorMemory().bytes, live.bytes, 'tensorMemory() counts the same bytes');
+});
+
+t.test('Embedding and Dense on tensors: the same rows, outputs and gradients as on typed arrays; a whole model chain', async (t) => {
+  const before = tensorMemory().tensors;
+  for (const dtype of ['float32', 'float64'] as const) {
+    const rng = new Random(8), Array = dtype === 'float64' ? Float64Array : Float32Array;
+    const V = 11, E = 5, H = 6, O = 7, T = 4, B = 3;
+    const ids = Int32Array.from({ length: T * B }, () => Math.floor(rng.uniform() * V));
+    const make = () => {
+      const emb = new Embedding(V, E, { seed: 2, dtype }), dense = new Dense(H, O, { seed: 3, dtype });
+      dense.bias.set(randomArray(new Random(5), O, 0.3));
+      const cells = [0, 1].map((l) => new WeightNormLSTMCell(H, { inputSize: l ? H : E, seed: 4 + l, dtype }));
+      return { emb, dense, stack: new StackedLSTM(cells, { dropout: 0.2, seed: 6 }), cells };
+    };
+    const a = make(), b = make();
+    const dLogits = new Array(randomArray(new Random(9), T * B * O));
+    // Typed arrays, as before.
+    const ya = a.dense.forward(a.stack.forward(a.emb.forward(ids), { batchSize: B }).outputs, T * B);
+    a.emb.backward(a.stack.backward(a.dense.backward(dLogits)));
+    // Tensors from the embedding's rows on: the activations stay in the backend.
+    const rows = b.emb.forward(ids, { backend: 'cpu' });
+    t.same(rows.shape, [T * B, E]);
+    t.equal(rows.dtype, dtype);
+    const steps = rows.reshape([T, B, E]);
+    const { outputs, states } = b.stack.forward(steps);
+    const yb = b.dense.forward(outputs);
+    t.same(yb.shape, [T * B, O], `${dtype}: Dense gives [rows, outSize]`);
+    exact(t, yb.read(), ya, `${dtype}: Embedding -> StackedLSTM -> Dense on tensors = on typed arrays`);
+    const dy = tensor(dLogits, [T * B, O]);
+    const dh = b.dense.backward(dy);
+    const dSteps = dh.reshape([T, B, H]);
+    const dRows = b.stack.backward(dSteps);
+    b.emb.backward(dRows);
+    for (const [name, la, lb] of [['embedding', a.emb, b.emb], ['dense', a.dense, b.dense]] as const) {
+      exact(t, lb.params.grad, la.params.grad, `${dtype}: the ${name}'s gradient`);
+    }
+    a.cells.forEach((cell, l) => exact(t, b.cells[l].parameters()[0].grad, cell.parameters()[0].grad, `${dtype}: cell ${l}'s gradient`));
+    for (const x of [rows, steps, outputs, yb, dy, dh, dSteps, dRows, ...states.flatMap((s) => [s.c, s.h])]) x.dispose();
+    for (const m of [a, b]) m.cells.forEach((c) => c.dispose());
+  }
+  // Each stack keeps its dropout mask (one, between its two layers) until its next forward.
+  t.equal(tensorMemory().tensors, before + 2, 'every tensor freed but the two stacks\' dropout masks');
+});
+
+t.test('bad tensors given to Embedding and Dense are coded errors, and change nothing', async (t) => {
+  const emb = new Embedding(5, 3), dense = new Dense(3, 2);
+  const ids = Int32Array.of(1, 4);
+  t.throws(() => emb.forward(ids, { backend: 'tpu' as never }), { code: 'ERR_WNLSTM_CONFIG' }, 'an unknown backend');
+  t.throws(() => emb.forward(ids, { backend: 'cpu', device: 2 }), { code: 'ERR_WNLSTM_CONFIG' }, 'a CPU device other than 0');
+  t.throws(() => emb.forward(ids, 'yes' as never), { code: 'ERR_WNLSTM_TYPE' }, 'options that are neither keep nor an object');
+  t.throws(() => emb.forward(Int32Array.of(1, 5), { backend: 'cpu' }), { code: 'ERR_WNLSTM_RANGE' }, 'an id outside the vocabulary');
+  const rows = emb.forward(ids, { backend: 'cpu' });
+  t.throws(() => emb.backward(zeros([3, 3])), { code: 'ERR_WNLSTM_SHAPE' }, 'a gradient of other rows');
+  t.throws(() => emb.backward(zeros([2, 3], { dtype: 'float64' })), { code: 'ERR_WNLSTM_TYPE' }, 'a gradient of another dtype');
+  t.throws(() => dense.forward(zeros([2, 4])), { code: 'ERR_WNLSTM_SHAPE' }, 'inputs that are not rows of inSize');
+  t.throws(() => dense.forward(zeros([2, 3], { dtype: 'float64' })), { code: 'ERR_WNLSTM_TYPE' }, 'inputs of another dtype');
+  const y = dense.forward(rows);
+  t.throws(() => dense.backward(new Float32Array(4)), { code: 'ERR_WNLSTM_TYPE' }, 'a typed-array gradient after a forward on a tensor');
+  t.throws(() => dense.backward(zeros([3, 2])), { code: 'ERR_WNLSTM_SHAPE' }, 'a gradient of other rows');
+  const gone = zeros([2, 2]);
+  gone.dispose();
+  t.throws(() => dense.backward(gone), { code: 'ERR_WNLSTM_DISPOSED' }, 'a disposed gradient');
+  t.ok([...emb.params.grad, ...dense.params.grad].every((g) => g === 0), 'no gradient changed by a failed call');
+  for (const x of [rows, y]) x.dispose();
+});
+
+t.test('reshape() shares the data without a copy; each tensor lives on its own', async (t) => {
+  const a = tensor([1, 2, 3, 4, 5, 6], [2, 3]);
+  const before = tensorMemory();
+  const b = a.reshape([3, 2]);
+  t.same(b.toArray(), [[1, 2], [3, 4], [5, 6]], 'the values in the new shape');
+  t.same(tensorMemory(), before, 'no new data');
+  b.write(Float32Array.of(6, 5, 4, 3, 2, 1));
+  exact(t, a.read(), [6, 5, 4, 3, 2, 1], 'one data: a write through either shows in both');
+  a.dispose();
+  exact(t, b.read(), [6, 5, 4, 3, 2, 1], 'disposing one leaves the other');
+  t.throws(() => b.reshape([4, 2]), { code: 'ERR_WNLSTM_SHAPE' }, 'another number of elements');
+  b.dispose();
+  t.equal(tensorMemory().tensors, before.tensors - 1, 'the data freed with the last handle');
+});
+
+t.test('a streaming session on tensors: the state stays in the backend, the steps equal those on typed arrays', async (t) => {
+  const before = tensorMemory().tensors;
+  const cells = [0, 1].map((l) => new WeightNormLSTMCell(6, { inputSize: l ? 6 : 4, usePeepholes: true, seed: 3 + l }));
+  const B = 3, rng = new Random(2);
+  const xs = Array.from({ length: 5 }, () => Float32Array.from(randomArray(rng, B * 4)));
+  const arrays = new StreamingSession(cells, B), tensors = new StreamingSession(cells, B);
+  for (const [k, x] of xs.entries()) {
+    const ha = arrays.step(x);
+    const xb = tensor(x, [B, 4]), hb = tensors.step(xb);
+    t.same(hb.shape, [B, 6]);
+    exact(t, hb.read(), ha, `step ${k + 1}: h`);
+    xb.dispose(), hb.dispose();
+    if (k === 2) {
+      exact(t, tensors.state.flatMap((s) => [...s.c, ...s.h]), arrays.state.flatMap((s) => [...s.c, ...s.h]), 'the state, read back mid-stream');
+      tensors.reset(1), arrays.reset(1);
+    }
+  }
+  exact(t, tensors.step(xs[0]), arrays.step(xs[0]), 'a typed-array step after steps on tensors goes on from the same state');
+  const wrong = zeros([B, 5]);
+  t.throws(() => tensors.step(wrong), { code: 'ERR_WNLSTM_SHAPE' }, 'a tensor of the wrong shape');
+  wrong.dispose();
+  t.equal(tensorMemory().tensors, before, 'no tensor left behind');
+  cells.forEach((c) => c.dispose());
 });

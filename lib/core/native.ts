@@ -161,6 +161,17 @@ interface Addon {
   tensorDropout(x: NativeTensor, rate: number, state: Uint32Array): NativeTensor;
   /** x *= mask, tensors of one device and dtype. */
   tensorMultiply(x: NativeTensor, mask: NativeTensor): void;
+  /** A second handle on x's data: the data lives while either does. */
+  tensorShare(x: NativeTensor): NativeTensor;
+  /** Rows ids of a host table [V, dim], as a tensor on the device (gathered on the host, then uploaded). */
+  tensorEmbedding(table: FloatArray, dim: number, ids: Int32Array, device: string): NativeTensor;
+  /** dtable[ids[n]] += dy[n], dy a tensor (read back to the host where the table is). */
+  tensorEmbeddingBackward(dy: NativeTensor, dim: number, ids: Int32Array, dtable: FloatArray): void;
+  /** x W + b on x's device (W and b host arrays, uploaded for the call off the CPU). */
+  tensorDense(x: NativeTensor, weight: FloatArray, bias: FloatArray, rows: number, inSize: number, outSize: number): NativeTensor;
+  /** Returns dx on x's device; dW, db (host arrays) accumulate. */
+  tensorDenseBackward(x: NativeTensor, weight: FloatArray, dy: NativeTensor, rows: number, inSize: number, outSize: number,
+    dW: FloatArray, db: FloatArray): NativeTensor;
   /** Returns when the work queued on the device ('cpu' or 'cuda:<index>') is done. */
   synchronize(device: string): void;
   /** The tensor data alive in this process, on every device. */

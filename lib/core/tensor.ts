@@ -88,6 +88,14 @@ export class Tensor {
     this.native.write(values);
   }
 
+  /** The same data in another shape of as many elements (TF.js's reshape): no copy. The data lives while
+   * either tensor does; disposing one leaves the other. */
+  reshape(shape: readonly number[]): Tensor {
+    const size = checkShape(shape);
+    if (size !== this.size) throw wnlstmError('ERR_WNLSTM_SHAPE', `cannot reshape [${this.shape.join(', ')}] (${this.size} elements) to [${shape.join(', ')}] (${size})`);
+    return new Tensor(addon.tensorShare(this.native), shape, this.dtype, this.backend, this.device);
+  }
+
   /** Frees the data now (otherwise when the tensor is garbage-collected). */
   dispose(): void {
     this.#native?.dispose();

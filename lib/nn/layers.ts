@@ -13,10 +13,12 @@ interface StackOptions { batchSize: number; initialStates?: LSTMState[]; trainin
 interface TensorStackOptions { initialStates?: TensorState[]; training?: boolean }
 const arrayOf = (dtype: DType) => (dtype === 'float64' ? Float64Array : Float32Array);
 
-/** y = x W + b with W [inSize, outSize]; uniform ±initScale init (bias 0). */
+/** y = x W + b with W [inSize, outSize]; uniform ±initScale init (bias 0). The weights are JS arrays; the
+ * input may be a typed array or a tensor (then the output and dx are tensors on its device, where the
+ * products run: the weights go there for each call and their gradients come back). */
 export class Dense implements HasParameters {
   readonly params: ArrayParams;
-  #x: FloatArray | null = null;
+  #x: FloatArray | Tensor | null = null;
   #rows = 0;
   constructor(readonly inSize: number, readonly outSize: number,
     { name = 'dense', seed = 1, initScale = 1 / Math.sqrt(inSize), dtype = 'float32' as DType } = {}) {
@@ -29,8 +31,19 @@ export class Dense implements HasParameters {
   get bias(): FloatArray { return this.params.values.subarray(this.inSize * this.outSize); }
   parameters(): ParamBlock[] { return [this.params]; }
 
-  /** x [rows, inSize] -> [rows, outSize]; keeps x for backward() unless `keep` is false (inference). */
-  forward(x: FloatArray, rows: number, keep = true): FloatArray {
+  /** x [rows, inSize] -> [rows, outSize]; keeps x for backward() unless `keep` is false (inference). A
+   * tensor x is kept as it is: dispose it only after backward(). */
+  forward(x: Tensor, rows?: number, keep?: boolean): Tensor;
+  forward(x: FloatArray, rows: number, keep?: boolean): FloatArray;
+  forward(x: FloatArray | Tensor, rows?: number, keep = true): FloatArray | Tensor {
+    if (x instanceof Tensor) {
+      const n = rows ?? x.size / this.inSize;
+      if (!Number.isInteger(n) || n < 1) throw wnlstmError('ERR_WNLSTM_SHAPE', `a tensor of ${x.size} values is not rows of ${this.inSize}`);
+      const y = Tensor.wrap(addon.tensorDense(x.native, this.weight, this.bias, n, this.inSize, this.outSize), [n, this.outSize], x);
+      if (keep) [this.#x, this.#rows] = [x, n];
+      return y;
+    }
+    if (rows === undefined) throw wnlstmError('ERR_WNLSTM_TYPE', 'rows is needed with a typed array');
     const y = new (arrayOf(this.params.dtype))(rows * this.outSize);
     for (let r = 0; r < rows; r++) y.set(this.bias, r * this.outSize);
     addon.gemm(false, false, rows, this.outSize, this.inSize, x, this.weight, y, true);
@@ -41,11 +54,21 @@ export class Dense implements HasParameters {
     return y;
   }
 
-  /** dy [rows, outSize] -> dx [rows, inSize]; adds dW and db to the gradient. */
-  backward(dy: FloatArray): FloatArray {
+  /** dy [rows, outSize] -> dx [rows, inSize]; adds dW and db to the gradient. dy is a tensor after a
+   * forward on a tensor (and dx then too). */
+  backward(dy: Tensor): Tensor;
+  backward(dy: FloatArray): FloatArray;
+  backward(dy: FloatArray | Tensor): FloatArray | Tensor {
     if (!this.#x) throw wnlstmError('ERR_WNLSTM_NO_FORWARD', 'Dense.backward needs a forward first');
     const rows = this.#rows, I = this.inSize, O = this.outSize;
     const g = this.params.grad;
+    if (this.#x instanceof Tensor || dy instanceof Tensor) {
+      if (!(this.#x instanceof Tensor) || !(dy instanceof Tensor)) {
+        throw wnlstmError('ERR_WNLSTM_TYPE', 'after a forward on a tensor, dy must be a tensor (and a typed array after one on a typed array)');
+      }
+      const dx = addon.tensorDenseBackward(this.#x.native, this.weight, dy.native, rows, I, O, g.subarray(0, I * O), g.subarray(I * O));
+      return Tensor.wrap(dx, [rows, I], dy);
+    }
     addon.gemm(true, false, I, O, rows, this.#x, dy, g.subarray(0, I * O), true);
     const db = g.subarray(I * O);
     for (let r = 0; r < rows; r++) for (let j = 0; j < O; j++) db[j] += dy[r * O + j];
@@ -55,7 +78,8 @@ export class Dense implements HasParameters {
   }
 }
 
-/** Rows of a [vocabSize, dim] table, uniform ±initScale. */
+/** Rows of a [vocabSize, dim] table, uniform ±initScale. The table is a JS array; forward() can hand the
+ * rows to a device as a tensor (for the layers after it), and backward() take their gradient from there. */
 export class Embedding implements HasParameters {
   readonly params: ArrayParams;
   #ids: Int32Array | null = null;
@@ -68,17 +92,34 @@ export class Embedding implements HasParameters {
   }
   parameters(): ParamBlock[] { return [this.params]; }
 
-  /** Rows of the table; keeps the ids for backward() unless `keep` is false (inference). */
-  forward(ids: Int32Array, keep = true): FloatArray {
-    const out = addon.embeddingForward(this.params.values, this.dim, ids); // checks every id
+  /** Rows of the table [ids.length, dim]: a typed array, or with `options.backend` a tensor there; keeps
+   * the ids for backward() unless `keep` is false (inference). */
+  forward(ids: Int32Array, options: { backend: 'cpu' | 'cuda'; device?: number; keep?: boolean }): Tensor;
+  forward(ids: Int32Array, keep?: boolean): FloatArray;
+  forward(ids: Int32Array, options: boolean | { backend: 'cpu' | 'cuda'; device?: number; keep?: boolean } = true): FloatArray | Tensor {
+    if (typeof options !== 'boolean' && (options === null || typeof options !== 'object')) {
+      throw wnlstmError('ERR_WNLSTM_TYPE', 'the second argument is keep (a boolean) or options { backend, device?, keep? }');
+    }
+    const keep = typeof options === 'boolean' ? options : options.keep ?? true;
+    let out: FloatArray | Tensor;
+    if (typeof options === 'object') {
+      const { backend, device = 0 } = options;
+      if (backend !== 'cpu' && backend !== 'cuda') throw wnlstmError('ERR_WNLSTM_CONFIG', `backend must be 'cpu' or 'cuda', got ${String(backend)}`);
+      if (!Number.isInteger(device) || device < 0 || (backend === 'cpu' && device !== 0)) throw wnlstmError('ERR_WNLSTM_CONFIG', `device must be a device index (0 on the CPU), got ${String(device)}`);
+      const native = addon.tensorEmbedding(this.params.values, this.dim, ids, backend === 'cpu' ? 'cpu' : `cuda:${device}`); // checks every id
+      out = Tensor.wrap(native, [ids.length, this.dim], { dtype: this.params.dtype, backend, device });
+    } else {
+      out = addon.embeddingForward(this.params.values, this.dim, ids); // checks every id
+    }
     if (keep) this.#ids = ids.slice();
     return out;
   }
 
-  /** Adds dy [ids, dim] into the rows of the table's gradient (repeated ids add up). */
-  backward(dy: FloatArray): void {
+  /** Adds dy [ids, dim] (a typed array or a tensor) into the rows of the table's gradient (repeated ids add up). */
+  backward(dy: FloatArray | Tensor): void {
     if (!this.#ids) throw wnlstmError('ERR_WNLSTM_NO_FORWARD', 'Embedding.backward needs a forward first');
-    addon.embeddingBackward(dy, this.dim, this.#ids, this.params.grad);
+    if (dy instanceof Tensor) addon.tensorEmbeddingBackward(dy.native, this.dim, this.#ids, this.params.grad);
+    else addon.embeddingBackward(dy, this.dim, this.#ids, this.params.grad);
   }
 }
 

@@ -1,8 +1,9 @@
 // Streaming inference: a session holds the recurrent state of its streams and steps them one token (or
 // one frame) at a time. Sessions share the model's cells: any number of them serve one model without
 // copying weights, and they never disturb a training forward's saved activations.
-import type { FloatArray, LSTMCell, LSTMState, WeightNormLSTMCell } from './cell';
+import type { FloatArray, LSTMCell, LSTMState, TensorState, WeightNormLSTMCell } from './cell';
 import { wnlstmError } from '../core/errors';
+import { Tensor, tensor } from '../core/tensor';
 import { CallQueue } from '../core/serial';
 import { StackedLSTM } from './layers';
 import type { LanguageModel } from '../lm/model';
@@ -12,6 +13,8 @@ type AnyCell = LSTMCell | WeightNormLSTMCell;
 export class StreamingSession {
   readonly cells: AnyCell[];
   #state: LSTMState[];
+  /** After a step on tensors: the state as tensors on the cells' device (it stays there between steps). */
+  #tensorState: TensorState[] | null = null;
   readonly #queue = new CallQueue();
 
   /** `batchSize` streams (rows) advance together at each step. */
@@ -23,11 +26,12 @@ export class StreamingSession {
   }
 
   /** The state of every layer (copies). */
-  get state(): LSTMState[] { return this.#state.map((s) => ({ c: s.c.slice(), h: s.h.slice() })); }
+  get state(): LSTMState[] { return this.#arrays().map((s) => ({ c: s.c.slice(), h: s.h.slice() })); }
 
   /** Zeroes the state of one stream, or of all. */
   reset(stream?: number): void {
     this.#idle();
+    this.#arrays();
     if (stream === undefined) { this.#state = this.cells.map((c) => c.zeroState(this.batchSize)); return; }
     if (!Number.isInteger(stream) || stream < 0 || stream >= this.batchSize) throw wnlstmError('ERR_WNLSTM_RANGE', `no stream ${stream}`);
     this.cells.forEach((cell, l) => {
@@ -36,9 +40,15 @@ export class StreamingSession {
     });
   }
 
-  /** One step for every stream: x [batchSize, inputSize] -> the last layer's h [batchSize, outputSize]. */
-  step(x: FloatArray): FloatArray {
+  /** One step for every stream: x [batchSize, inputSize] -> the last layer's h [batchSize, outputSize]. With a
+   * tensor on the cells' device, the state stays there between steps and h comes back as a tensor there (the
+   * caller's to dispose). */
+  step(x: Tensor): Tensor;
+  step(x: FloatArray): FloatArray;
+  step(x: FloatArray | Tensor): FloatArray | Tensor {
     this.#idle();
+    if (x instanceof Tensor) return this.#stepTensor(x);
+    this.#arrays();
     let input = x;
     const next = this.cells.map((cell, l) => { const s = cell.step(input, this.#state[l]); input = s.h; return s; });
     this.#state = next;
@@ -48,6 +58,7 @@ export class StreamingSession {
   /** step() off the main thread. Steps issued while others are in flight queue and run in order, each on
    * x as it was when called; the state advances as each one resolves (a failed step leaves it). */
   stepAsync(x: FloatArray): Promise<FloatArray> {
+    this.#arrays();
     return this.#queue.run([x], async ([input]) => {
       let h = input;
       const next: LSTMState[] = [];
@@ -59,6 +70,36 @@ export class StreamingSession {
       this.#state = next;
       return h;
     });
+  }
+
+  #stepTensor(x: Tensor): Tensor {
+    const B = this.batchSize, I = this.cells[0].inputSize;
+    if (x.shape.length !== 2 || x.shape[0] !== B || x.shape[1] !== I) {
+      throw wnlstmError('ERR_WNLSTM_SHAPE', `x must be a tensor [${B}, ${I}], got [${x.shape.join(', ')}]`);
+    }
+    this.#tensorState ??= this.#state.map((s) => ({ c: tensor(s.c, [B, s.c.length / B], x), h: tensor(s.h, [B, s.h.length / B], x) }));
+    const states = this.#tensorState;
+    let input = x.reshape([1, B, I]);
+    this.cells.forEach((cell, l) => {
+      const r = cell.forward(input, { initialState: states[l], training: false });
+      input.dispose(); // the reshaped handle of x (x itself stays), or the layer below's output
+      states[l].c.dispose(), states[l].h.dispose();
+      states[l] = r.state;
+      input = r.outputs;
+    });
+    const h = input.reshape([B, input.shape[2]]);
+    input.dispose();
+    return h;
+  }
+
+  /** The state as arrays (read back from the device after steps on tensors). */
+  #arrays(): LSTMState[] {
+    if (this.#tensorState) {
+      this.#state = this.#tensorState.map((s) => ({ c: s.c.read(), h: s.h.read() }));
+      for (const s of this.#tensorState) s.c.dispose(), s.h.dispose();
+      this.#tensorState = null;
+    }
+    return this.#state;
   }
 
   #idle(): void {

@@ -1441,6 +1441,163 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   });
 }
 
+// The layers whose weights are JS arrays (Embedding, Dense) on tensors: the weights are host memory, which is
+// the CPU backend's own; on a device they are uploaded for the call, and the gradients come back and are added
+// into the layer's JS gradient arrays. The activations stay where the tensors are.
+
+// A host array as memory of the device of `backend`: the array itself on the CPU, an uploaded copy elsewhere.
+template <typename T>
+struct HostOnDevice {
+  HostOnDevice(const std::shared_ptr<wnlstm::Backend<T>>& backend, const T* host, int64_t n) : buffer(backend), ptr(host) {
+    if (backend->is_host()) return;
+    backend->upload(buffer.resize(n), host, size_t(n) * sizeof(T));
+    ptr = buffer.data();
+  }
+  wnlstm::Buffer<T> buffer;
+  const T* ptr;
+};
+
+// Gradient accumulators for host arrays: the arrays themselves on the CPU; on a device, zeroed device buffers
+// whose sums add() puts into the arrays.
+template <typename T>
+struct GradOnDevice {
+  GradOnDevice(const std::shared_ptr<wnlstm::Backend<T>>& backend, T* host, int64_t n)
+      : backend(backend), buffer(backend), host(host), n(n), ptr(host) {
+    if (backend->is_host()) return;
+    ptr = buffer.resize(n);
+    backend->zero(ptr, size_t(n) * sizeof(T));
+  }
+  void add() {
+    if (backend->is_host()) return;
+    std::vector<T> sums(static_cast<size_t>(n));
+    backend->download(sums.data(), ptr, size_t(n) * sizeof(T));
+    for (int64_t i = 0; i < n; ++i) host[i] += sums[size_t(i)];
+  }
+  std::shared_ptr<wnlstm::Backend<T>> backend;
+  wnlstm::Buffer<T> buffer;
+  T* host;
+  int64_t n;
+  T* ptr;
+};
+
+// A tensor that an async call in flight may still write is not read.
+void require_idle(const std::shared_ptr<TensorData>& t, const std::string& name) {
+  if (t->busy.load() > 0) fail("ERR_WNLSTM_BUSY", "an async call that uses " + name + " is in flight: await it first");
+}
+
+template <typename T>
+std::shared_ptr<wnlstm::Backend<T>> backend_for(Napi::Env env, const std::string& device) {
+  AddonData::Device& d = env.GetInstanceData<AddonData>()->device(device);
+  if constexpr (sizeof(T) == 4) return d.f32;
+  else return d.f64;
+}
+
+// A writable typed array of the dtype T and `length` elements (a layer's gradient).
+template <typename T>
+T* grad_arg(const Napi::Value& v, const std::string& name, size_t length) { return state_arg<T>(v, name, length, true); }
+
+// tensorEmbedding(table [V*D], dim, ids, device) -> a tensor [ids.length * D] on device (the rows gathered on the
+// host and uploaded: only the rows used cross the bus).
+Napi::Value TensorEmbedding(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return with_float_type(info[0], "table", [&](auto zero) -> Napi::Value {
+      using T = decltype(zero);
+      Napi::Env env = info.Env();
+      const int64_t D = int_arg(info[1], "dim", 1, wnlstm::kMaxElements);
+      const T* table = info[0].As<Napi::TypedArrayOf<T>>().Data();
+      const auto [ids, n] = checked_ids(info[2], table_rows(info[0], D), "ids");
+      if (n < 1 || double(n) * double(D) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "need 1 to 2^31 / dim ids");
+      if (!info[3].IsString()) fail("ERR_WNLSTM_TYPE", "device must be a string");
+      auto backend = backend_for<T>(env, info[3].As<Napi::String>().Utf8Value());
+      auto out = std::make_shared<TensorData>(backend, sizeof(T) == 4 ? "float32" : "float64", n * D);
+      if (backend->is_host()) {
+        wnlstm::embedding_forward(table, D, ids, n, out->template as<T>());
+      } else {
+        std::vector<T> rows(size_t(n * D));
+        wnlstm::embedding_forward(table, D, ids, n, rows.data());
+        backend->upload(out->data, rows.data(), out->bytes());
+      }
+      return NativeTensor::New(env, out);
+    });
+  });
+}
+
+// tensorEmbeddingBackward(dy tensor [ids.length * D], dim, ids, dtable [V*D]): dtable[ids[n]] += dy[n] (on the host).
+Napi::Value TensorEmbeddingBackward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return with_float_type(info[3], "dtable", [&](auto zero) -> Napi::Value {
+      using T = decltype(zero);
+      Napi::Env env = info.Env();
+      const int64_t D = int_arg(info[1], "dim", 1, wnlstm::kMaxElements);
+      const auto [ids, n] = checked_ids(info[2], table_rows(info[3], D), "ids");
+      auto dy = NativeTensor::arg(env, info[0], "dy", sizeof(T) == 4 ? "float32" : "float64", "", n * D, false);
+      require_idle(dy, "dy");
+      T* dtable = info[3].As<Napi::TypedArrayOf<T>>().Data();
+      auto backend = backend_for<T>(env, dy->device);
+      std::vector<T> host;
+      const T* rows = dy->template as<T>();
+      if (!backend->is_host()) {
+        host.resize(size_t(n * D));
+        backend->download(host.data(), dy->data, dy->bytes());
+        rows = host.data();
+      }
+      wnlstm::embedding_backward(rows, D, ids, n, dtable);
+      return env.Undefined();
+    });
+  });
+}
+
+// tensorDense(x tensor [rows*I], weight [I*O], bias [O], rows, I, O) -> y tensor [rows*O] = x W + b, on x's device.
+Napi::Value TensorDense(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return with_float_type(info[1], "weight", [&](auto zero) -> Napi::Value {
+      using T = decltype(zero);
+      Napi::Env env = info.Env();
+      const int64_t N = int_arg(info[3], "rows", 1, wnlstm::kMaxElements), I = int_arg(info[4], "inSize", 1, wnlstm::kMaxElements),
+                    O = int_arg(info[5], "outSize", 1, wnlstm::kMaxElements);
+      if (double(N) * double(std::max(I, O)) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "rows x width exceeds 2^31");
+      const char* dtype = sizeof(T) == 4 ? "float32" : "float64";
+      auto x = NativeTensor::arg(env, info[0], "x", dtype, "", N * I, false);
+      require_idle(x, "x");
+      const T* W = array_arg<T>(info[1], "weight", size_t(I * O), false);
+      const T* b = array_arg<T>(info[2], "bias", size_t(O), false);
+      auto backend = backend_for<T>(env, x->device);
+      HostOnDevice<T> w(backend, W, I * O), bias(backend, b, O);
+      auto y = std::make_shared<TensorData>(backend, dtype, N * O);
+      backend->dense_forward(x->template as<T>(), w.ptr, bias.ptr, N, I, O, y->template as<T>());
+      return NativeTensor::New(env, y);
+    });
+  });
+}
+
+// tensorDenseBackward(x, weight, dy tensor [rows*O], rows, I, O, dW [I*O], db [O]) -> dx tensor [rows*I]; dW and db
+// (the layer's JS gradients) accumulate.
+Napi::Value TensorDenseBackward(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return with_float_type(info[1], "weight", [&](auto zero) -> Napi::Value {
+      using T = decltype(zero);
+      Napi::Env env = info.Env();
+      const int64_t N = int_arg(info[3], "rows", 1, wnlstm::kMaxElements), I = int_arg(info[4], "inSize", 1, wnlstm::kMaxElements),
+                    O = int_arg(info[5], "outSize", 1, wnlstm::kMaxElements);
+      if (double(N) * double(std::max(I, O)) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "rows x width exceeds 2^31");
+      const char* dtype = sizeof(T) == 4 ? "float32" : "float64";
+      auto x = NativeTensor::arg(env, info[0], "x", dtype, "", N * I, false);
+      auto dy = NativeTensor::arg(env, info[2], "dy", dtype, x->device, N * O, false);
+      require_idle(x, "x"), require_idle(dy, "dy");
+      const T* W = array_arg<T>(info[1], "weight", size_t(I * O), false);
+      T* dW = grad_arg<T>(info[6], "dW", size_t(I * O));
+      T* db = grad_arg<T>(info[7], "db", size_t(O));
+      auto backend = backend_for<T>(env, x->device);
+      HostOnDevice<T> w(backend, W, I * O);
+      GradOnDevice<T> gw(backend, dW, I * O), gb(backend, db, O);
+      auto dx = std::make_shared<TensorData>(backend, dtype, N * I);
+      backend->dense_backward(x->template as<T>(), w.ptr, dy->template as<T>(), N, I, O, gw.ptr, gb.ptr, dx->template as<T>());
+      gw.add(), gb.add();
+      return NativeTensor::New(env, dx);
+    });
+  });
+}
+
 // dropout(x, rate, state Uint32Array [4]) -> mask: x *= mask in place; the generator's state moves on.
 Napi::Value Dropout(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
@@ -1498,6 +1655,13 @@ Napi::Value TensorMultiply(const Napi::CallbackInfo& info) {
     if (x->dtype == "float32") d.f32->apply_mask(x->as<float>(), mask->as<float>(), x->length);
     else d.f64->apply_mask(x->as<double>(), mask->as<double>(), x->length);
     return env.Undefined();
+  });
+}
+
+// tensorShare(x) -> a second handle on x's data (Tensor.reshape): the data lives while either handle does.
+Napi::Value TensorShare(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return NativeTensor::New(info.Env(), NativeTensor::arg(info.Env(), info[0], "x", nullptr, "", -1, false));
   });
 }
 
@@ -1561,7 +1725,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("embeddingBackward", Napi::Function::New(env, EmbeddingBackward));
   exports.Set("dropout", Napi::Function::New(env, Dropout));
   exports.Set("tensorDropout", Napi::Function::New(env, TensorDropout));
+  exports.Set("tensorEmbedding", Napi::Function::New(env, TensorEmbedding));
+  exports.Set("tensorEmbeddingBackward", Napi::Function::New(env, TensorEmbeddingBackward));
+  exports.Set("tensorDense", Napi::Function::New(env, TensorDense));
+  exports.Set("tensorDenseBackward", Napi::Function::New(env, TensorDenseBackward));
   exports.Set("tensorMultiply", Napi::Function::New(env, TensorMultiply));
+  exports.Set("tensorShare", Napi::Function::New(env, TensorShare));
   exports.Set("tensorMemory", Napi::Function::New(env, TensorMemory));
   exports.Set("synchronize", Napi::Function::New(env, Synchronize));
   exports.Set("benchGemm", Napi::Function::New(env, BenchGemm));
