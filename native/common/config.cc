@@ -74,6 +74,14 @@ ParamOffsets param_offsets(const CellConfig& c) {
   return o;
 }
 
+NormBlocks norm_blocks(const CellConfig& c) {
+  const ParamOffsets o = param_offsets(c);
+  const int64_t I = c.input_size, P = c.output_size(), G = 4 * c.num_units;
+  return {{o.kernel, I, G, o.norm_0, c.norm},
+          {o.kernel + I * G, P, G, o.norm_1, c.norm},
+          {o.proj_kernel, c.num_units, P, o.proj_norm, c.norm && c.num_proj > 0}};
+}
+
 void validate_forward(const CellConfig& c, int64_t steps, int64_t batch, const int32_t* seq_len) {
   if (steps < 1 || batch < 1) throw Error("ERR_WNLSTM_SHAPE", "steps and batch must be at least 1");
   const int64_t width = std::max({c.input_size, c.output_size(), 4 * c.num_units});

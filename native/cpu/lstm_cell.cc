@@ -73,15 +73,38 @@ void weight_norm_grad(const T* V, int64_t rows, int64_t cols, const T* g, const 
   });
 }
 
+// Weight normalisation's pass on one kernel block (cell.h's NormBlock), on the CPU.
+template <typename T>
+class WeightNorm {
+ public:
+  explicit WeightNorm(const NormBlock& b) : b_(b), sumsq_(size_t(b.cols), T(0)), s_(size_t(b.cols), T(1)) {}
+  // The column scales of the current parameters.
+  void forward(const T* params) {
+    if (b_.on) column_scales(params + b_.v, b_.rows, b_.cols, params + b_.g, sumsq_.data(), s_.data());
+  }
+  // grads holds dW in V's place: it becomes dV, and g's place gets dg (the scales of the last forward()).
+  void backward(const T* params, T* grads) const {
+    if (b_.on)
+      weight_norm_grad(params + b_.v, b_.rows, b_.cols, params + b_.g, sumsq_.data(), s_.data(), grads + b_.v,
+                       grads + b_.g);
+  }
+  const T* scales() const { return s_.data(); }
+  int64_t memory_bytes() const { return int64_t((sumsq_.capacity() + s_.capacity()) * sizeof(T)); }
+
+ private:
+  NormBlock b_;
+  std::vector<T> sumsq_, s_;
+};
+
 template <typename T>
 class CpuCell final : public Cell<T> {
  public:
-  explicit CpuCell(const CellConfig& config) : cfg_(checked(config)), params_(param_count(cfg_)) {
+  explicit CpuCell(const CellConfig& config)
+      : cfg_(checked(config)), params_(param_count(cfg_)), norm_input_(norm_blocks(cfg_).input),
+        norm_recurrent_(norm_blocks(cfg_).recurrent), norm_projection_(norm_blocks(cfg_).projection) {
     I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), K_ = I_ + P_, G_ = 4 * H_;
     off_ = param_offsets(cfg_);
     zeros_.assign(H_, T(0));
-    s0_.assign(G_, T(1)), s1_.assign(G_, T(1)), sp_.assign(P_, T(1));
-    sumsq0_.assign(G_, T(0)), sumsq1_.assign(G_, T(0)), sumsqp_.assign(P_, T(0));
   }
 
   const CellConfig& config() const override { return cfg_; }
@@ -113,9 +136,8 @@ class CpuCell final : public Cell<T> {
   int64_t memory_bytes() const override {
     auto bytes = [](const auto& v) { return int64_t(v.capacity() * sizeof(v[0])); };
     int64_t n = 0;
-    for (const std::vector<T>* v : {&zeros_, &s0_, &s1_, &sp_, &sumsq0_, &sumsq1_, &sumsqp_, &w_, &wp_, &x_,
-                                    &dz_, &dpre_})
-      n += bytes(*v);
+    for (const std::vector<T>* v : {&zeros_, &w_, &wp_, &x_, &dz_, &dpre_}) n += bytes(*v);
+    for (const WeightNorm<T>* w : {&norm_input_, &norm_recurrent_, &norm_projection_}) n += w->memory_bytes();
     for (const Activations* a : {&saved_, &scratch_})
       for (const std::vector<T>* v : {&a->cs, &a->hs, &a->gates, &a->c_raw, &a->hh, &a->pre}) n += bytes(*v);
     for (const PackedMatrix<T>* m : {&packed_xgates_[0], &packed_xgates_[1], &packed_xgates_[2], &packed_xgates_[3],
@@ -299,7 +321,6 @@ class CpuCell final : public Cell<T> {
 
     // With the normalised weights: dh = dz . Wh^T, dhh = dpre . Wp^T. The transposes used every step are
     // packed once per call.
-    const T* kernel = params_.data() + off_.kernel;
     packed_wht_.pack(true, w_.data() + I * G, G, G, P);
     if (proj) packed_wpt_.pack(true, wp_.data(), P, P, H);
 
@@ -390,30 +411,20 @@ class CpuCell final : public Cell<T> {
       }
     }
     if (proj) gemm<T>(true, false, H, P, rows, a.hh.data(), H, dpre_.data(), P, false, grads + off_.proj_kernel, P);
-    if (cfg_.norm) {
-      const T* p = params_.data();
-      weight_norm_grad(kernel + I * G, P, G, p + off_.norm_1, sumsq1_.data(), s1_.data(), dkernel + I * G,
-                       grads + off_.norm_1);
-      if (proj)
-        weight_norm_grad(p + off_.proj_kernel, H, P, p + off_.proj_norm, sumsqp_.data(), sp_.data(),
-                         grads + off_.proj_kernel, grads + off_.proj_norm);
-    }
+    norm_recurrent_.backward(params_.data(), grads);
+    norm_projection_.backward(params_.data(), grads);
     return dz_.data();
   }
 
   void project_inputs_backward(int64_t rows, const T* x, const T* dz, T* grads, T* dx) override {
     refresh_weights();
     const int64_t I = I_, G = G_;
-    const T* kernel = params_.data() + off_.kernel;
-    T* dkernel = grads + off_.kernel;
-    gemm<T>(true, false, I, G, rows, x, I, dz, G, false, dkernel, G);
+    gemm<T>(true, false, I, G, rows, x, I, dz, G, false, grads + off_.kernel, G);
     if (dx) {  // dx = dz . Wx^T, with Wx^T packed once per change of the weights
       if (packed_wxt_dirty_) packed_wxt_.pack(true, w_.data(), G, G, I), packed_wxt_dirty_ = false;
       gemm<T>(false, rows, dz, G, packed_wxt_, false, dx, I);
     }
-    if (cfg_.norm)
-      weight_norm_grad(kernel, I, G, params_.data() + off_.norm_0, sumsq0_.data(), s0_.data(), dkernel,
-                       grads + off_.norm_0);
+    norm_input_.backward(params_.data(), grads);
   }
 
  private:
@@ -427,16 +438,10 @@ class CpuCell final : public Cell<T> {
     if (!scales_dirty_) return;
     const T* kernel = params_.data() + off_.kernel;
     const bool proj = cfg_.num_proj > 0;
-    if (cfg_.norm) {
-      column_scales(kernel, I_, G_, params_.data() + off_.norm_0, sumsq0_.data(), s0_.data());
-      column_scales(kernel + I_ * G_, P_, G_, params_.data() + off_.norm_1, sumsq1_.data(), s1_.data());
-      if (proj)
-        column_scales(params_.data() + off_.proj_kernel, H_, P_, params_.data() + off_.proj_norm, sumsqp_.data(),
-                      sp_.data());
-    }
+    for (WeightNorm<T>* w : {&norm_input_, &norm_recurrent_, &norm_projection_}) w->forward(params_.data());
     w_.resize(K_ * G_);
     for (int64_t r = 0; r < K_; ++r) {
-      const T* s = r < I_ ? s0_.data() : s1_.data();
+      const T* s = r < I_ ? norm_input_.scales() : norm_recurrent_.scales();
       for (int64_t g = 0; g < G_; ++g) w_[r * G_ + g] = kernel[r * G_ + g] * s[g];
     }
     for (int gate = 0; gate < 4; ++gate) {  // one gate's columns: [I, H] or [P, H] inside [., G]
@@ -445,7 +450,7 @@ class CpuCell final : public Cell<T> {
     }
     wp_.resize(proj ? H_ * P_ : 0);
     for (int64_t r = 0; proj && r < H_; ++r)
-      for (int64_t j = 0; j < P_; ++j) wp_[r * P_ + j] = params_[off_.proj_kernel + r * P_ + j] * sp_[j];
+      for (int64_t j = 0; j < P_; ++j) wp_[r * P_ + j] = params_[off_.proj_kernel + r * P_ + j] * norm_projection_.scales()[j];
     if (proj) packed_wp_.pack(false, wp_.data(), P_, H_, P_);
     packed_wxt_dirty_ = true;
     scales_dirty_ = false;
@@ -479,10 +484,10 @@ class CpuCell final : public Cell<T> {
   ParamStorage<T> params_;
   std::vector<T> zeros_;  // [H]: the peepholes of a cell without them
 
-  // Weight-norm scales (ones without norm), column sums of squares, the normalised kernels and their
-  // packed forms, rebuilt when params change.
+  // Weight normalisation of the input, recurrent and projection kernels (scales 1 without norm); the
+  // normalised kernels and their packed forms, rebuilt when params change.
+  WeightNorm<T> norm_input_, norm_recurrent_, norm_projection_;
   bool scales_dirty_ = true;
-  std::vector<T> s0_, s1_, sp_, sumsq0_, sumsq1_, sumsqp_;
   std::vector<T> w_, wp_;  // W = V * s: [K,G] (input rows, then recurrent rows) and projection [H,P]
   PackedMatrix<T> packed_xgates_[4], packed_gates_[4], packed_wp_;  // Wx and Wh by gate (i, j, f, o), Wp
   PackedMatrix<T> packed_wht_, packed_wpt_;  // backward: Wh^T, Wp^T

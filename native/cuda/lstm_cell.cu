@@ -414,21 +414,50 @@ __global__ void carry_state_grad_kernel(int64_t B, int64_t P, int64_t t, const i
     if (finished(seq_len, t, i / P)) dh_prev[i] = dh[i];
 }
 
+// ---- Weight normalisation's pass on one kernel block (cell.h's NormBlock), on the device of the thread that
+// makes it, queued on that device's stream.
+template <typename T>
+class WeightNorm {
+ public:
+  explicit WeightNorm(const NormBlock& b) : b_(b) {
+    sumsq_.resize(b.cols);
+    launch("fill kernel", fill_kernel<T>, grid_for(b.cols), 256, stream_, s_.resize(b.cols), b.cols, T(1));
+  }
+  // The column scales of the current parameters (device memory).
+  void forward(const T* params) {
+    if (b_.on)
+      launch("column norms kernel", column_norms_kernel<T>, column_blocks(b_.cols), kReduceThreads, stream_,
+             params + b_.v, b_.rows, b_.cols, params + b_.g, sumsq_.data(), s_.data());
+  }
+  // grads holds dW in V's place: it becomes dV, and g's place gets dg (the scales of the last forward()).
+  void backward(const T* params, T* grads) {
+    if (b_.on)
+      launch("weight norm gradient kernel", weight_norm_grad_kernel<T>, column_blocks(b_.cols), kReduceThreads,
+             stream_, params + b_.v, b_.rows, b_.cols, params + b_.g, sumsq_.data(), s_.data(), grads + b_.v,
+             grads + b_.g);
+  }
+  const T* scales() const { return s_.data(); }
+  int64_t memory_bytes() const { return (sumsq_.capacity() + s_.capacity()) * int64_t(sizeof(T)); }
+
+ private:
+  NormBlock b_;
+  cudaStream_t stream_ = device_stream(current_device());
+  DeviceBuffer<T> sumsq_, s_;
+};
+
 // ---- The cell.
 
 template <typename T>
 class CudaCell final : public Cell<T> {
  public:
-  explicit CudaCell(const CellConfig& config) : cfg_(checked(config)) {
+  explicit CudaCell(const CellConfig& config)
+      : cfg_(checked(config)), norm_input_(norm_blocks(cfg_).input), norm_recurrent_(norm_blocks(cfg_).recurrent),
+        norm_projection_(norm_blocks(cfg_).projection) {
     I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), G_ = 4 * H_;
     off_ = param_offsets(cfg_);
     const int64_t n = param_count(cfg_);
     params_ = own_params_.resize(n);
     check(cudaMemsetAsync(params_, 0, n * sizeof(T), stream_), "zero parameters");
-    // Without norm the scales stay 1 and the GEMMs multiply by V itself.
-    for (auto* s : {&s0_, &s1_}) fill(s->resize(G_), G_, T(1));
-    fill(sp_.resize(P_), P_, T(1));
-    sumsq0_.resize(G_), sumsq1_.resize(G_), sumsqp_.resize(P_);
     sync("cell setup");
   }
 
@@ -483,7 +512,8 @@ class CudaCell final : public Cell<T> {
         n += double(b->capacity()) * sizeof(T);
       n += double(a->len.capacity()) * sizeof(int32_t);
     }
-    for (const DeviceBuffer<T>* b : {&own_params_, &grads_, &s0_, &s1_, &sp_, &sumsq0_, &sumsq1_, &sumsqp_, &y_, &dy_,
+    for (const WeightNorm<T>* w : {&norm_input_, &norm_recurrent_, &norm_projection_}) n += double(w->memory_bytes());
+    for (const DeviceBuffer<T>* b : {&own_params_, &grads_, &y_, &dy_,
                                      &dz_, &dpre_, &dx_, &dc_, &dc_prev_, &dh_, &dh_prev_, &dtot_, &dhh_, &parts_, &fwd_parts_, &x_in_,
                                      &c_in_, &h_in_, &c_out_, &h_out_})
       n += double(b->capacity()) * sizeof(T);
@@ -586,8 +616,8 @@ class CudaCell final : public Cell<T> {
     const T* kernel = params_ + off_.kernel;
     T* dkernel = g + off_.kernel;
     gemm<T>(stream_, true, false, I, G, rows, x, I, dz, G, nullptr, false, dkernel, G);
-    if (dx) gemm<T>(stream_, false, true, rows, I, G, dz, G, kernel, G, s0_.data(), false, dx, I);  // (dz * s0) . Vx^T
-    if (cfg_.norm) weight_norm_grad(kernel, I, G, off_.norm_0, sumsq0_.data(), s0_.data(), dkernel, g + off_.norm_0);
+    if (dx) gemm<T>(stream_, false, true, rows, I, G, dz, G, kernel, G, norm_input_.scales(), false, dx, I);  // (dz * s0) . Vx^T
+    norm_input_.backward(params_, g);
   }
 
  private:
@@ -642,7 +672,7 @@ class CudaCell final : public Cell<T> {
     StepForward<T> sp{};
     sp.B = B, sp.H = H, sp.P = P;
     sp.vh = kernel + I_ * G;
-    sp.s0 = s0_.data(), sp.s1 = s1_.data(), sp.bias = params_ + off_.bias;
+    sp.s0 = norm_input_.scales(), sp.s1 = norm_recurrent_.scales(), sp.bias = params_ + off_.bias;
     if (cfg_.use_peepholes) sp.wi = params_ + off_.w_i, sp.wf = params_ + off_.w_f, sp.wo = params_ + off_.w_o;
     sp.forget_bias = T(cfg_.forget_bias);
     sp.cell_clip = cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity();
@@ -674,7 +704,7 @@ class CudaCell final : public Cell<T> {
         T* pre = pre_all + k * B * P;
         gemm<T>(stream_, false, false, B, P, H, sp.hh, H, params_ + off_.proj_kernel, P, nullptr, false, pre, P);
         launch("projection output kernel", projection_output_kernel<T>, grid_for(B * P), 256, stream_, B, P, t, pre,
-               sp_.data(), proj_clip, lens, sp.h_prev, h_next, sp.y);
+               norm_projection_.scales(), proj_clip, lens, sp.h_prev, h_next, sp.y);
       }
     }
     copy(c_out, cs + slot(steps) * B * H, B * H);
@@ -738,7 +768,7 @@ class CudaCell final : public Cell<T> {
         sb.dh_next = dh_of[(t + 1) & 1], sb.dh = dh_of[t & 1], sb.dy = dys + t * B * P;
         sb.dc = dc, sb.dz = dz + t * B * G, sb.dc_prev = dc_prev;
         launch_step_backward(sb, true);
-        gemm_split_k<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, s1_.data(), splits, parts, P);
+        gemm_split_k<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, norm_recurrent_.scales(), splits, parts, P);
         std::swap(dc, dc_prev);
       }
       launch("initial state gradient kernel", initial_state_grad_kernel<T>, grid_for(B * P), 256, stream_, parts,
@@ -752,7 +782,7 @@ class CudaCell final : public Cell<T> {
         T* dpre_t = dpre + t * B * P;
         launch("projection clip gradient kernel", projection_clip_grad_kernel<T>, grid_for(B * P), 256, stream_,
                B * P, a.pre.data() + t * B * P, proj_clip, dtot, dpre_t);
-        gemm<T>(stream_, false, true, B, H, P, dpre_t, P, params_ + off_.proj_kernel, P, sp_.data(), false,
+        gemm<T>(stream_, false, true, B, H, P, dpre_t, P, params_ + off_.proj_kernel, P, norm_projection_.scales(), false,
                 dhh, H);
       }
       sb.t = t;
@@ -763,7 +793,7 @@ class CudaCell final : public Cell<T> {
       sb.dc = dc, sb.dz = dz + t * B * G, sb.dc_prev = dc_prev;
       launch_step_backward(sb, false);
       // dh_prev = dz . Wh^T = (dz * s1) . Vh^T
-      gemm<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, s1_.data(), false, dh_prev, P);
+      gemm<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, norm_recurrent_.scales(), false, dh_prev, P);
       if (lens) {
         launch("state gradient carry kernel", carry_state_grad_kernel<T>, grid_for(B * P), 256, stream_, B, P, t,
                lens, dh, dh_prev);
@@ -784,12 +814,8 @@ class CudaCell final : public Cell<T> {
     }
     if (proj)
       gemm<T>(stream_, true, false, H, P, rows, a.hh.data(), H, dpre, P, nullptr, false, g + off_.proj_kernel, P);
-    if (cfg_.norm) {
-      weight_norm_grad(kernel + I * G, P, G, off_.norm_1, sumsq1_.data(), s1_.data(), dkernel + I * G, g + off_.norm_1);
-      if (proj)
-        weight_norm_grad(params_ + off_.proj_kernel, H, P, off_.proj_norm, sumsqp_.data(), sp_.data(),
-                         g + off_.proj_kernel, g + off_.proj_norm);
-    }
+    norm_recurrent_.backward(params_, g);
+    norm_projection_.backward(params_, g);
     copy(dc0, dc, B * H);
     copy(dh0, dh, B * P);
     return dz;
@@ -838,24 +864,8 @@ class CudaCell final : public Cell<T> {
 
   void refresh_scales() {
     if (!scales_dirty_) return;
-    if (cfg_.norm) {
-      const T* kernel = params_ + off_.kernel;
-      auto norms = [&](const T* V, int64_t rows, int64_t cols, int64_t off_g, T* sumsq, T* s) {
-        launch("column norms kernel", column_norms_kernel<T>, column_blocks(cols), kReduceThreads, stream_, V, rows,
-               cols, params_ + off_g, sumsq, s);
-      };
-      norms(kernel, I_, G_, off_.norm_0, sumsq0_.data(), s0_.data());
-      norms(kernel + I_ * G_, P_, G_, off_.norm_1, sumsq1_.data(), s1_.data());
-      if (cfg_.num_proj > 0)
-        norms(params_ + off_.proj_kernel, H_, P_, off_.proj_norm, sumsqp_.data(), sp_.data());
-    }
+    for (WeightNorm<T>* w : {&norm_input_, &norm_recurrent_, &norm_projection_}) w->forward(params_);
     scales_dirty_ = false;
-  }
-
-  void weight_norm_grad(const T* V, int64_t rows, int64_t cols, int64_t off_g, const T* sumsq, const T* s, T* dV,
-                        T* dg) {
-    launch("weight norm gradient kernel", weight_norm_grad_kernel<T>, column_blocks(cols), kReduceThreads, stream_, V,
-           rows, cols, params_ + off_g, sumsq, s, dV, dg);
   }
 
   // The step kernels are instantiated per activation; these pick the one of this cell.
@@ -932,7 +942,8 @@ class CudaCell final : public Cell<T> {
   std::shared_ptr<void> params_owner_;
   DeviceBuffer<T> grads_;
   bool scales_dirty_ = true;
-  DeviceBuffer<T> s0_, s1_, sp_, sumsq0_, sumsq1_, sumsqp_;  // weight-norm scales (ones without norm)
+  // Weight normalisation of the input, recurrent and projection kernels (scales 1 without norm).
+  WeightNorm<T> norm_input_, norm_recurrent_, norm_projection_;
 
   // What a training forward keeps for backward (shapes for T steps; inference keeps 1 or 2 steps of state).
   struct Activations {

@@ -63,6 +63,19 @@ struct ParamOffsets {
 };
 ParamOffsets param_offsets(const CellConfig& config);
 
+// Weight normalisation (SPEC section 2) is a pass that each backend's cell plugs in once per kernel block:
+// forward, the column scales s = g / |v| (the cell multiplies by W = V * s); backward, dW turned into dV and
+// dg. A block: V [rows, cols] at offset v and its gains g [cols] at offset g, in the flat parameters; `on`
+// is false without norm (the scales stay 1) and for a projection the config does not have.
+struct NormBlock {
+  int64_t v = 0, rows = 0, cols = 0, g = 0;
+  bool on = false;
+};
+struct NormBlocks {
+  NormBlock input, recurrent, projection;  // kernel rows [0, I), kernel rows [I, I + P), projection/kernel
+};
+NormBlocks norm_blocks(const CellConfig& config);
+
 // The checks every backend's forward makes before it touches anything: steps and batch at least 1
 // (ERR_WNLSTM_SHAPE), its buffers within kMaxElements (ERR_WNLSTM_SIZE), each sequence length in
 // [0, steps] (ERR_WNLSTM_RANGE).
