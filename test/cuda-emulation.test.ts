@@ -37,10 +37,21 @@ t.test('CUDA kernels, emulated on the CPU, = the CPU backend', { skip: hasCompil
     { I: number; H: number; T: number; B: number; lengths?: boolean; options: Record<string, number | string | boolean> }[];
   const input = cases.map(({ I, H, T, B, lengths, options: o }) => [I, H, T, B, lengths ? 1 : 0, o.norm === false ? 0 : 1,
     o.usePeepholes ? 1 : 0, o.cellClip ?? '-', o.numProj ?? 0, o.projClip ?? '-', o.forgetBias ?? 1, o.activation ?? 'tanh'].join(' ')).join('\n');
-  const { stdout, status, stderr } = spawnSync(binary, [], { input: input + '\n', encoding: 'utf8', maxBuffer: 1 << 24 });
-  t.equal(status, 0, `the driver ran${status ? `: ${stderr}` : ''}`);
-  const report = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { cases: number; checks: number; failures: string[] };
-  t.equal(report.cases, 2 * cases.length, `the ${cases.length} cases of cuda-cases.json in float64 and float32`);
-  t.ok(report.checks >= 24 * cases.length, `${report.checks} comparisons ran (cells, backend ops, sequence models)`);
-  t.same(report.failures, [], 'every output, gradient and state matches the CPU backend');
+  // Each recurrence: one launch per step, and the persistent kernels (one cooperative launch per sequence,
+  // wherever they apply: every case without a projection); the two runs share the 2 cores.
+  await Promise.all(['steps', 'persistent'].map(async (recurrence) => {
+    const child = execFile(binary, [], { encoding: 'utf8', maxBuffer: 1 << 24, env: { ...process.env, WNLSTM_CUDA_RECURRENCE: recurrence } });
+    child.stdin?.end(input + '\n');
+    const [stdout, code] = await new Promise<[string, number | null]>((resolve) => {
+      let out = '', err = '';
+      child.stdout?.on('data', (d) => (out += d));
+      child.stderr?.on('data', (d) => (err += d));
+      child.on('close', (c) => resolve([c ? err : out, c]));
+    });
+    t.equal(code, 0, `${recurrence}: the driver ran${code ? `: ${stdout}` : ''}`);
+    const report = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { cases: number; checks: number; failures: string[] };
+    t.equal(report.cases, 2 * cases.length, `${recurrence}: the ${cases.length} cases of cuda-cases.json in float64 and float32`);
+    t.ok(report.checks >= 24 * cases.length, `${recurrence}: ${report.checks} comparisons ran (cells, backend ops, sequence models)`);
+    t.same(report.failures, [], `${recurrence}: every output, gradient and state matches the CPU backend`);
+  }));
 });

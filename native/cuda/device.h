@@ -13,6 +13,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -64,6 +65,90 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, unsigned blo
             Args&&... args) {
   kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
   check_launch(name);
+}
+
+// A cooperative launch (every block resident at once, so that the kernel may use grid_sync), with
+// `shared_bytes` of dynamic shared memory; the caller has checked that the grid fits (cooperative_blocks).
+template <typename... Params, typename... Args>
+void launch_cooperative(const char* name, void (*kernel)(Params...), dim3 grid, unsigned block, size_t shared_bytes,
+                        cudaStream_t stream, Args&&... args) {
+  std::tuple<Params...> values(std::forward<Args>(args)...);
+  void* pointers[sizeof...(Params)];
+  std::apply([&](auto&... v) {
+    int i = 0;
+    ((pointers[i++] = static_cast<void*>(&v)), ...);
+  }, values);
+  check(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(shared_bytes)), name);
+  check(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, dim3(block), pointers, shared_bytes,
+                                    stream), name);
+}
+
+// How many blocks of `kernel` can be resident at once on the device (0 where it has no cooperative launch).
+template <typename... Params>
+int cooperative_blocks(void (*kernel)(Params...), int device, unsigned block, size_t shared_bytes) {
+  int cooperative = 0, optin = 0, sms = 0, per_sm = 0;
+  check(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  if (!cooperative || shared_bytes > size_t(optin)) return 0;
+  check(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(shared_bytes)), "cudaFuncSetAttribute");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, int(block), shared_bytes),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  return per_sm * sms;
+}
+
+// ---- Device side of a cooperative launch.
+
+// A barrier for every thread of a cooperative grid: a count of the blocks that have arrived, and a generation
+// that the last one to arrive moves on, which the others wait for. count and generation: device memory,
+// zero before the first use; the barrier leaves count at zero. Every block's writes before it are visible to
+// every block after it.
+struct GridBarrier {
+  unsigned* count;
+  unsigned* generation;
+};
+__device__ inline void grid_sync(GridBarrier b) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    volatile unsigned* generation = b.generation;
+    const unsigned seen = *generation;
+    __threadfence();  // the block's writes (ordered before this thread by the barrier above) go first
+    if (atomicAdd(b.count, 1u) == gridDim.x * gridDim.y * gridDim.z - 1) {
+      atomicExch(b.count, 0u);
+      __threadfence();
+      atomicAdd(b.generation, 1u);
+    } else {
+      while (*generation == seen) {
+      }
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// The launch's dynamic shared memory.
+template <typename T>
+__device__ inline T* dynamic_shared() {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  return reinterpret_cast<T*>(shared_bytes);
+}
+#else
+struct GridBarrier {
+  unsigned* count;
+  unsigned* generation;
+};
+inline void grid_sync(GridBarrier) { emu::grid_sync(); }
+template <typename T>
+T* dynamic_shared() {
+  return static_cast<T*>(emu::dynamic_shared());
+}
+template <typename... Params>
+int cooperative_blocks(void (*)(Params...), int, unsigned, size_t shared_bytes) {
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  return shared_bytes <= 227 * 1024 ? 2 * sms : 0;  // the emulated device: 2 blocks per SM fit
 }
 #endif
 

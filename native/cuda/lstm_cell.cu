@@ -13,6 +13,7 @@
 // runtime uses, take device buffers and queue everything on the device's stream without waiting.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
@@ -299,6 +300,83 @@ __global__ void projection_output_kernel(int64_t B, int64_t P, int64_t t, T* pre
   }
 }
 
+// ---- The persistent forward: one cooperative launch for every step of a sequence (no projection). Block k
+// owns units [k*U, (k+1)*U) and keeps their columns of Vh (all four gates) in shared memory for the whole
+// sequence; at each step it reads the whole h of the step before (from L2: other blocks wrote it) and does
+// its units' products and pointwise work, and the blocks meet at a grid barrier between steps. Where a step
+// is too little work to fill the GPU (small batches), this replaces T launches and T reloads of Vh with one.
+constexpr int kPersistentThreads = 256;
+
+template <typename T>
+struct PersistentForward {
+  StepForward<T> step;   // the step's constants (B, H = P, scales, bias, peepholes, clips, lengths)
+  int64_t steps, units;  // units: U, per block
+  bool training;         // every step's state kept (slot t), or two slots taking turns
+  T *z, *cs, *hs, *c_raw, *y;  // the whole sequence's buffers, as recur() lays them out
+  GridBarrier barrier;
+};
+
+// Shared memory: the weight slice [P][4][U], then each thread's four partial sums.
+template <typename T>
+size_t persistent_shared_bytes(int64_t P, int64_t U) {
+  return size_t(P * 4 * U + 4 * kPersistentThreads) * sizeof(T);
+}
+
+template <typename T, Activation A>
+__global__ void __launch_bounds__(kPersistentThreads) persistent_forward_kernel(PersistentForward<T> p) {
+  const int64_t B = p.step.B, H = p.step.H, P = p.step.P, G = 4 * H, U = p.units, u0 = int64_t(blockIdx.x) * U;
+  const int tid = threadIdx.x;
+  T* ws = dynamic_shared<T>();  // ws[(k * 4 + g) * U + u]: Vh[k, g*H + u0 + u]
+  T* partial = ws + P * 4 * U;  // [threads][4]
+  for (int64_t i = tid; i < P * 4 * U; i += kPersistentThreads) {
+    const int64_t k = i / (4 * U), g = (i / U) % 4, u = i % U;
+    ws[i] = u0 + u < H ? p.step.vh[k * G + g * H + u0 + u] : T(0);
+  }
+  __syncthreads();
+  // Thread: one (row, unit) pair of `lanes` at a time, and one of `slices` ranges of k (slices > 1 when the
+  // pairs are fewer than the threads: their sums are then added in slice order).
+  const int64_t pairs = B * U;
+  const int slices = pairs >= kPersistentThreads ? 1 : int(kPersistentThreads / pairs);
+  const int lanes = kPersistentThreads / slices, lane = tid % lanes, slice = tid / lanes;
+  const int64_t k0 = P * slice / slices, k1 = P * (slice + 1) / slices;
+  auto slot = [&](int64_t t) { return p.training ? t : (t & 1); };
+  for (int64_t t = 0; t < p.steps; ++t) {
+    StepForward<T> sp = p.step;
+    sp.t = t;
+    sp.z = p.z + t * B * G;
+    sp.h_prev = p.hs + slot(t) * B * P, sp.c_prev = p.cs + slot(t) * B * H;
+    sp.c_raw = p.c_raw ? p.c_raw + t * B * H : nullptr;
+    sp.c_next = p.cs + slot(t + 1) * B * H;
+    sp.hh = p.hs + slot(t + 1) * B * P;
+    sp.y = p.y + t * B * P;
+    for (int64_t first = 0; first < pairs; first += lanes) {
+      const int64_t pair = first + lane, b = pair / U, u = pair % U;
+      T acc[4] = {T(0), T(0), T(0), T(0)};
+      if (pair < pairs && slice < slices)
+        for (int64_t k = k0; k < k1; ++k) {
+          const T h = __ldcg(sp.h_prev + b * P + k);
+#pragma unroll
+          for (int g = 0; g < 4; ++g) acc[g] += h * ws[(k * 4 + g) * U + u];
+        }
+#pragma unroll
+      for (int g = 0; g < 4; ++g) partial[tid * 4 + g] = acc[g];
+      __syncthreads();
+      if (slice == 0 && pair < pairs && u0 + u < H) {
+        T rec[4];
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+          T sum = T(0);
+          for (int q = 0; q < slices; ++q) sum += partial[(q * lanes + lane) * 4 + g];
+          rec[g] = sum;
+        }
+        cell_forward<T, A>(sp, b, u0 + u, rec);
+      }
+      __syncthreads();
+    }
+    grid_sync(p.barrier);
+  }
+}
+
 // ---- Backward step kernels.
 
 // dtot = dh + dy for live rows, 0 for finished ones.
@@ -395,6 +473,107 @@ __global__ void fused_step_backward_kernel(StepBackward<T> p) {
     p.dh[i] = dh;
     if (finished(p.seq_len, p.t, b)) identity_backward(p, i);
     else cell_backward<T, A>(p, i, dh + p.dy[i]);
+  }
+}
+
+// ---- The persistent backward (no projection): one cooperative launch for every step, in reverse. Block k
+// owns the units of the forward's block k and keeps the same columns of Vh in shared memory. Each step it
+// finds dL/d h of its units (the shares of dz . Wh^T that every block left at the step after, added in block
+// order), does their pointwise backward, and leaves its own share of this step's dz . Wh^T for every unit:
+// (dz * s1) over its columns times their rows of Vh^T. The shares alternate between two buffers by the step's
+// parity, so one grid barrier per step suffices.
+template <typename T>
+struct PersistentBackward {
+  StepBackward<T> step;  // the constants: B, H, peepholes, cell clip, lengths
+  int64_t steps, units;
+  const T *gates, *cs, *c_raw, *dys, *vh, *s1;  // the saved forward ([T,B,G], [T+1,B,H], [T,B,H]), dy [T,B,H]
+  const T *dc_final, *dh_final;                 // [B,H] or null
+  T* dz;                                        // [T,B,G] out
+  T *dc, *dh;                                   // [2][B,H] work, by parity (each block only its units)
+  T* shares;                                    // [2][blocks][B,H]
+  T *dc0, *dh0;                                 // [B,H] out
+  GridBarrier barrier;
+};
+
+// Shared memory: the weight slice [H][4][U], then this step's dz * s1 of the block's columns [B][4][U].
+template <typename T>
+size_t persistent_backward_shared_bytes(int64_t H, int64_t B, int64_t U) {
+  return size_t((H + B) * 4 * U) * sizeof(T);
+}
+
+template <typename T, Activation A>
+__global__ void __launch_bounds__(kPersistentThreads) persistent_backward_kernel(PersistentBackward<T> p) {
+  const int64_t B = p.step.B, H = p.step.H, G = 4 * H, U = p.units, u0 = int64_t(blockIdx.x) * U, n = B * H;
+  const int64_t blocks = gridDim.x;
+  const int tid = threadIdx.x;
+  T* ws = dynamic_shared<T>();  // ws[(k * 4 + g) * U + u]: Vh[k, g*H + u0 + u]
+  T* dzs = ws + H * 4 * U;      // dzs[(b * 4 + g) * U + u]: (dz * s1)[b, g*H + u0 + u] of this step
+  for (int64_t i = tid; i < H * 4 * U; i += kPersistentThreads) {
+    const int64_t k = i / (4 * U), g = (i / U) % 4, u = i % U;
+    ws[i] = u0 + u < H ? p.vh[k * G + g * H + u0 + u] : T(0);
+  }
+  // This block's (row, unit) pairs: i = b*H + u0 + pair % U.
+  auto own = [&](int64_t pair, int64_t& b, int64_t& u) {
+    b = pair / U, u = u0 + pair % U;
+    return pair < B * U && u < H;
+  };
+  for (int64_t pair = tid; pair < B * U; pair += kPersistentThreads) {
+    int64_t b, u;
+    if (own(pair, b, u)) p.dc[b * H + u] = p.dc_final ? p.dc_final[b * H + u] : T(0);
+  }
+  __syncthreads();
+  for (int64_t t = p.steps - 1; t >= 0; --t) {
+    const int in = int((p.steps - 1 - t) & 1), out = in ^ 1;
+    StepBackward<T> sb = p.step;
+    sb.t = t;
+    sb.gates = p.gates + t * B * G;
+    sb.c_prev = p.cs + t * B * H, sb.c_next = p.cs + (t + 1) * B * H, sb.c_raw = p.c_raw + t * B * H;
+    sb.dc = p.dc + in * n, sb.dc_prev = p.dc + out * n;
+    sb.dz = p.dz + t * B * G;
+    const T* after = p.shares + ((t + 1) & 1) * blocks * n;  // the step after's shares
+    for (int64_t pair = tid; pair < B * U; pair += kPersistentThreads) {
+      int64_t b, u;
+      const bool mine = own(pair, b, u);
+      const int64_t i = b * H + u;
+      if (mine) {
+        T dh;
+        if (t == p.steps - 1) {
+          dh = p.dh_final ? p.dh_final[i] : T(0);
+        } else if (finished(p.step.seq_len, t + 1, b)) {
+          dh = p.dh[((t + 1) & 1) * n + i];  // a row that finished there passes its gradient through
+        } else {
+          dh = T(0);
+          for (int64_t q = 0; q < blocks; ++q) dh += __ldcg(after + q * n + i);
+        }
+        p.dh[(t & 1) * n + i] = dh;
+        if (finished(p.step.seq_len, t, b)) identity_backward(sb, i);
+        else cell_backward<T, A>(sb, i, dh + p.dys[t * n + i]);
+      }
+      for (int g = 0; g < 4; ++g)
+        dzs[(b * 4 + g) * U + pair % U] = mine ? sb.dz[b * G + g * H + u] * p.s1[g * H + u] : T(0);
+    }
+    __syncthreads();
+    T* share = p.shares + (t & 1) * blocks * n + int64_t(blockIdx.x) * n;
+    for (int64_t i = tid; i < n; i += kPersistentThreads) {
+      const int64_t b = i / H, k = i % H;
+      T acc = T(0);
+      for (int g = 0; g < 4; ++g)
+        for (int64_t u = 0; u < U; ++u) acc += dzs[(b * 4 + g) * U + u] * ws[(k * 4 + g) * U + u];
+      share[i] = acc;
+    }
+    grid_sync(p.barrier);
+  }
+  // The initial state's gradients: step 0's shares (or what a row of length 0 passes through), and dc.
+  const int last = int((p.steps - 1) & 1) ^ 1;  // the parity step 0 wrote dc_prev into
+  for (int64_t pair = tid; pair < B * U; pair += kPersistentThreads) {
+    int64_t b, u;
+    if (!own(pair, b, u)) continue;
+    const int64_t i = b * H + u;
+    T dh = T(0);
+    if (finished(p.step.seq_len, 0, b)) dh = p.dh[i];
+    else for (int64_t q = 0; q < blocks; ++q) dh += __ldcg(p.shares + q * n + i);
+    p.dh0[i] = dh;
+    p.dc0[i] = p.dc[last * n + i];
   }
 }
 
@@ -515,6 +694,7 @@ class CudaCell final : public Cell<T> {
     for (const WeightNorm<T>* w : {&norm_input_, &norm_recurrent_, &norm_projection_}) n += double(w->memory_bytes());
     for (const DeviceBuffer<T>* b : {&own_params_, &grads_, &y_, &dy_,
                                      &dz_, &dpre_, &dx_, &dc_, &dc_prev_, &dh_, &dh_prev_, &dtot_, &dhh_, &parts_, &fwd_parts_, &x_in_,
+                                     &persistent_dc_, &persistent_dh_,
                                      &c_in_, &h_in_, &c_out_, &h_out_})
       n += double(b->capacity()) * sizeof(T);
     return int64_t(n);
@@ -684,7 +864,14 @@ class CudaCell final : public Cell<T> {
     const int64_t fused_blocks = int64_t(grid.x) * grid.y;
     const int splits = fused_blocks >= sm_count_ ? 1 : split_k(B, G, P);
     T* parts = fused_blocks >= sm_count_ ? nullptr : fwd_parts_.resize(int64_t(splits) * B * G);
-    for (int64_t t = 0; t < steps; ++t) {
+    const int64_t units =
+        proj ? 0 : persistent_units(B, persistent_forward_for(), [&](int64_t U) { return persistent_shared_bytes<T>(P, U); });
+    if (units > 0) {  // the whole sequence in one launch
+      const PersistentForward<T> pf{sp, steps, units, training, z, cs, hs, c_raw, y, barrier()};
+      launch_cooperative("persistent forward kernel", persistent_forward_for(), dim3(unsigned((H + units - 1) / units)),
+                         kPersistentThreads, persistent_shared_bytes<T>(P, units), stream_, pf);
+    }
+    for (int64_t t = 0; units == 0 && t < steps; ++t) {
       const int64_t k = training ? t : 0;
       sp.t = t;
       sp.z = z + t * B * G;
@@ -752,7 +939,17 @@ class CudaCell final : public Cell<T> {
       sb.wi = params_ + off_.w_i, sb.wf = params_ + off_.w_f, sb.wo = params_ + off_.w_o;
     sb.cell_clip = cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity();
     sb.seq_len = lens;
-    if (!proj) {
+    const int64_t units = proj ? 0
+        : persistent_units(B, persistent_backward_for(), [&](int64_t U) { return persistent_backward_shared_bytes<T>(H, B, U); });
+    if (units > 0) {  // every step in one launch
+      const int64_t blocks = (H + units - 1) / units, n = B * H;
+      const PersistentBackward<T> pb{sb, steps, units, a.gates.data(), a.cs.data(), a.c_raw.data(), dys, kernel + I * G,
+                                     norm_recurrent_.scales(), dc, dh_in, dz, persistent_dc_.resize(2 * n),
+                                     persistent_dh_.resize(2 * n), parts_.resize(2 * blocks * n), dc, dtot, barrier()};
+      launch_cooperative("persistent backward kernel", persistent_backward_for(), dim3(unsigned(blocks)),
+                         kPersistentThreads, persistent_backward_shared_bytes<T>(H, B, units), stream_, pb);
+      dh = dtot;
+    } else if (!proj) {
       // Two launches a step: the fused pointwise backward (which also adds the slices of the step after),
       // then dz . Wh^T as a split-K GEMM with enough blocks for every SM.
       const int splits = split_k(B, P, G);
@@ -868,6 +1065,44 @@ class CudaCell final : public Cell<T> {
     scales_dirty_ = false;
   }
 
+  // Units per block of the persistent kernels for a batch of B rows, or 0 where they do not apply: by default
+  // for batches up to kPersistentBatch whose weight slices fit in one block per SM; WNLSTM_CUDA_RECURRENCE=
+  // persistent uses them wherever they fit, =steps never (for tests and benchmarks).
+  static constexpr int64_t kPersistentBatch = 64;
+  template <typename Kernel, typename Bytes>
+  int64_t persistent_units(int64_t B, Kernel kernel, Bytes shared_bytes) {
+    const char* env = std::getenv("WNLSTM_CUDA_RECURRENCE");
+    const std::string mode = env ? env : "auto";
+    if (mode == "steps" || (mode != "persistent" && B > kPersistentBatch)) return 0;
+    const int64_t U = (H_ + sm_count_ - 1) / sm_count_, blocks = (H_ + U - 1) / U;
+    return blocks <= cooperative_blocks(kernel, device_, kPersistentThreads, shared_bytes(U)) ? U : 0;
+  }
+
+  void (*persistent_backward_for())(PersistentBackward<T>) {
+    switch (cfg_.activation) {
+      case Activation::Sigmoid: return persistent_backward_kernel<T, Activation::Sigmoid>;
+      case Activation::Relu: return persistent_backward_kernel<T, Activation::Relu>;
+      case Activation::Softsign: return persistent_backward_kernel<T, Activation::Softsign>;
+      case Activation::Linear: return persistent_backward_kernel<T, Activation::Linear>;
+      default: return persistent_backward_kernel<T, Activation::Tanh>;
+    }
+  }
+
+  GridBarrier barrier() {
+    if (!barrier_.data()) check(cudaMemsetAsync(barrier_.resize(2), 0, 2 * sizeof(unsigned), stream_), "zero the grid barrier");
+    return {barrier_.data(), barrier_.data() + 1};
+  }
+
+  void (*persistent_forward_for())(PersistentForward<T>) {
+    switch (cfg_.activation) {
+      case Activation::Sigmoid: return persistent_forward_kernel<T, Activation::Sigmoid>;
+      case Activation::Relu: return persistent_forward_kernel<T, Activation::Relu>;
+      case Activation::Softsign: return persistent_forward_kernel<T, Activation::Softsign>;
+      case Activation::Linear: return persistent_forward_kernel<T, Activation::Linear>;
+      default: return persistent_forward_kernel<T, Activation::Tanh>;
+    }
+  }
+
   // The step kernels are instantiated per activation; these pick the one of this cell.
   void launch_step_forward(dim3 grid, const StepForward<T>& p) {
     void (*kernel)(StepForward<T>) = step_forward_kernel<T, Activation::Tanh>;
@@ -935,6 +1170,8 @@ class CudaCell final : public Cell<T> {
   int device_ = current_device();  // the device of the thread that made the cell; every call uses it
   cudaStream_t stream_ = device_stream(device_);
   int sm_count_ = multiprocessors(device_);
+  DeviceBuffer<unsigned> barrier_;  // the persistent kernels' grid barrier (count, generation)
+  DeviceBuffer<T> persistent_dc_, persistent_dh_;  // the persistent backward's state gradients by parity
 
   // The parameters: its own buffer, or a model's arena (kept alive by params_owner_) once bound.
   DeviceBuffer<T> own_params_;

@@ -4,9 +4,11 @@
 //
 // Each block runs its threads as fibers (ucontext) on one OS thread: a fiber runs until it reaches
 // __syncthreads() or returns, and the block's next round starts when every live fiber has arrived, which
-// is exactly the barrier's meaning. __shared__ becomes a function-local static, shared by the fibers of
-// the block (blocks run one after another). Device memory is host memory filled with NaN bytes when
-// allocated, so a kernel that reads what nobody wrote poisons the results instead of passing by luck.
+// is exactly the barrier's meaning. A cooperative launch runs every block's fibers at once, so that a
+// grid-wide barrier (grid_sync) can wait for all of them. A static __shared__ becomes a function-local
+// static, shared by the fibers of the block (blocks run one after another); dynamic shared memory is each
+// block's own. Device memory is host memory filled with NaN bytes when allocated, so a kernel that reads
+// what nobody wrote poisons the results instead of passing by luck.
 // What this cannot check: real concurrency between blocks and threads, the GPU's memory model, and speed.
 #pragma once
 
@@ -16,7 +18,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
@@ -26,6 +30,9 @@
 #define __shared__ static
 #define __launch_bounds__(...)
 #define __syncthreads() ::emu::sync_threads()
+// Loads that bypass L1 (data other blocks wrote during the launch): plain loads here.
+template <typename T>
+inline T __ldcg(const T* p) { return *p; }
 
 struct dim3 {
   unsigned x, y, z;
@@ -99,10 +106,13 @@ inline cudaError_t cudaMemset2DAsync(void* dst, size_t pitch, int value, size_t 
 namespace emu {
 
 struct Fiber {
+  static constexpr size_t kStack = 256 * 1024;
   ucontext_t context;
-  std::vector<char> stack = std::vector<char>(256 * 1024);
-  dim3 thread;
-  bool done = false, waiting = false;
+  std::unique_ptr<char[]> stack{new char[kStack]};  // not zeroed: only the pages a kernel uses are touched
+  dim3 thread, block;
+  unsigned block_index = 0;
+  enum class Wait { None, Block, Grid } wait = Wait::None;
+  bool done = false;
 };
 
 struct Scheduler {
@@ -110,6 +120,7 @@ struct Scheduler {
   std::vector<Fiber> fibers;
   Fiber* current = nullptr;
   const std::function<void()>* body = nullptr;
+  std::vector<std::vector<unsigned char>> shared;  // each block's dynamic shared memory
 };
 inline Scheduler& scheduler() {
   static Scheduler s;
@@ -122,50 +133,90 @@ inline void fiber_entry() {
   s.current->done = true;  // returning resumes uc_link: the scheduler
 }
 
-inline void sync_threads() {
+inline void wait(Fiber::Wait kind) {
   Scheduler& s = scheduler();
   Fiber* self = s.current;
-  self->waiting = true;
+  self->wait = kind;
   swapcontext(&self->context, &s.main);
 }
+inline void sync_threads() { wait(Fiber::Wait::Block); }
+// A grid-wide barrier: only in a cooperative launch, where every block of the grid runs at once.
+inline void grid_sync() { wait(Fiber::Wait::Grid); }
+inline void* dynamic_shared() { return scheduler().shared[scheduler().current->block_index].data(); }
 
-// Runs body once per thread of every block of the grid, with CUDA's barrier semantics inside a block.
-inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
+// Runs the fibers of `blocks` (indices into the grid, x fastest) until all return, with CUDA's barrier
+// semantics: a block's __syncthreads() releases when every thread of that block waits there, a grid_sync()
+// when every thread of the grid does.
+inline void run_blocks(dim3 grid, dim3 block, const std::vector<unsigned>& blocks) {
   Scheduler& s = scheduler();
-  const unsigned threads = block.x * block.y * block.z;
-  if (s.fibers.size() < threads) s.fibers.resize(threads);
+  const unsigned threads = block.x * block.y * block.z, n = unsigned(blocks.size()) * threads;
+  if (s.fibers.size() < n) s.fibers.resize(n);
+  for (unsigned k = 0; k < n; ++k) {
+    Fiber& f = s.fibers[k];
+    const unsigned i = k % threads, b = blocks[k / threads];
+    f.thread = dim3(i % block.x, (i / block.x) % block.y, i / (block.x * block.y));
+    f.block = dim3(b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y));
+    f.block_index = k / threads;
+    f.done = false, f.wait = Fiber::Wait::None;
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack.get();
+    f.context.uc_stack.ss_size = Fiber::kStack;
+    f.context.uc_link = &s.main;
+    makecontext(&f.context, fiber_entry, 0);
+  }
+  for (;;) {
+    for (unsigned k = 0; k < n; ++k) {  // every fiber that can go on, until it waits or returns
+      Fiber& f = s.fibers[k];
+      if (f.done || f.wait != Fiber::Wait::None) continue;
+      threadIdx = f.thread, blockIdx = f.block;
+      s.current = &f;
+      swapcontext(&s.main, &f.context);
+    }
+    bool live = false, released = false, at_grid = true;
+    for (unsigned b = 0; b < blocks.size(); ++b) {
+      unsigned finished = 0, at_block = 0;
+      for (unsigned i = 0; i < threads; ++i) {
+        const Fiber& f = s.fibers[b * threads + i];
+        finished += f.done;
+        at_block += !f.done && f.wait == Fiber::Wait::Block;
+        at_grid = at_grid && (f.done || f.wait == Fiber::Wait::Grid);
+      }
+      live = live || finished < threads;
+      if (at_block == 0) continue;
+      if (at_block + finished < threads) throw std::logic_error("a block's threads wait at different barriers");
+      if (finished) throw std::logic_error("__syncthreads() not reached by every thread of a block");
+      for (unsigned i = 0; i < threads; ++i) s.fibers[b * threads + i].wait = Fiber::Wait::None;
+      released = true;
+    }
+    if (!live) return;
+    if (released) continue;
+    if (!at_grid) throw std::logic_error("the threads of a grid wait at different barriers");
+    for (unsigned k = 0; k < n; ++k)
+      if (s.fibers[k].done) throw std::logic_error("grid_sync() not reached by every thread of the grid");
+    for (unsigned k = 0; k < n; ++k) s.fibers[k].wait = Fiber::Wait::None;
+  }
+}
+
+// Runs body once per thread of every block of the grid: block after block, or (cooperative) all blocks at
+// once, interleaved at every barrier. Each block gets `shared_bytes` of dynamic shared memory (NaN bytes, as
+// device memory). A static __shared__ array is one for all blocks: only kernels without grid_sync() use them.
+inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body, bool cooperative = false,
+                     size_t shared_bytes = 0) {
+  Scheduler& s = scheduler();
   s.body = &body;
   gridDim = grid, blockDim = block;
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        blockIdx = dim3(bx, by, bz);
-        for (unsigned i = 0; i < threads; ++i) {
-          Fiber& f = s.fibers[i];
-          f.thread = dim3(i % block.x, (i / block.x) % block.y, i / (block.x * block.y));
-          f.done = f.waiting = false;
-          getcontext(&f.context);
-          f.context.uc_stack.ss_sp = f.stack.data();
-          f.context.uc_stack.ss_size = f.stack.size();
-          f.context.uc_link = &s.main;
-          makecontext(&f.context, fiber_entry, 0);
-        }
-        for (bool live = true; live;) {  // one round per barrier phase
-          live = false;
-          unsigned finished = 0, waiting = 0;
-          for (unsigned i = 0; i < threads; ++i) {
-            Fiber& f = s.fibers[i];
-            if (f.done) continue;
-            f.waiting = false;
-            threadIdx = f.thread;
-            s.current = &f;
-            swapcontext(&s.main, &f.context);
-            if (f.done) ++finished;
-            else ++waiting, live = true;
-          }
-          if (finished && waiting) throw std::logic_error("__syncthreads() not reached by every thread of a block");
-        }
-      }
+  const unsigned blocks = grid.x * grid.y * grid.z;
+  s.shared.assign(cooperative ? blocks : 1, std::vector<unsigned char>(shared_bytes, 0xff));
+  if (cooperative) {
+    std::vector<unsigned> all(blocks);
+    for (unsigned b = 0; b < blocks; ++b) all[b] = b;
+    run_blocks(grid, block, all);
+    return;
+  }
+  for (unsigned b = 0; b < blocks; ++b) {
+    std::fill(s.shared[0].begin(), s.shared[0].end(), 0xff);
+    run_blocks(grid, block, {b});
+  }
 }
 
 }  // namespace emu
@@ -176,5 +227,12 @@ template <typename... Params, typename... Args>
 void launch(const char*, void (*kernel)(Params...), dim3 grid, unsigned block, cudaStream_t, Args&&... args) {
   const std::function<void()> body = [&] { kernel(Params(args)...); };
   emu::run_grid(grid, dim3(block), body);
+}
+// A cooperative launch: every block at once (so grid_sync() can wait for all), with dynamic shared memory.
+template <typename... Params, typename... Args>
+void launch_cooperative(const char*, void (*kernel)(Params...), dim3 grid, unsigned block, size_t shared_bytes,
+                        cudaStream_t, Args&&... args) {
+  const std::function<void()> body = [&] { kernel(Params(args)...); };
+  emu::run_grid(grid, dim3(block), body, true, shared_bytes);
 }
 }  // namespace wnlstm::cuda
