@@ -43,6 +43,15 @@ t.test('constructor options', async (t) => {
   throwsCode(t, () => new WeightNormLSTMCell(4, { inputSize: 3, initializer: { kind: 'xavier' } as never }), 'ERR_WNLSTM_CONFIG', 'unknown initializer');
   throwsCode(t, () => new WeightNormLSTMCell(4, { inputSize: 3, initializer: () => [1, 2] }), 'ERR_WNLSTM_CONFIG', 'initializer of the wrong length');
   throwsCode(t, () => new WeightNormLSTMCell(4, { inputSize: 3, initializer: NaN }), 'ERR_WNLSTM_NOT_FINITE', 'NaN initializer');
+  throwsCode(t, () => new WeightNormLSTMCell(4, { inputSize: 3, precision: 'fp16' as never }), 'ERR_WNLSTM_CONFIG', 'unknown precision');
+});
+
+t.test("precision 'tf32' is for CUDA: a CPU cell computes in fp32 and gives the same results", async (t) => {
+  const x = Float32Array.from({ length: 5 * 2 * 3 }, (_, i) => Math.sin(i));
+  const [fp32, tf32] = (['fp32', 'tf32'] as const).map((precision) => new WeightNormLSTMCell(4, { inputSize: 3, seed: 2, precision }));
+  t.equal(fp32.precision, 'fp32', 'fp32 by default');
+  t.equal(tf32.precision, 'tf32', 'the precision asked for is kept');
+  t.same(Array.from(tf32.forward(x, { batchSize: 2 }).outputs), Array.from(fp32.forward(x, { batchSize: 2 }).outputs), 'identical outputs on the CPU');
 });
 
 t.test('backend selection says why', async (t) => {

@@ -50,7 +50,7 @@ t.test('CUDA kernels, emulated on the CPU, = the CPU backend', { skip: hasCompil
     });
     t.equal(code, 0, `${recurrence}: the driver ran${code ? `: ${stdout}` : ''}`);
     const report = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { cases: number; checks: number; failures: string[] };
-    t.equal(report.cases, 2 * cases.length, `${recurrence}: the ${cases.length} cases of cuda-cases.json in float64 and float32`);
+    t.equal(report.cases, 3 * cases.length, `${recurrence}: the ${cases.length} cases of cuda-cases.json in float64, float32 and TF32`);
     t.ok(report.checks >= 24 * cases.length, `${recurrence}: ${report.checks} comparisons ran (cells, backend ops, sequence models)`);
     t.same(report.failures, [], `${recurrence}: every output, gradient and state matches the CPU backend`);
   }));

@@ -9,13 +9,21 @@ import { backendInfo, WeightNormLSTMCell } from '../lib/index';
 type Report = Promise<{ checks: number; failures: string[] }>;
 const { cases, compareBackends, compareLanguageModels, compareLayers } = require('./cuda-compare.js') as {
   cases: { I: number; H: number; T: number; B: number; lengths?: boolean; options: object }[];
-  compareBackends(c: object, dtype: 'float64' | 'float32'): Report;
+  compareBackends(c: object, dtype: 'float64' | 'float32' | 'tf32'): Report;
   compareLanguageModels(dtype: 'float64' | 'float32', options?: { dropout?: number; embeddingProjection?: string }): Report;
   compareLayers(dtype: 'float64' | 'float32'): Report;
 };
 
 const cuda = backendInfo().cuda;
 const skip = cuda.available ? false : `no usable CUDA device here: ${cuda.reason}`;
+
+for (const c of cases) {
+  t.test(`CUDA on TF32 tensor cores = the CPU in fp32 within TF32's tolerance: ${JSON.stringify(c)}`, { skip }, async (t) => {
+    const { checks, failures } = await compareBackends(c, 'tf32');
+    t.ok(checks >= 15, `${checks} comparisons ran`);
+    t.same(failures, [], 'outputs, states and gradients within rtol 1e-2 (outputs), 3e-2 (gradients)');
+  });
+}
 
 t.test('backend cuda without a device is a coded error', { skip: cuda.available }, async (t) => {
   t.throws(() => new WeightNormLSTMCell(4, { inputSize: 3, backend: 'cuda' }), { code: 'ERR_WNLSTM_BACKEND_UNAVAILABLE' });

@@ -16,6 +16,8 @@ export interface NativeConfig {
   projClip?: number;
   forgetBias: number;
   activation: string;
+  /** 'fp32' (default) or 'tf32' (CUDA float32 only). */
+  precision?: string;
 }
 
 export interface NativeParam { name: string; rows: number; cols: number; offset: number }

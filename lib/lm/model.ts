@@ -25,6 +25,8 @@ export interface LMConfig {
   /** With backend 'cuda': the device's index (default 0). */
   device?: number;
   dtype?: 'float32' | 'float64';
+  /** On CUDA with float32: 'tf32' runs the cells' products on TF32 tensor cores (default 'fp32'). */
+  precision?: 'fp32' | 'tf32';
   /** How the first layer projects the embedded characters or words: 'auto' (the default) projects the
    * embedding's table once per batch and gathers its rows by id where the vocabulary is small against the
    * batch (the same values for less work), else each step's row; 'table' and 'rows' choose. */
@@ -64,7 +66,7 @@ export class LanguageModel implements HasParameters {
     this.#runtime = new ModelRuntime({
       vocabSize, inputSize: embeddingSize, hiddenSize, layers, outputSize: vocabSize, perStep: true, loss: 'crossEntropy',
       dropout: config.dropout ?? 0, norm, seed, dtype, backend: config.backend, device: config.device,
-      embeddingProjection: config.embeddingProjection,
+      embeddingProjection: config.embeddingProjection, precision: config.precision,
       cellInitializer: { kind: 'uniform', min: -initScale, max: initScale }, embeddingScale: initScale, headScale: initScale,
     });
     this.stack = new StackedLSTM(this.#runtime.cells); // the cells as a group: the runtime's step draws its own dropout masks

@@ -32,6 +32,10 @@ export interface LSTMCellOptions {
   device?: number;
   /** 'float64' is slower; it exists for gradient checks and for users who need it. */
   dtype?: DType;
+  /** 'fp32' (default, exact) or 'tf32': on CUDA with float32, the matrix products on TF32 tensor cores
+   *  (compute capability 8.0 or later), each input rounded to 10 bits of mantissa, sums in fp32. The CPU
+   *  computes in fp32 either way. */
+  precision?: 'fp32' | 'tf32';
   /** Name of the cell's parameter block (optimizer state and checkpoints); default 'lstm_cell'. */
   name?: string;
 }
@@ -111,7 +115,7 @@ export function nativeCellOf(cell: LSTMCell | WeightNormLSTMCell): NativeCell {
 }
 
 const OPTION_NAMES = ['inputSize', 'usePeepholes', 'cellClip', 'initializer', 'numProj', 'projClip',
-  'forgetBias', 'activation', 'seed', 'backend', 'device', 'dtype', 'name'];
+  'forgetBias', 'activation', 'seed', 'backend', 'device', 'dtype', 'precision', 'name'];
 
 abstract class LSTMCellBase {
   readonly numUnits: number;
@@ -126,6 +130,7 @@ abstract class LSTMCellBase {
   readonly forgetBias: number;
   readonly activation: Activation;
   readonly dtype: DType;
+  readonly precision: 'fp32' | 'tf32';
   readonly seed: number;
   /** The backend that runs this cell. */
   readonly backend: 'cpu' | 'cuda';
@@ -177,6 +182,7 @@ abstract class LSTMCellBase {
     this.#native = new addon.NativeCell({
       inputSize: o.inputSize, numUnits, numProj: o.numProj, norm, usePeepholes: o.usePeepholes ?? false,
       cellClip: o.cellClip, projClip: o.projClip, forgetBias: o.forgetBias ?? 1, activation: o.activation ?? 'tanh',
+      precision: o.precision ?? 'fp32',
     }, dtype, requested === 'cuda' ? 'cuda' : 'cpu', o.device ?? 0);
     this.numUnits = numUnits;
     this.inputSize = o.inputSize;
@@ -189,6 +195,7 @@ abstract class LSTMCellBase {
     this.forgetBias = o.forgetBias ?? 1;
     this.activation = o.activation ?? 'tanh';
     this.dtype = dtype;
+    this.precision = o.precision ?? 'fp32';
     this.seed = o.seed ?? Math.floor(Math.random() * 2 ** 32);
     this.name = o.name ?? 'lstm_cell';
     this.backend = requested === 'cuda' ? 'cuda' : 'cpu';

@@ -18,6 +18,8 @@ export interface RuntimeConfig extends Omit<NativeModelConfig, 'dropout'> {
   dtype: 'float32' | 'float64';
   backend?: BackendName;
   device?: number;
+  /** The cells' products on CUDA: 'fp32' (default) or 'tf32' (see the cell option). */
+  precision?: 'fp32' | 'tf32';
   /** The cells' kernels. */
   cellInitializer: Initializer;
   /** Embedding rows and the head's kernel: uniform in ±these. */
@@ -50,6 +52,7 @@ export class ModelRuntime {
       const cell = new WeightNormLSTMCell(hiddenSize, {
         inputSize: l === 0 ? inputSize : hiddenSize * D, norm, seed: (seed + 101 * (l + 1) + 7919 * d) >>> 0, dtype,
         backend: config.backend, device: config.device, name: `lstm_${l}${d ? '_backward' : ''}`, initializer: config.cellInitializer,
+        precision: config.precision,
       });
       cell.setWeights({ bias: new Float64Array(4 * hiddenSize) });
       if (norm) { // gains = column norms: W = V at the start, the same function as the plain arm

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "device.h"
@@ -632,6 +633,14 @@ class CudaCell final : public Cell<T> {
   explicit CudaCell(const CellConfig& config)
       : cfg_(checked(config)), norm_input_(norm_blocks(cfg_).input), norm_recurrent_(norm_blocks(cfg_).recurrent),
         norm_projection_(norm_blocks(cfg_).projection) {
+    if (cfg_.tf32) {
+      if (!std::is_same_v<T, float>) throw Error("ERR_WNLSTM_CONFIG", "precision 'tf32' is for float32 cells");
+      int major = 0;
+      check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_), "cudaDeviceGetAttribute");
+      if (major < 8)
+        throw Error("ERR_WNLSTM_CONFIG", "precision 'tf32' needs a GPU of compute capability 8.0 or later (Ampere); "
+                                         "this one is " + std::to_string(major) + ".x");
+    }
     I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), G_ = 4 * H_;
     off_ = param_offsets(cfg_);
     const int64_t n = param_count(cfg_);
@@ -770,7 +779,7 @@ class CudaCell final : public Cell<T> {
   void project_inputs(int64_t rows, const T* x, T* zx) override {
     use_device();
     // x . Vx: the column scale s0 is applied by the step kernels.
-    gemm<T>(stream_, false, false, rows, G_, I_, x, I_, params_ + off_.kernel, G_, nullptr, false, zx, G_);
+    gemm<T>(stream_, false, false, rows, G_, I_, x, I_, params_ + off_.kernel, G_, nullptr, false, zx, G_, cfg_.tf32);
   }
 
   void forward_projected(int64_t steps, int64_t batch, const T* c0, const T* h0, const int32_t* seq_len, T* y,
@@ -795,8 +804,8 @@ class CudaCell final : public Cell<T> {
     const int64_t I = I_, G = G_;
     const T* kernel = params_ + off_.kernel;
     T* dkernel = g + off_.kernel;
-    gemm<T>(stream_, true, false, I, G, rows, x, I, dz, G, nullptr, false, dkernel, G);
-    if (dx) gemm<T>(stream_, false, true, rows, I, G, dz, G, kernel, G, norm_input_.scales(), false, dx, I);  // (dz * s0) . Vx^T
+    gemm<T>(stream_, true, false, I, G, rows, x, I, dz, G, nullptr, false, dkernel, G, cfg_.tf32);
+    if (dx) gemm<T>(stream_, false, true, rows, I, G, dz, G, kernel, G, norm_input_.scales(), false, dx, I, cfg_.tf32);  // (dz * s0) . Vx^T
     norm_input_.backward(params_, g);
   }
 
@@ -861,7 +870,8 @@ class CudaCell final : public Cell<T> {
     const T proj_clip = cfg_.has_proj_clip ? T(cfg_.proj_clip) : std::numeric_limits<T>::infinity();
     const dim3 grid{unsigned((B + kRows - 1) / kRows), unsigned((H + kUnits - 1) / kUnits), 1};
     // The fused kernel where it has a block for every SM; otherwise split-K and a pointwise kernel.
-    const int64_t fused_blocks = int64_t(grid.x) * grid.y;
+    // With TF32 the step's product is always a (tensor-core) GEMM: the fused kernel multiplies in fp32.
+    const int64_t fused_blocks = cfg_.tf32 ? 0 : int64_t(grid.x) * grid.y;
     const int splits = fused_blocks >= sm_count_ ? 1 : split_k(B, G, P);
     T* parts = fused_blocks >= sm_count_ ? nullptr : fwd_parts_.resize(int64_t(splits) * B * G);
     const int64_t units =
@@ -884,12 +894,12 @@ class CudaCell final : public Cell<T> {
       if (fused_blocks >= sm_count_) {
         launch_step_forward(grid, sp);
       } else {
-        gemm_split_k<T>(stream_, false, false, B, G, P, sp.h_prev, P, sp.vh, G, nullptr, splits, parts, G);
+        gemm_split_k<T>(stream_, false, false, B, G, P, sp.h_prev, P, sp.vh, G, nullptr, splits, parts, G, cfg_.tf32);
         launch_step_gates(sp, parts, splits);
       }
       if (proj) {
         T* pre = pre_all + k * B * P;
-        gemm<T>(stream_, false, false, B, P, H, sp.hh, H, params_ + off_.proj_kernel, P, nullptr, false, pre, P);
+        gemm<T>(stream_, false, false, B, P, H, sp.hh, H, params_ + off_.proj_kernel, P, nullptr, false, pre, P, cfg_.tf32);
         launch("projection output kernel", projection_output_kernel<T>, grid_for(B * P), 256, stream_, B, P, t, pre,
                norm_projection_.scales(), proj_clip, lens, sp.h_prev, h_next, sp.y);
       }
@@ -965,7 +975,8 @@ class CudaCell final : public Cell<T> {
         sb.dh_next = dh_of[(t + 1) & 1], sb.dh = dh_of[t & 1], sb.dy = dys + t * B * P;
         sb.dc = dc, sb.dz = dz + t * B * G, sb.dc_prev = dc_prev;
         launch_step_backward(sb, true);
-        gemm_split_k<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, norm_recurrent_.scales(), splits, parts, P);
+        gemm_split_k<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, norm_recurrent_.scales(), splits, parts, P,
+                        cfg_.tf32);
         std::swap(dc, dc_prev);
       }
       launch("initial state gradient kernel", initial_state_grad_kernel<T>, grid_for(B * P), 256, stream_, parts,
@@ -980,7 +991,7 @@ class CudaCell final : public Cell<T> {
         launch("projection clip gradient kernel", projection_clip_grad_kernel<T>, grid_for(B * P), 256, stream_,
                B * P, a.pre.data() + t * B * P, proj_clip, dtot, dpre_t);
         gemm<T>(stream_, false, true, B, H, P, dpre_t, P, params_ + off_.proj_kernel, P, norm_projection_.scales(), false,
-                dhh, H);
+                dhh, H, cfg_.tf32);
       }
       sb.t = t;
       sb.gates = a.gates.data() + t * B * G;
@@ -990,7 +1001,8 @@ class CudaCell final : public Cell<T> {
       sb.dc = dc, sb.dz = dz + t * B * G, sb.dc_prev = dc_prev;
       launch_step_backward(sb, false);
       // dh_prev = dz . Wh^T = (dz * s1) . Vh^T
-      gemm<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, norm_recurrent_.scales(), false, dh_prev, P);
+      gemm<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, norm_recurrent_.scales(), false, dh_prev, P,
+              cfg_.tf32);
       if (lens) {
         launch("state gradient carry kernel", carry_state_grad_kernel<T>, grid_for(B * P), 256, stream_, B, P, t,
                lens, dh, dh_prev);
@@ -1002,7 +1014,7 @@ class CudaCell final : public Cell<T> {
     // Everything that sums over steps: large GEMMs over all T*B rows at once.
     check(cudaMemsetAsync(g, 0, param_count(cfg_) * sizeof(T), stream_), "zero gradients");
     T* dkernel = g + off_.kernel;
-    gemm<T>(stream_, true, false, P, G, rows, a.hs.data(), P, dz, G, nullptr, false, dkernel + I * G, G);
+    gemm<T>(stream_, true, false, P, G, rows, a.hs.data(), P, dz, G, nullptr, false, dkernel + I * G, G, cfg_.tf32);
     launch("bias gradient kernel", column_sums_kernel<T>, column_blocks(G), kReduceThreads, stream_, dz, rows, G,
            g + off_.bias);
     if (cfg_.use_peepholes) {
@@ -1010,7 +1022,7 @@ class CudaCell final : public Cell<T> {
              a.cs.data(), rows, B, H, g + off_.w_i, g + off_.w_f, g + off_.w_o);
     }
     if (proj)
-      gemm<T>(stream_, true, false, H, P, rows, a.hh.data(), H, dpre, P, nullptr, false, g + off_.proj_kernel, P);
+      gemm<T>(stream_, true, false, H, P, rows, a.hh.data(), H, dpre, P, nullptr, false, g + off_.proj_kernel, P, cfg_.tf32);
     norm_recurrent_.backward(params_, g);
     norm_projection_.backward(params_, g);
     copy(dc0, dc, B * H);
@@ -1073,7 +1085,7 @@ class CudaCell final : public Cell<T> {
   int64_t persistent_units(int64_t B, Kernel kernel, Bytes shared_bytes) {
     const char* env = std::getenv("WNLSTM_CUDA_RECURRENCE");
     const std::string mode = env ? env : "auto";
-    if (mode == "steps" || (mode != "persistent" && B > kPersistentBatch)) return 0;
+    if (cfg_.tf32 || mode == "steps" || (mode != "persistent" && B > kPersistentBatch)) return 0;  // fp32 kernels
     const int64_t U = (H_ + sm_count_ - 1) / sm_count_, blocks = (H_ + U - 1) / U;
     return blocks <= cooperative_blocks(kernel, device_, kPersistentThreads, shared_bytes(U)) ? U : 0;
   }

@@ -252,6 +252,10 @@ CellConfig parse_config(const Napi::Object& o) {
   else if (act == "softsign") c.activation = wnlstm::Activation::Softsign;
   else if (act == "linear") c.activation = wnlstm::Activation::Linear;
   else fail("ERR_WNLSTM_CONFIG", "unknown activation '" + act + "'");
+  const Napi::Value precision = o.Get("precision");
+  const std::string prec = precision.IsString() ? precision.As<Napi::String>().Utf8Value() : precision.IsUndefined() ? "fp32" : "";
+  if (prec != "fp32" && prec != "tf32") fail("ERR_WNLSTM_CONFIG", "precision must be 'fp32' or 'tf32'");
+  c.tf32 = prec == "tf32";
   wnlstm::validate_config(c);
   return c;
 }

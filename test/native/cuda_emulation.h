@@ -15,6 +15,8 @@
 #include <math.h>
 #include <ucontext.h>
 
+#include <cmath>
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -62,9 +64,12 @@ inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return *s = nullptr, cudaSuccess; }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
-// A small device: 4 SMs, so that the kernels sized by it split their work even on the tests' small shapes.
-inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) { return *value = 4, cudaSuccess; }
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrComputeCapabilityMajor = 75 };
+// A small device of compute capability 9.0: 4 SMs, so that the kernels sized by it split their work even on
+// the tests' small shapes.
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  return *value = attr == cudaDevAttrComputeCapabilityMajor ? 9 : 4, cudaSuccess;
+}
 inline cudaError_t cudaMemGetInfo(size_t* free, size_t* total) { return *free = *total = size_t(1) << 34, cudaSuccess; }
 template <typename T>
 cudaError_t cudaMalloc(T** p, size_t bytes) {
@@ -115,12 +120,19 @@ struct Fiber {
   bool done = false;
 };
 
+// What one lane hands to a warp's mma.sync.
+struct MmaLane {
+  uint32_t a[4], b[2];
+  float d[4];
+};
+
 struct Scheduler {
   ucontext_t main;
   std::vector<Fiber> fibers;
   Fiber* current = nullptr;
   const std::function<void()>* body = nullptr;
   std::vector<std::vector<unsigned char>> shared;  // each block's dynamic shared memory
+  std::vector<std::vector<MmaLane>> mma;           // each block's lanes at an mma.sync
 };
 inline Scheduler& scheduler() {
   static Scheduler s;
@@ -143,6 +155,45 @@ inline void sync_threads() { wait(Fiber::Wait::Block); }
 // A grid-wide barrier: only in a cooperative launch, where every block of the grid runs at once.
 inline void grid_sync() { wait(Fiber::Wait::Grid); }
 inline void* dynamic_shared() { return scheduler().shared[scheduler().current->block_index].data(); }
+
+// TF32 (cvt.rna.tf32.f32): 10 bits of mantissa, rounded to nearest with ties away from zero.
+inline uint32_t to_tf32(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fffffffu;  // NaN
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits += 0x1000u;   // half of the 13 dropped bits (magnitude)
+  return bits & 0xffffe000u;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, d = a.b + d, as a warp computes it: every lane hands
+// over its fragments (the PTX ISA's layout for m16n8k8 .tf32, with group = lane / 4, quad = lane % 4:
+// a0 A[group][quad], a1 A[group+8][quad], a2 A[group][quad+4], a3 A[group+8][quad+4]; b0 B[quad][group],
+// b1 B[quad+4][group]; d0 D[group][2 quad], d1 D[group][2 quad+1], d2 D[group+8][2 quad], d3 D[group+8][2 quad+1])
+// and gets its part of D; each product is exact (TF32 inputs), each sum rounded to fp32, in k order. The
+// warps of a block call it together (as the kernels do), so the exchange waits at block barriers.
+inline void mma_m16n8k8_tf32(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  Scheduler& s = scheduler();
+  std::vector<MmaLane>& lanes = s.mma[s.current->block_index];
+  const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z), warp = tid / 32 * 32;
+  MmaLane& me = lanes[tid];
+  std::memcpy(me.a, a, sizeof me.a), std::memcpy(me.b, b, sizeof me.b), std::memcpy(me.d, d, sizeof me.d);
+  sync_threads();
+  const unsigned lane = tid % 32, group = lane / 4, quad = lane % 4;
+  auto value = [](uint32_t bits) { float f; std::memcpy(&f, &bits, sizeof f); return f; };
+  float out[4];
+  for (unsigned r = 0; r < 4; ++r) {
+    const unsigned row = group + (r >= 2 ? 8 : 0), col = 2 * quad + (r & 1);
+    float acc = me.d[r];
+    for (unsigned k = 0; k < 8; ++k) {
+      const MmaLane& from_a = lanes[warp + (row % 8) * 4 + k % 4];
+      const MmaLane& from_b = lanes[warp + col * 4 + k % 4];
+      acc = std::fma(value(from_a.a[(row >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)]), value(from_b.b[k >= 4 ? 1 : 0]), acc);
+    }
+    out[r] = acc;
+  }
+  sync_threads();
+  std::memcpy(d, out, sizeof out);
+}
 
 // Runs the fibers of `blocks` (indices into the grid, x fastest) until all return, with CUDA's barrier
 // semantics: a block's __syncthreads() releases when every thread of that block waits there, a grid_sync()
@@ -207,6 +258,7 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& body, b
   gridDim = grid, blockDim = block;
   const unsigned blocks = grid.x * grid.y * grid.z;
   s.shared.assign(cooperative ? blocks : 1, std::vector<unsigned char>(shared_bytes, 0xff));
+  s.mma.assign(cooperative ? blocks : 1, std::vector<MmaLane>(block.x * block.y * block.z));
   if (cooperative) {
     std::vector<unsigned> all(blocks);
     for (unsigned b = 0; b < blocks; ++b) all[b] = b;

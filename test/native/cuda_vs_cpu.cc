@@ -1,5 +1,5 @@
 // The CUDA backend's code, run on the CPU through cuda_emulation.h, against the CPU backend: the cases of
-// test/cuda-cases.json (every option, sizes off every tile; read from stdin) in float64 and float32,
+// test/cuda-cases.json (every option, sizes off every tile; read from stdin) in float64, float32 and TF32,
 // forward, backward, sequence lengths, inference (and that it leaves the saved forward alone), an optimizer
 // update and the error for a stale backward; every op of the CUDA backend; whole language-model training
 // steps on the emulated device against the CPU; and the report of a kernel fault. Prints one JSON line:
@@ -102,8 +102,10 @@ std::vector<T> uniform(std::mt19937_64& rng, size_t n, double scale) {
   return v;
 }
 
+// tf32: the CUDA cell multiplies on (emulated) TF32 tensor cores, against the CPU's fp32.
 template <typename T>
-void run(const Case& c, const char* dtype, double rtol_out, double atol_out, double rtol_grad, double atol_grad) {
+void run(const Case& c, const char* dtype, double rtol_out, double atol_out, double rtol_grad, double atol_grad,
+         bool tf32 = false) {
   CellConfig cfg = c.options;
   cfg.input_size = c.I, cfg.num_units = c.H;
   const int64_t I = c.I, H = c.H, T_ = c.T, B = c.B, P = cfg.output_size(), n = param_count(cfg);
@@ -112,7 +114,9 @@ void run(const Case& c, const char* dtype, double rtol_out, double atol_out, dou
                            std::to_string(cfg.num_proj) + " norm=" + std::to_string(cfg.norm) + " act=" +
                            std::to_string(int(cfg.activation)) + (c.lengths ? " lengths" : "") + ": ";
   auto cpu = make_cpu_cell<T>(cfg);
-  auto gpu = make_cuda_cell<T>(cfg);
+  CellConfig gpu_cfg = cfg;
+  gpu_cfg.tf32 = tf32;
+  auto gpu = make_cuda_cell<T>(gpu_cfg);
   std::mt19937_64 rng(uint64_t(I * 1000003 + H * 1009 + T_ * 31 + B));
   const std::vector<T> params = uniform<T>(rng, size_t(n), 0.5);
   cpu->set_params(params.data(), 0, n);
@@ -441,6 +445,19 @@ int main() {
     run<double>(c, "float64", 1e-9, 1e-11, 1e-9, 1e-11);
     run<float>(c, "float32", 1e-4, 2e-6, 1e-3, 1e-4);
   }
+  // TF32: each product's inputs rounded to 10 bits of mantissa (a relative error up to 2^-11 each), summed
+  // over up to I + H terms per step and compounded over the steps; gradients sum over up to T*B rows too.
+  const double tf32_out = std::getenv("WNLSTM_TF32_RTOL") ? std::atof(std::getenv("WNLSTM_TF32_RTOL")) : 1e-2;
+  for (const Case& c : cases) run<float>(c, "tf32", tf32_out, tf32_out / 10, 3 * tf32_out, 3 * tf32_out / 10, true);
+  ++checks;  // TF32 is for float32 cells only
+  try {
+    CellConfig wide;
+    wide.input_size = 2, wide.num_units = 3, wide.tf32 = true;
+    make_cuda_cell<double>(wide);
+    failures.push_back("a float64 cell with precision tf32 did not throw");
+  } catch (const Error& e) {
+    if (e.code != "ERR_WNLSTM_CONFIG") failures.push_back("a float64 cell with precision tf32 threw " + e.code);
+  }
   // Last (it leaves the "context" marked unusable): a kernel fault is reported with what to do, and every
   // later call fails at once naming the first fault.
   checks += 2;
@@ -455,7 +472,7 @@ int main() {
         failures.push_back("a kernel fault in " + std::string(what) + " threw " + e.code + ": " + m);
     }
   }
-  std::printf("{\"cases\": %zu, \"checks\": %d, \"failures\": [", cases.size() * 2, checks);
+  std::printf("{\"cases\": %zu, \"checks\": %d, \"failures\": [", cases.size() * 3, checks);
   for (size_t i = 0; i < failures.size(); ++i) {
     std::string escaped;
     for (char ch : failures[i]) escaped += (ch == '"' || ch == '\\') ? std::string("\\") + ch : std::string(1, ch);

@@ -38,6 +38,9 @@ struct CellConfig {
   double proj_clip = 0;
   double forget_bias = 1;
   Activation activation = Activation::Tanh;
+  // CUDA, float32: the GEMMs on TF32 tensor cores (inputs rounded to 10 bits of mantissa, fp32 sums), which
+  // needs compute capability 8.0; the CPU computes in fp32 whatever this says.
+  bool tf32 = false;
 
   int64_t output_size() const { return num_proj > 0 ? num_proj : num_units; }
 };
