@@ -203,6 +203,49 @@ inline cudaStream_t device_stream(int device) {
   return stream;
 }
 
+// A cell's per-step launches as one CUDA graph. run() queues what `record` launches on the stream: directly,
+// the first time a key is seen; captured into a graph and instantiated, when the same key comes twice in a
+// row; and from then on as that graph, one launch instead of T, while the key stays the same. The key must
+// hold every pointer and size the launches use (a graph replays its arguments as they were captured).
+class StepGraph {
+ public:
+  StepGraph() = default;
+  StepGraph(const StepGraph&) = delete;
+  StepGraph& operator=(const StepGraph&) = delete;
+  ~StepGraph() {
+    if (exec_) cudaGraphExecDestroy(exec_);  // freed when a launch still in flight completes
+  }
+
+  template <typename Record>
+  void run(cudaStream_t stream, const std::vector<int64_t>& key, Record&& record) {
+    if (exec_ && key == captured_) return check(cudaGraphLaunch(exec_, stream), "cudaGraphLaunch");
+    const bool again = key == last_;
+    last_ = key;
+    if (!again) return record();
+    cudaGraph_t graph = nullptr;
+    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    try {
+      record();
+    } catch (...) {
+      cudaStreamEndCapture(stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    check(err, "cudaGraphInstantiate");
+    if (exec_) cudaGraphExecDestroy(exec_);
+    exec_ = exec, captured_ = key;
+    check(cudaGraphLaunch(exec_, stream), "cudaGraphLaunch");
+  }
+
+ private:
+  std::vector<int64_t> last_, captured_;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
 // Makes `device` current for its scope and restores the caller's device after (for the paths, like frees in
 // destructors, that may run on any thread with any device current).
 class DeviceGuard {

@@ -881,29 +881,34 @@ class CudaCell final : public Cell<T> {
       launch_cooperative("persistent forward kernel", persistent_forward_for(), dim3(unsigned((H + units - 1) / units)),
                          kPersistentThreads, persistent_shared_bytes<T>(P, units), stream_, pf);
     }
-    for (int64_t t = 0; units == 0 && t < steps; ++t) {
-      const int64_t k = training ? t : 0;
-      sp.t = t;
-      sp.z = z + t * B * G;
-      sp.h_prev = hs + slot(t) * B * P, sp.c_prev = cs + slot(t) * B * H;
-      sp.c_raw = c_raw ? c_raw + t * B * H : nullptr;
-      sp.c_next = cs + slot(t + 1) * B * H;
-      T* h_next = hs + slot(t + 1) * B * P;
-      sp.hh = proj ? hh_all + k * B * H : h_next;
-      sp.y = y + t * B * P;
-      if (fused_blocks >= sm_count_) {
-        launch_step_forward(grid, sp);
-      } else {
-        gemm_split_k<T>(stream_, false, false, B, G, P, sp.h_prev, P, sp.vh, G, nullptr, splits, parts, G, cfg_.tf32);
-        launch_step_gates(sp, parts, splits);
+    const auto every_step = [&] {
+      for (int64_t t = 0; t < steps; ++t) {
+        const int64_t k = training ? t : 0;
+        sp.t = t;
+        sp.z = z + t * B * G;
+        sp.h_prev = hs + slot(t) * B * P, sp.c_prev = cs + slot(t) * B * H;
+        sp.c_raw = c_raw ? c_raw + t * B * H : nullptr;
+        sp.c_next = cs + slot(t + 1) * B * H;
+        T* h_next = hs + slot(t + 1) * B * P;
+        sp.hh = proj ? hh_all + k * B * H : h_next;
+        sp.y = y + t * B * P;
+        if (fused_blocks >= sm_count_) {
+          launch_step_forward(grid, sp);
+        } else {
+          gemm_split_k<T>(stream_, false, false, B, G, P, sp.h_prev, P, sp.vh, G, nullptr, splits, parts, G, cfg_.tf32);
+          launch_step_gates(sp, parts, splits);
+        }
+        if (proj) {
+          T* pre = pre_all + k * B * P;
+          gemm<T>(stream_, false, false, B, P, H, sp.hh, H, params_ + off_.proj_kernel, P, nullptr, false, pre, P, cfg_.tf32);
+          launch("projection output kernel", projection_output_kernel<T>, grid_for(B * P), 256, stream_, B, P, t, pre,
+                 norm_projection_.scales(), proj_clip, lens, sp.h_prev, h_next, sp.y);
+        }
       }
-      if (proj) {
-        T* pre = pre_all + k * B * P;
-        gemm<T>(stream_, false, false, B, P, H, sp.hh, H, params_ + off_.proj_kernel, P, nullptr, false, pre, P, cfg_.tf32);
-        launch("projection output kernel", projection_output_kernel<T>, grid_for(B * P), 256, stream_, B, P, t, pre,
-               norm_projection_.scales(), proj_clip, lens, sp.h_prev, h_next, sp.y);
-      }
-    }
+    };
+    if (units == 0)
+      forward_graph_.run(stream_, key(steps, B, training, z, cs, hs, c_raw, hh_all, pre_all, y, lens, params_, parts,
+                                      splits), every_step);
     copy(c_out, cs + slot(steps) * B * H, B * H);
     copy(h_out, hs + slot(steps) * B * P, B * P);
     if (training) saved_steps_ = steps, saved_batch_ = batch, has_lengths_ = seq_len != nullptr;
@@ -966,19 +971,26 @@ class CudaCell final : public Cell<T> {
       T* parts = parts_.resize(int64_t(splits) * B * P);
       T* dh_of[2] = {dh, dh_prev};  // dL/d h of step t in dh_of[t & 1]
       sb.splits = splits, sb.dh_final = dh_in;
-      for (int64_t t = steps - 1; t >= 0; --t) {
-        sb.t = t;
-        sb.gates = a.gates.data() + t * B * G;
-        sb.c_prev = a.cs.data() + t * B * H, sb.c_next = a.cs.data() + (t + 1) * B * H;
-        sb.c_raw = a.c_raw.data() + t * B * H;
-        sb.parts = t == steps - 1 ? nullptr : parts;
-        sb.dh_next = dh_of[(t + 1) & 1], sb.dh = dh_of[t & 1], sb.dy = dys + t * B * P;
-        sb.dc = dc, sb.dz = dz + t * B * G, sb.dc_prev = dc_prev;
-        launch_step_backward(sb, true);
-        gemm_split_k<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, norm_recurrent_.scales(), splits, parts, P,
-                        cfg_.tf32);
-        std::swap(dc, dc_prev);
-      }
+      const auto every_step = [&] {  // dc and dc_prev take turns, starting from dc
+        T *dc_step = dc, *dc_next = dc_prev;
+        for (int64_t t = steps - 1; t >= 0; --t) {
+          sb.t = t;
+          sb.gates = a.gates.data() + t * B * G;
+          sb.c_prev = a.cs.data() + t * B * H, sb.c_next = a.cs.data() + (t + 1) * B * H;
+          sb.c_raw = a.c_raw.data() + t * B * H;
+          sb.parts = t == steps - 1 ? nullptr : parts;
+          sb.dh_next = dh_of[(t + 1) & 1], sb.dh = dh_of[t & 1], sb.dy = dys + t * B * P;
+          sb.dc = dc_step, sb.dz = dz + t * B * G, sb.dc_prev = dc_next;
+          launch_step_backward(sb, true);
+          gemm_split_k<T>(stream_, false, true, B, P, G, sb.dz, G, kernel + I * G, G, norm_recurrent_.scales(), splits,
+                          parts, P, cfg_.tf32);
+          std::swap(dc_step, dc_next);
+        }
+      };
+      backward_graph_.run(stream_, key(steps, B, dys, dh_in, dz, dc, dc_prev, dh, dh_prev, parts, splits, params_, lens,
+                                       a.gates.data(), a.cs.data(), a.c_raw.data()),
+                          every_step);
+      if (steps % 2) std::swap(dc, dc_prev);  // the buffer the first step's dc_prev went to
       launch("initial state gradient kernel", initial_state_grad_kernel<T>, grid_for(B * P), 256, stream_, parts,
              splits, B, P, lens, dh_of[0], dtot);
       dh = dtot;
@@ -1100,6 +1112,19 @@ class CudaCell final : public Cell<T> {
     }
   }
 
+  // A StepGraph key: the sizes, flags and pointers that a sequence of launches uses.
+  template <typename... Values>
+  static std::vector<int64_t> key(Values... values) {
+    std::vector<int64_t> k;
+    ((k.push_back(as_key(values))), ...);
+    return k;
+  }
+  template <typename V>
+  static int64_t as_key(V v) {
+    if constexpr (std::is_pointer_v<V>) return int64_t(reinterpret_cast<uintptr_t>(v));
+    else return int64_t(v);
+  }
+
   GridBarrier barrier() {
     if (!barrier_.data()) check(cudaMemsetAsync(barrier_.resize(2), 0, 2 * sizeof(unsigned), stream_), "zero the grid barrier");
     return {barrier_.data(), barrier_.data() + 1};
@@ -1183,6 +1208,7 @@ class CudaCell final : public Cell<T> {
   cudaStream_t stream_ = device_stream(device_);
   int sm_count_ = multiprocessors(device_);
   DeviceBuffer<unsigned> barrier_;  // the persistent kernels' grid barrier (count, generation)
+  StepGraph forward_graph_, backward_graph_;  // the per-step launches of a forward and of a backward
   DeviceBuffer<T> persistent_dc_, persistent_dh_;  // the persistent backward's state gradients by parity
 
   // The parameters: its own buffer, or a model's arena (kept alive by params_owner_) once bound.

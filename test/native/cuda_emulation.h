@@ -24,6 +24,7 @@
 #include <functional>
 #include <memory>
 #include <stdexcept>
+#include <tuple>
 #include <vector>
 
 #define __global__
@@ -97,14 +98,58 @@ inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return *
 inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
 inline cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
+// Stream capture into graphs: while a capture is on, launches, copies and sets are recorded with their
+// arguments as they are then (a graph replays exactly those), and a graph launch runs them in order.
+namespace emu {
+struct Graph {
+  std::vector<std::function<void()>> nodes;
+};
+inline Graph*& capturing() {
+  static Graph* graph = nullptr;
+  return graph;
+}
+// Runs `op` now, or records it in the graph being captured.
+inline void now_or_captured(std::function<void()> op) {
+  if (Graph* g = capturing()) g->nodes.push_back(std::move(op));
+  else op();
+}
+}  // namespace emu
+using cudaGraph_t = emu::Graph*;
+using cudaGraphExec_t = emu::Graph*;
+enum cudaStreamCaptureMode { cudaStreamCaptureModeThreadLocal = 1 };
+inline cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
+  if (emu::capturing()) throw std::logic_error("a capture inside a capture");
+  emu::capturing() = new emu::Graph;
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* graph) {
+  *graph = emu::capturing();
+  emu::capturing() = nullptr;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  *exec = new emu::Graph(*graph);
+  return cudaSuccess;
+}
+inline cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t) {
+  for (const auto& node : exec->nodes) node();
+  return cudaSuccess;
+}
+inline cudaError_t cudaGraphDestroy(cudaGraph_t graph) { return delete graph, cudaSuccess; }
+inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) { return delete exec, cudaSuccess; }
+
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
-  return std::memcpy(dst, src, bytes), cudaSuccess;
+  emu::now_or_captured([=] { std::memcpy(dst, src, bytes); });
+  return cudaSuccess;
 }
 inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
-  return std::memset(dst, value, bytes), cudaSuccess;
+  emu::now_or_captured([=] { std::memset(dst, value, bytes); });
+  return cudaSuccess;
 }
 inline cudaError_t cudaMemset2DAsync(void* dst, size_t pitch, int value, size_t width, size_t height, cudaStream_t) {
-  for (size_t r = 0; r < height; ++r) std::memset(static_cast<char*>(dst) + r * pitch, value, width);
+  emu::now_or_captured([=] {
+    for (size_t r = 0; r < height; ++r) std::memset(static_cast<char*>(dst) + r * pitch, value, width);
+  });
   return cudaSuccess;
 }
 
@@ -277,14 +322,18 @@ namespace wnlstm::cuda {
 // The emulated launch: arguments are converted to the kernel's parameter types, as <<<...>>> does.
 template <typename... Params, typename... Args>
 void launch(const char*, void (*kernel)(Params...), dim3 grid, unsigned block, cudaStream_t, Args&&... args) {
-  const std::function<void()> body = [&] { kernel(Params(args)...); };
-  emu::run_grid(grid, dim3(block), body);
+  emu::now_or_captured([kernel, grid, block, values = std::tuple<Params...>(Params(args)...)] {
+    const std::function<void()> body = [&] { std::apply(kernel, values); };
+    emu::run_grid(grid, dim3(block), body);
+  });
 }
 // A cooperative launch: every block at once (so grid_sync() can wait for all), with dynamic shared memory.
 template <typename... Params, typename... Args>
 void launch_cooperative(const char*, void (*kernel)(Params...), dim3 grid, unsigned block, size_t shared_bytes,
                         cudaStream_t, Args&&... args) {
-  const std::function<void()> body = [&] { kernel(Params(args)...); };
-  emu::run_grid(grid, dim3(block), body, true, shared_bytes);
+  emu::now_or_captured([kernel, grid, block, shared_bytes, values = std::tuple<Params...>(Params(args)...)] {
+    const std::function<void()> body = [&] { std::apply(kernel, values); };
+    emu::run_grid(grid, dim3(block), body, true, shared_bytes);
+  });
 }
 }  // namespace wnlstm::cuda
