@@ -1551,25 +1551,41 @@ Napi::Value TensorEmbeddingBackward(const Napi::CallbackInfo& info) {
   });
 }
 
+// The arguments tensorDense and tensorDenseBackward share: x (a tensor) at 0, the weight at 1, rows, inSize,
+// outSize at 3 to 5; the weight on x's device.
+template <typename T>
+struct DenseCall {
+  int64_t N, I, O;
+  const char* dtype;
+  std::shared_ptr<TensorData> x;
+  std::shared_ptr<wnlstm::Backend<T>> backend;
+  std::unique_ptr<HostOnDevice<T>> weight;
+};
+template <typename T>
+DenseCall<T> dense_call(Napi::Env env, const Napi::CallbackInfo& info) {
+  DenseCall<T> c;
+  c.N = int_arg(info[3], "rows", 1, wnlstm::kMaxElements), c.I = int_arg(info[4], "inSize", 1, wnlstm::kMaxElements),
+  c.O = int_arg(info[5], "outSize", 1, wnlstm::kMaxElements);
+  if (double(c.N) * double(std::max(c.I, c.O)) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "rows x width exceeds 2^31");
+  c.dtype = sizeof(T) == 4 ? "float32" : "float64";
+  c.x = NativeTensor::arg(env, info[0], "x", c.dtype, "", c.N * c.I, false);
+  require_idle(c.x, "x");
+  const T* W = array_arg<T>(info[1], "weight", size_t(c.I * c.O), false);
+  c.backend = backend_for<T>(env, c.x->device);
+  c.weight = std::make_unique<HostOnDevice<T>>(c.backend, W, c.I * c.O);
+  return c;
+}
+
 // tensorDense(x tensor [rows*I], weight [I*O], bias [O], rows, I, O) -> y tensor [rows*O] = x W + b, on x's device.
 Napi::Value TensorDense(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     return with_float_type(info[1], "weight", [&](auto zero) -> Napi::Value {
       using T = decltype(zero);
-      Napi::Env env = info.Env();
-      const int64_t N = int_arg(info[3], "rows", 1, wnlstm::kMaxElements), I = int_arg(info[4], "inSize", 1, wnlstm::kMaxElements),
-                    O = int_arg(info[5], "outSize", 1, wnlstm::kMaxElements);
-      if (double(N) * double(std::max(I, O)) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "rows x width exceeds 2^31");
-      const char* dtype = sizeof(T) == 4 ? "float32" : "float64";
-      auto x = NativeTensor::arg(env, info[0], "x", dtype, "", N * I, false);
-      require_idle(x, "x");
-      const T* W = array_arg<T>(info[1], "weight", size_t(I * O), false);
-      const T* b = array_arg<T>(info[2], "bias", size_t(O), false);
-      auto backend = backend_for<T>(env, x->device);
-      HostOnDevice<T> w(backend, W, I * O), bias(backend, b, O);
-      auto y = std::make_shared<TensorData>(backend, dtype, N * O);
-      backend->dense_forward(x->template as<T>(), w.ptr, bias.ptr, N, I, O, y->template as<T>());
-      return NativeTensor::New(env, y);
+      const DenseCall<T> c = dense_call<T>(info.Env(), info);
+      HostOnDevice<T> bias(c.backend, array_arg<T>(info[2], "bias", size_t(c.O), false), c.O);
+      auto y = std::make_shared<TensorData>(c.backend, c.dtype, c.N * c.O);
+      c.backend->dense_forward(c.x->template as<T>(), c.weight->ptr, bias.ptr, c.N, c.I, c.O, y->template as<T>());
+      return NativeTensor::New(info.Env(), y);
     });
   });
 }
@@ -1580,24 +1596,16 @@ Napi::Value TensorDenseBackward(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     return with_float_type(info[1], "weight", [&](auto zero) -> Napi::Value {
       using T = decltype(zero);
-      Napi::Env env = info.Env();
-      const int64_t N = int_arg(info[3], "rows", 1, wnlstm::kMaxElements), I = int_arg(info[4], "inSize", 1, wnlstm::kMaxElements),
-                    O = int_arg(info[5], "outSize", 1, wnlstm::kMaxElements);
-      if (double(N) * double(std::max(I, O)) > double(wnlstm::kMaxElements)) fail("ERR_WNLSTM_SIZE", "rows x width exceeds 2^31");
-      const char* dtype = sizeof(T) == 4 ? "float32" : "float64";
-      auto x = NativeTensor::arg(env, info[0], "x", dtype, "", N * I, false);
-      auto dy = NativeTensor::arg(env, info[2], "dy", dtype, x->device, N * O, false);
-      require_idle(x, "x"), require_idle(dy, "dy");
-      const T* W = array_arg<T>(info[1], "weight", size_t(I * O), false);
-      T* dW = grad_arg<T>(info[6], "dW", size_t(I * O));
-      T* db = grad_arg<T>(info[7], "db", size_t(O));
-      auto backend = backend_for<T>(env, x->device);
-      HostOnDevice<T> w(backend, W, I * O);
-      GradOnDevice<T> gw(backend, dW, I * O), gb(backend, db, O);
-      auto dx = std::make_shared<TensorData>(backend, dtype, N * I);
-      backend->dense_backward(x->template as<T>(), w.ptr, dy->template as<T>(), N, I, O, gw.ptr, gb.ptr, dx->template as<T>());
+      const DenseCall<T> c = dense_call<T>(info.Env(), info);
+      auto dy = NativeTensor::arg(info.Env(), info[2], "dy", c.dtype, c.x->device, c.N * c.O, false);
+      require_idle(dy, "dy");
+      GradOnDevice<T> gw(c.backend, grad_arg<T>(info[6], "dW", size_t(c.I * c.O)), c.I * c.O),
+          gb(c.backend, grad_arg<T>(info[7], "db", size_t(c.O)), c.O);
+      auto dx = std::make_shared<TensorData>(c.backend, c.dtype, c.N * c.I);
+      c.backend->dense_backward(c.x->template as<T>(), c.weight->ptr, dy->template as<T>(), c.N, c.I, c.O, gw.ptr, gb.ptr,
+                                dx->template as<T>());
       gw.add(), gb.add();
-      return NativeTensor::New(env, dx);
+      return NativeTensor::New(info.Env(), dx);
     });
   });
 }
