@@ -44,6 +44,7 @@ t.test('constructor options', async (t) => {
   throwsCode(t, () => new WeightNormLSTMCell(4, { inputSize: 3, initializer: () => [1, 2] }), 'ERR_WNLSTM_CONFIG', 'initializer of the wrong length');
   throwsCode(t, () => new WeightNormLSTMCell(4, { inputSize: 3, initializer: NaN }), 'ERR_WNLSTM_NOT_FINITE', 'NaN initializer');
   throwsCode(t, () => new WeightNormLSTMCell(4, { inputSize: 3, precision: 'fp16' as never }), 'ERR_WNLSTM_CONFIG', 'unknown precision');
+  throwsCode(t, () => new WeightNormLSTMCell(4, { inputSize: 3, precision: 'tf32', dtype: 'float64' }), 'ERR_WNLSTM_CONFIG', 'tf32 for float64');
 });
 
 t.test("precision 'tf32' is for CUDA: a CPU cell computes in fp32 and gives the same results", async (t) => {

@@ -269,9 +269,18 @@ t.test('a streaming session on tensors: the state stays in the backend, the step
     }
   }
   exact(t, tensors.step(xs[0]), arrays.step(xs[0]), 'a typed-array step after steps on tensors goes on from the same state');
-  const wrong = zeros([B, 5]);
+  const wrong = zeros([B, 5]), wide = zeros([B, 4], { dtype: 'float64' });
   t.throws(() => tensors.step(wrong), { code: 'ERR_WNLSTM_SHAPE' }, 'a tensor of the wrong shape');
-  wrong.dispose();
-  t.equal(tensorMemory().tensors, before, 'no tensor left behind');
+  t.throws(() => tensors.step(wide), { code: 'ERR_WNLSTM_TYPE' }, 'a tensor of another dtype than the cells\'');
+  // A step that fails in a layer above the first leaves every layer's state as it was.
+  const x = tensor(xs[1], [B, 4]), expected = tensors.state;
+  const pending = cells[1].forwardAsync(new Float32Array(B * 6), { batchSize: B });
+  t.throws(() => tensors.step(x), { code: 'ERR_WNLSTM_BUSY' }, 'the second cell busy: the step fails');
+  await pending;
+  exact(t, tensors.state.flatMap((s) => [...s.c, ...s.h]), expected.flatMap((s) => [...s.c, ...s.h]), 'and no layer moved on');
+  const h = tensors.step(x);
+  exact(t, h.read(), arrays.step(xs[1]), 'the session goes on as if the failed steps had not been asked for');
+  for (const t of [wrong, wide, x, h]) t.dispose();
+  t.equal(tensorMemory().tensors, before + 4, 'no tensor left behind (the state: 2 layers x c, h)');
   cells.forEach((c) => c.dispose());
 });

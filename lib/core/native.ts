@@ -87,7 +87,8 @@ export interface NativeModelConfig {
   bidirectional?: boolean;
   /** How the first layer projects embedded ids (native/include/wnlstm/model.h): each step's row, or the
    * table's rows once per batch, gathered by id (the same values, less work for a small vocabulary).
-   * Default 'auto': the table when the vocabulary has at most half as many rows as the batch. */
+   * Default 'auto': the table when the vocabulary has at most half as many rows as the batch has tokens
+   * (steps x batch). Steps with dropout on the input always take the rows. */
   embeddingProjection?: EmbeddingProjection;
 }
 export type EmbeddingProjection = 'auto' | 'table' | 'rows';

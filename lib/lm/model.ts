@@ -28,8 +28,9 @@ export interface LMConfig {
   /** On CUDA with float32: 'tf32' runs the cells' products on TF32 tensor cores (default 'fp32'). */
   precision?: 'fp32' | 'tf32';
   /** How the first layer projects the embedded characters or words: 'auto' (the default) projects the
-   * embedding's table once per batch and gathers its rows by id where the vocabulary is small against the
-   * batch (the same values for less work), else each step's row; 'table' and 'rows' choose. */
+   * embedding's table once per batch and gathers its rows by id where the vocabulary has at most half as many
+   * rows as the window has tokens (the same values for less work), else each step's row; 'table' and 'rows'
+   * choose (training steps with dropout take the rows: each token's row is then its own). */
   embeddingProjection?: EmbeddingProjection;
 }
 

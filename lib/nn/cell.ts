@@ -163,6 +163,9 @@ abstract class LSTMCellBase {
     if (dtype !== 'float32' && dtype !== 'float64') {
       throw wnlstmError('ERR_WNLSTM_CONFIG', `dtype must be 'float32' or 'float64', got ${String(dtype)}`);
     }
+    if (o.precision === 'tf32' && dtype !== 'float32') {
+      throw wnlstmError('ERR_WNLSTM_CONFIG', "precision 'tf32' is for float32 cells");  // on every backend alike
+    }
     const requested = o.backend ?? 'auto';
     if (!['auto', 'cpu', 'cuda'].includes(requested)) {
       throw wnlstmError('ERR_WNLSTM_CONFIG', `backend must be 'auto', 'cpu' or 'cuda', got ${String(requested)}`);

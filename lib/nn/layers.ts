@@ -38,7 +38,9 @@ export class Dense implements HasParameters {
   forward(x: FloatArray | Tensor, rows?: number, keep = true): FloatArray | Tensor {
     if (x instanceof Tensor) {
       const n = rows ?? x.size / this.inSize;
-      if (!Number.isInteger(n) || n < 1) throw wnlstmError('ERR_WNLSTM_SHAPE', `a tensor of ${x.size} values is not rows of ${this.inSize}`);
+      if (x.shape.at(-1) !== this.inSize || n * this.inSize !== x.size) {
+        throw wnlstmError('ERR_WNLSTM_SHAPE', `x must be a tensor [..., ${this.inSize}] of ${rows ?? 'its'} rows, got [${x.shape.join(', ')}]`);
+      }
       const y = Tensor.wrap(addon.tensorDense(x.native, this.weight, this.bias, n, this.inSize, this.outSize), [n, this.outSize], x);
       if (keep) [this.#x, this.#rows] = [x, n];
       return y;
@@ -66,6 +68,7 @@ export class Dense implements HasParameters {
       if (!(this.#x instanceof Tensor) || !(dy instanceof Tensor)) {
         throw wnlstmError('ERR_WNLSTM_TYPE', 'after a forward on a tensor, dy must be a tensor (and a typed array after one on a typed array)');
       }
+      if (dy.shape.at(-1) !== O) throw wnlstmError('ERR_WNLSTM_SHAPE', `dy must be a tensor [..., ${O}], got [${dy.shape.join(', ')}]`);
       const dx = addon.tensorDenseBackward(this.#x.native, this.weight, dy.native, rows, I, O, g.subarray(0, I * O), g.subarray(I * O));
       return Tensor.wrap(dx, [rows, I], dy);
     }
@@ -118,7 +121,10 @@ export class Embedding implements HasParameters {
   /** Adds dy [ids, dim] (a typed array or a tensor) into the rows of the table's gradient (repeated ids add up). */
   backward(dy: FloatArray | Tensor): void {
     if (!this.#ids) throw wnlstmError('ERR_WNLSTM_NO_FORWARD', 'Embedding.backward needs a forward first');
-    if (dy instanceof Tensor) addon.tensorEmbeddingBackward(dy.native, this.dim, this.#ids, this.params.grad);
+    if (dy instanceof Tensor) {
+      if (dy.shape.at(-1) !== this.dim) throw wnlstmError('ERR_WNLSTM_SHAPE', `dy must be a tensor [..., ${this.dim}], got [${dy.shape.join(', ')}]`);
+      addon.tensorEmbeddingBackward(dy.native, this.dim, this.#ids, this.params.grad);
+    }
     else addon.embeddingBackward(dy, this.dim, this.#ids, this.params.grad);
   }
 }

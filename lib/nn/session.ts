@@ -25,8 +25,11 @@ export class StreamingSession {
     this.#state = this.cells.map((c) => c.zeroState(batchSize));
   }
 
-  /** The state of every layer (copies). */
-  get state(): LSTMState[] { return this.#arrays().map((s) => ({ c: s.c.slice(), h: s.h.slice() })); }
+  /** The state of every layer (copies; read back from the device after steps on tensors, which keep it there). */
+  get state(): LSTMState[] {
+    return this.#tensorState ? this.#tensorState.map((s) => ({ c: s.c.read(), h: s.h.read() }))
+      : this.#state.map((s) => ({ c: s.c.slice(), h: s.h.slice() }));
+  }
 
   /** Zeroes the state of one stream, or of all. */
   reset(stream?: number): void {
@@ -72,21 +75,36 @@ export class StreamingSession {
     });
   }
 
+  /** A step of every layer on tensors; the state moves on only when every layer has run (a failure leaves it). */
   #stepTensor(x: Tensor): Tensor {
-    const B = this.batchSize, I = this.cells[0].inputSize;
+    const B = this.batchSize, first = this.cells[0], I = first.inputSize;
     if (x.shape.length !== 2 || x.shape[0] !== B || x.shape[1] !== I) {
       throw wnlstmError('ERR_WNLSTM_SHAPE', `x must be a tensor [${B}, ${I}], got [${x.shape.join(', ')}]`);
     }
-    this.#tensorState ??= this.#state.map((s) => ({ c: tensor(s.c, [B, s.c.length / B], x), h: tensor(s.h, [B, s.h.length / B], x) }));
-    const states = this.#tensorState;
-    let input = x.reshape([1, B, I]);
-    this.cells.forEach((cell, l) => {
-      const r = cell.forward(input, { initialState: states[l], training: false });
-      input.dispose(); // the reshaped handle of x (x itself stays), or the layer below's output
-      states[l].c.dispose(), states[l].h.dispose();
-      states[l] = r.state;
-      input = r.outputs;
+    if (x.dtype !== first.dtype) throw wnlstmError('ERR_WNLSTM_TYPE', `x is ${x.dtype}, the cells are ${first.dtype}`);
+    const device = (cell: AnyCell) => (cell.backend === 'cpu' ? 'cpu' : `cuda:${cell.device}`);
+    if (x.deviceName !== device(first)) throw wnlstmError('ERR_WNLSTM_DEVICE', `x is on ${x.deviceName}, the first cell on ${device(first)}`);
+    // The state moves to each cell's device at the first step on tensors.
+    this.#tensorState ??= this.#state.map((s, l) => {
+      const { dtype, backend, device: index } = this.cells[l];
+      return { c: tensor(s.c, [B, s.c.length / B], { dtype, backend, device: index }), h: tensor(s.h, [B, s.h.length / B], { dtype, backend, device: index }) };
     });
+    const states = this.#tensorState, next: TensorState[] = [];
+    let input = x.reshape([1, B, I]);
+    try {
+      this.cells.forEach((cell, l) => {
+        const r = cell.forward(input, { initialState: states[l], training: false });
+        input.dispose(); // the reshaped handle of x (x itself stays), or the layer below's output
+        next.push(r.state);
+        input = r.outputs;
+      });
+    } catch (e) {
+      input.dispose();
+      for (const s of next) s.c.dispose(), s.h.dispose();
+      throw e;
+    }
+    for (const s of states) s.c.dispose(), s.h.dispose();
+    this.#tensorState = next;
     const h = input.reshape([B, input.shape[2]]);
     input.dispose();
     return h;

@@ -214,7 +214,7 @@ double SequenceModel<T>::step(const Batch<T>& in, bool train) {
   // The first layer's inputs: each step's embedded row, or rows of the projected table (model.h).
   const int64_t V = cfg_.vocab_size, G = 4 * H;
   const EmbeddingProjection projection = cfg_.embedding_projection;
-  const bool table = in.ids && !drop &&
+  const bool table = in.ids && !drop && double(V) * double(std::max(G, E)) <= double(kMaxElements) &&
                      (projection == EmbeddingProjection::Table ||
                       (projection == EmbeddingProjection::Auto && 2 * V <= N));
 
@@ -239,8 +239,8 @@ double SequenceModel<T>::step(const Batch<T>& in, bool train) {
       const T* h0 = states ? c0 + per : nullptr;
       T* c = next + 2 * k * per;
       T* y = D == 1 ? out : direction_out_[k].resize(N * H);
-      T* zx = cells_[k]->input_gates(steps, batch, train);
       if (l == 0 && table) {  // the projection of each id's row is that row of the projected table
+        T* zx = cells_[k]->input_gates(steps, batch, train);
         cells_[k]->project_inputs(V, params + embedding_, table_.resize(V * G));
         if (d == 0) {
           be.embedding_forward(table_.data(), G, in.ids, N, zx);
@@ -249,6 +249,7 @@ double SequenceModel<T>::step(const Batch<T>& in, bool train) {
           be.reverse_sequences(table_rows_.data(), in.lengths, steps, batch, G, zx);
         }
         cell_inputs_[k] = nullptr;
+        cells_[k]->forward_projected(steps, batch, c0, h0, lengths, y, c, c + per, train);
       } else {
         const T* xin = x;
         if (d == 1) {  // the backward direction reads each sequence reversed
@@ -256,10 +257,14 @@ double SequenceModel<T>::step(const Batch<T>& in, bool train) {
           be.reverse_sequences(x, in.lengths, steps, batch, I, reversed);
           xin = reversed;
         }
-        cells_[k]->project_inputs(N, xin, zx);
         cell_inputs_[k] = xin;
+        if (train) {  // the passes over the model's own input (the cell keeps no copy)
+          cells_[k]->project_inputs(N, xin, cells_[k]->input_gates(steps, batch, true));
+          cells_[k]->forward_projected(steps, batch, c0, h0, lengths, y, c, c + per, true);
+        } else {  // the cell's own forward, which may project by chunks of steps (less memory)
+          cells_[k]->device_forward(steps, batch, xin, c0, h0, lengths, y, c, c + per, false);
+        }
       }
-      cells_[k]->forward_projected(steps, batch, c0, h0, lengths, y, c, c + per, train);
     }
     if (D == 2) {  // both directions' outputs side by side, the backward one in the sequence's order
       T* back = scratch_[0].resize(N * H);

@@ -417,7 +417,7 @@ class CpuCell final : public Cell<T> {
   }
 
   void project_inputs_backward(int64_t rows, const T* x, const T* dz, T* grads, T* dx) override {
-    refresh_weights();
+    if (scales_dirty_) throw Error("ERR_WNLSTM_NO_FORWARD", "the weights changed since the forward");
     const int64_t I = I_, G = G_;
     gemm<T>(true, false, I, G, rows, x, I, dz, G, false, grads + off_.kernel, G);
     if (dx) {  // dx = dz . Wx^T, with Wx^T packed once per change of the weights

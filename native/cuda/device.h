@@ -69,8 +69,9 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, unsigned blo
 
 // A cooperative launch (every block resident at once, so that the kernel may use grid_sync), with
 // `shared_bytes` of dynamic shared memory; the caller has checked that the grid fits (cooperative_blocks).
+// Returns false, having launched nothing, where the device still cannot hold the grid at once.
 template <typename... Params, typename... Args>
-void launch_cooperative(const char* name, void (*kernel)(Params...), dim3 grid, unsigned block, size_t shared_bytes,
+bool launch_cooperative(const char* name, void (*kernel)(Params...), dim3 grid, unsigned block, size_t shared_bytes,
                         cudaStream_t stream, Args&&... args) {
   std::tuple<Params...> values(std::forward<Args>(args)...);
   void* pointers[sizeof...(Params)];
@@ -80,8 +81,14 @@ void launch_cooperative(const char* name, void (*kernel)(Params...), dim3 grid, 
   }, values);
   check(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
                              int(shared_bytes)), name);
-  check(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, dim3(block), pointers, shared_bytes,
-                                    stream), name);
+  const cudaError_t err =
+      cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, dim3(block), pointers, shared_bytes, stream);
+  if (err == cudaErrorCooperativeLaunchTooLarge) {  // fewer SMs than the occupancy query saw (MPS limits, say)
+    cudaGetLastError();
+    return false;
+  }
+  check(err, name);
+  return true;
 }
 
 // How many blocks of `kernel` can be resident at once on the device (0 where it has no cooperative launch).
@@ -107,7 +114,7 @@ int cooperative_blocks(void (*kernel)(Params...), int device, unsigned block, si
 // every block after it.
 struct GridBarrier {
   unsigned* count;
-  unsigned* generation;
+  unsigned* generation;  // in another 128-byte line than count: the spinning reads do not slow the arrivals
 };
 __device__ inline void grid_sync(GridBarrier b) {
   __syncthreads();
@@ -120,8 +127,7 @@ __device__ inline void grid_sync(GridBarrier b) {
       __threadfence();
       atomicAdd(b.generation, 1u);
     } else {
-      while (*generation == seen) {
-      }
+      while (*generation == seen) __nanosleep(32);
     }
     __threadfence();
   }
@@ -203,10 +209,12 @@ inline cudaStream_t device_stream(int device) {
   return stream;
 }
 
-// A cell's per-step launches as one CUDA graph. run() queues what `record` launches on the stream: directly,
-// the first time a key is seen; captured into a graph and instantiated, when the same key comes twice in a
-// row; and from then on as that graph, one launch instead of T, while the key stays the same. The key must
-// hold every pointer and size the launches use (a graph replays its arguments as they were captured).
+// A cell's per-step launches as one CUDA graph. run() queues what `record` launches on `stream` (the cell's
+// stream variable, which every launch of it reads): directly, the first time a key is seen; captured into a
+// graph and instantiated, when the same key comes twice in a row; and from then on as that graph, one launch
+// instead of T, while the key stays the same. The key must hold every pointer and size the launches use (a
+// graph replays its arguments as they were captured). The capture runs on a stream of its own, so that what
+// other objects queue meanwhile on the device's shared stream is neither captured nor delayed.
 class StepGraph {
  public:
   StepGraph() = default;
@@ -214,26 +222,40 @@ class StepGraph {
   StepGraph& operator=(const StepGraph&) = delete;
   ~StepGraph() {
     if (exec_) cudaGraphExecDestroy(exec_);  // freed when a launch still in flight completes
+    if (capture_) cudaStreamDestroy(capture_);
   }
 
   template <typename Record>
-  void run(cudaStream_t stream, const std::vector<int64_t>& key, Record&& record) {
+  void run(cudaStream_t& stream, const std::vector<int64_t>& key, Record&& record) {
     if (exec_ && key == captured_) return check(cudaGraphLaunch(exec_, stream), "cudaGraphLaunch");
     const bool again = key == last_;
     last_ = key;
     if (!again) return record();
+    if (!capture_) check(cudaStreamCreateWithFlags(&capture_, cudaStreamNonBlocking), "cudaStreamCreate");
+    const cudaStream_t shared = stream;
+    stream = capture_;  // record() launches on the capture stream: nothing runs, everything is recorded
     cudaGraph_t graph = nullptr;
-    check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
     try {
-      record();
+      check(cudaStreamBeginCapture(capture_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+      try {
+        record();
+      } catch (...) {
+        cudaStreamEndCapture(capture_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      check(cudaStreamEndCapture(capture_, &graph), "cudaStreamEndCapture");
     } catch (...) {
-      cudaStreamEndCapture(stream, &graph);
-      if (graph) cudaGraphDestroy(graph);
+      stream = shared;
       throw;
     }
-    check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+    stream = shared;
     cudaGraphExec_t exec = nullptr;
+#if defined(CUDART_VERSION) && CUDART_VERSION < 12000
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, nullptr, nullptr, 0);
+#else
     const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+#endif
     cudaGraphDestroy(graph);
     check(err, "cudaGraphInstantiate");
     if (exec_) cudaGraphExecDestroy(exec_);
@@ -244,6 +266,7 @@ class StepGraph {
  private:
   std::vector<int64_t> last_, captured_;
   cudaGraphExec_t exec_ = nullptr;
+  cudaStream_t capture_ = nullptr;
 };
 
 // Makes `device` current for its scope and restores the caller's device after (for the paths, like frees in

@@ -317,29 +317,34 @@ struct PersistentForward {
   GridBarrier barrier;
 };
 
-// Shared memory: the weight slice [P][4][U], then each thread's four partial sums.
+// Shared memory, in T: the weight slice, P rows of 4U (+1: a warp reading consecutive rows hits distinct banks),
+// each thread's four partial sums, and a chunk of kChunk columns of h for every row.
+constexpr int64_t kChunk = 64;
 template <typename T>
-size_t persistent_shared_bytes(int64_t P, int64_t U) {
-  return size_t(P * 4 * U + 4 * kPersistentThreads) * sizeof(T);
+size_t persistent_shared_bytes(int64_t P, int64_t U, int64_t B) {
+  return size_t(P * (4 * U + 1) + 4 * kPersistentThreads + B * kChunk) * sizeof(T);
 }
 
 template <typename T, Activation A>
 __global__ void __launch_bounds__(kPersistentThreads) persistent_forward_kernel(PersistentForward<T> p) {
   const int64_t B = p.step.B, H = p.step.H, P = p.step.P, G = 4 * H, U = p.units, u0 = int64_t(blockIdx.x) * U;
+  const int64_t row = 4 * U + 1;
   const int tid = threadIdx.x;
-  T* ws = dynamic_shared<T>();  // ws[(k * 4 + g) * U + u]: Vh[k, g*H + u0 + u]
-  T* partial = ws + P * 4 * U;  // [threads][4]
+  T* ws = dynamic_shared<T>();                    // ws[k * row + g * U + u]: Vh[k, g*H + u0 + u]
+  T* partial = ws + P * row;                      // [4][threads]
+  T* h_chunk = partial + 4 * kPersistentThreads;  // [B][kChunk]: columns [c0, c0 + kChunk) of h_prev
   for (int64_t i = tid; i < P * 4 * U; i += kPersistentThreads) {
     const int64_t k = i / (4 * U), g = (i / U) % 4, u = i % U;
-    ws[i] = u0 + u < H ? p.step.vh[k * G + g * H + u0 + u] : T(0);
+    ws[k * row + g * U + u] = u0 + u < H ? p.step.vh[k * G + g * H + u0 + u] : T(0);
   }
   __syncthreads();
-  // Thread: one (row, unit) pair of `lanes` at a time, and one of `slices` ranges of k (slices > 1 when the
-  // pairs are fewer than the threads: their sums are then added in slice order).
+  // Thread: one (row, unit) pair of `lanes` at a time, and one of `slices` parts of each chunk of k (slices > 1
+  // when the pairs are fewer than the threads: their sums are then added in slice order).
   const int64_t pairs = B * U;
-  const int slices = pairs >= kPersistentThreads ? 1 : int(kPersistentThreads / pairs);
+  const int64_t fit = pairs >= kPersistentThreads ? 1 : kPersistentThreads / pairs;
+  const int slices = int(fit < kChunk ? fit : kChunk);
   const int lanes = kPersistentThreads / slices, lane = tid % lanes, slice = tid / lanes;
-  const int64_t k0 = P * slice / slices, k1 = P * (slice + 1) / slices;
+  const int64_t kk0 = kChunk * slice / slices, kk1 = kChunk * (slice + 1) / slices;
   auto slot = [&](int64_t t) { return p.training ? t : (t & 1); };
   for (int64_t t = 0; t < p.steps; ++t) {
     StepForward<T> sp = p.step;
@@ -352,22 +357,32 @@ __global__ void __launch_bounds__(kPersistentThreads) persistent_forward_kernel(
     sp.y = p.y + t * B * P;
     for (int64_t first = 0; first < pairs; first += lanes) {
       const int64_t pair = first + lane, b = pair / U, u = pair % U;
+      const bool mine = pair < pairs && slice < slices;
       T acc[4] = {T(0), T(0), T(0), T(0)};
-      if (pair < pairs && slice < slices)
-        for (int64_t k = k0; k < k1; ++k) {
-          const T h = __ldcg(sp.h_prev + b * P + k);
-#pragma unroll
-          for (int g = 0; g < 4; ++g) acc[g] += h * ws[(k * 4 + g) * U + u];
+      for (int64_t c0 = 0; c0 < P; c0 += kChunk) {
+        // h of the step before, which other blocks wrote: past L1, each chunk read once, coalesced.
+        for (int64_t i = tid; i < B * kChunk; i += kPersistentThreads) {
+          const int64_t r = i / kChunk, k = c0 + i % kChunk;
+          h_chunk[i] = k < P ? __ldcg(sp.h_prev + r * P + k) : T(0);
         }
+        __syncthreads();
+        for (int64_t kk = kk0; mine && kk < kk1 && c0 + kk < P; ++kk) {
+          const T h = h_chunk[b * kChunk + kk];
+          const T* w = ws + (c0 + kk) * row + u;
 #pragma unroll
-      for (int g = 0; g < 4; ++g) partial[tid * 4 + g] = acc[g];
+          for (int g = 0; g < 4; ++g) acc[g] += h * w[g * U];
+        }
+        __syncthreads();
+      }
+#pragma unroll
+      for (int g = 0; g < 4; ++g) partial[g * kPersistentThreads + tid] = acc[g];
       __syncthreads();
       if (slice == 0 && pair < pairs && u0 + u < H) {
         T rec[4];
 #pragma unroll
         for (int g = 0; g < 4; ++g) {
           T sum = T(0);
-          for (int q = 0; q < slices; ++q) sum += partial[(q * lanes + lane) * 4 + g];
+          for (int q = 0; q < slices; ++q) sum += partial[g * kPersistentThreads + q * lanes + lane];
           rec[g] = sum;
         }
         cell_forward<T, A>(sp, b, u0 + u, rec);
@@ -496,10 +511,11 @@ struct PersistentBackward {
   GridBarrier barrier;
 };
 
-// Shared memory: the weight slice [H][4][U], then this step's dz * s1 of the block's columns [B][4][U].
+// Shared memory: the weight slice, H rows of 4U (+1, as the forward's), then this step's dz * s1 of the
+// block's columns [B][4][U].
 template <typename T>
 size_t persistent_backward_shared_bytes(int64_t H, int64_t B, int64_t U) {
-  return size_t((H + B) * 4 * U) * sizeof(T);
+  return size_t(H * (4 * U + 1) + B * 4 * U) * sizeof(T);
 }
 
 template <typename T, Activation A>
@@ -507,11 +523,12 @@ __global__ void __launch_bounds__(kPersistentThreads) persistent_backward_kernel
   const int64_t B = p.step.B, H = p.step.H, G = 4 * H, U = p.units, u0 = int64_t(blockIdx.x) * U, n = B * H;
   const int64_t blocks = gridDim.x;
   const int tid = threadIdx.x;
-  T* ws = dynamic_shared<T>();  // ws[(k * 4 + g) * U + u]: Vh[k, g*H + u0 + u]
-  T* dzs = ws + H * 4 * U;      // dzs[(b * 4 + g) * U + u]: (dz * s1)[b, g*H + u0 + u] of this step
+  const int64_t row = 4 * U + 1;
+  T* ws = dynamic_shared<T>();  // ws[k * row + g * U + u]: Vh[k, g*H + u0 + u]
+  T* dzs = ws + H * row;        // dzs[(b * 4 + g) * U + u]: (dz * s1)[b, g*H + u0 + u] of this step
   for (int64_t i = tid; i < H * 4 * U; i += kPersistentThreads) {
     const int64_t k = i / (4 * U), g = (i / U) % 4, u = i % U;
-    ws[i] = u0 + u < H ? p.vh[k * G + g * H + u0 + u] : T(0);
+    ws[k * row + g * U + u] = u0 + u < H ? p.vh[k * G + g * H + u0 + u] : T(0);
   }
   // This block's (row, unit) pairs: i = b*H + u0 + pair % U.
   auto own = [&](int64_t pair, int64_t& b, int64_t& u) {
@@ -559,7 +576,7 @@ __global__ void __launch_bounds__(kPersistentThreads) persistent_backward_kernel
       const int64_t b = i / H, k = i % H;
       T acc = T(0);
       for (int g = 0; g < 4; ++g)
-        for (int64_t u = 0; u < U; ++u) acc += dzs[(b * 4 + g) * U + u] * ws[(k * 4 + g) * U + u];
+        for (int64_t u = 0; u < U; ++u) acc += dzs[(b * 4 + g) * U + u] * ws[k * row + g * U + u];
       share[i] = acc;
     }
     grid_sync(p.barrier);
@@ -640,6 +657,16 @@ class CudaCell final : public Cell<T> {
       if (major < 8)
         throw Error("ERR_WNLSTM_CONFIG", "precision 'tf32' needs a GPU of compute capability 8.0 or later (Ampere); "
                                          "this one is " + std::to_string(major) + ".x");
+#ifndef WNLSTM_CUDA_EMULATION
+      // The code this GPU runs must have been compiled for 8.0 or later too (a build for older GPUs only would
+      // JIT their PTX, in which the tensor-core path is a trap).
+      cudaFuncAttributes attributes{};
+      check(cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(gemm_detail::gemm_tf32_kernel<false, false>)),
+            "cudaFuncGetAttributes");
+      if (attributes.ptxVersion < 80)
+        throw Error("ERR_WNLSTM_CONFIG", "precision 'tf32' needs the addon built for compute capability 8.0 or later "
+                                         "(the code this GPU runs was compiled for " + std::to_string(attributes.ptxVersion) + ")");
+#endif
     }
     I_ = cfg_.input_size, H_ = cfg_.num_units, P_ = cfg_.output_size(), G_ = 4 * H_;
     off_ = param_offsets(cfg_);
@@ -799,8 +826,8 @@ class CudaCell final : public Cell<T> {
   }
 
   void project_inputs_backward(int64_t rows, const T* x, const T* dz, T* g, T* dx) override {
+    if (scales_dirty_) throw Error("ERR_WNLSTM_NO_FORWARD", "the weights changed since the forward");
     use_device();
-    refresh_scales();
     const int64_t I = I_, G = G_;
     const T* kernel = params_ + off_.kernel;
     T* dkernel = g + off_.kernel;
@@ -874,12 +901,13 @@ class CudaCell final : public Cell<T> {
     const int64_t fused_blocks = cfg_.tf32 ? 0 : int64_t(grid.x) * grid.y;
     const int splits = fused_blocks >= sm_count_ ? 1 : split_k(B, G, P);
     T* parts = fused_blocks >= sm_count_ ? nullptr : fwd_parts_.resize(int64_t(splits) * B * G);
-    const int64_t units =
-        proj ? 0 : persistent_units(B, persistent_forward_for(), [&](int64_t U) { return persistent_shared_bytes<T>(P, U); });
-    if (units > 0) {  // the whole sequence in one launch
+    int64_t units =
+        proj ? 0 : persistent_units(B, persistent_forward_for(), [&](int64_t U) { return persistent_shared_bytes<T>(P, U, B); });
+    if (units > 0) {  // the whole sequence in one launch (or, where the device cannot hold the grid now, per step)
       const PersistentForward<T> pf{sp, steps, units, training, z, cs, hs, c_raw, y, barrier()};
-      launch_cooperative("persistent forward kernel", persistent_forward_for(), dim3(unsigned((H + units - 1) / units)),
-                         kPersistentThreads, persistent_shared_bytes<T>(P, units), stream_, pf);
+      if (!launch_cooperative("persistent forward kernel", persistent_forward_for(), dim3(unsigned((H + units - 1) / units)),
+                              kPersistentThreads, persistent_shared_bytes<T>(P, units, B), stream_, pf))
+        units = 0;
     }
     const auto every_step = [&] {
       for (int64_t t = 0; t < steps; ++t) {
@@ -954,17 +982,21 @@ class CudaCell final : public Cell<T> {
       sb.wi = params_ + off_.w_i, sb.wf = params_ + off_.w_f, sb.wo = params_ + off_.w_o;
     sb.cell_clip = cfg_.has_cell_clip ? T(cfg_.cell_clip) : std::numeric_limits<T>::infinity();
     sb.seq_len = lens;
-    const int64_t units = proj ? 0
+    int64_t units = proj ? 0
         : persistent_units(B, persistent_backward_for(), [&](int64_t U) { return persistent_backward_shared_bytes<T>(H, B, U); });
-    if (units > 0) {  // every step in one launch
+    if (units > 0) {  // every step in one launch (or, where the device cannot hold the grid now, per step)
       const int64_t blocks = (H + units - 1) / units, n = B * H;
+      check_memory(sizeof(T) * double(2 * blocks + 4) * double(n));  // the shares and the state gradients
       const PersistentBackward<T> pb{sb, steps, units, a.gates.data(), a.cs.data(), a.c_raw.data(), dys, kernel + I * G,
                                      norm_recurrent_.scales(), dc, dh_in, dz, persistent_dc_.resize(2 * n),
                                      persistent_dh_.resize(2 * n), parts_.resize(2 * blocks * n), dc, dtot, barrier()};
-      launch_cooperative("persistent backward kernel", persistent_backward_for(), dim3(unsigned(blocks)),
-                         kPersistentThreads, persistent_backward_shared_bytes<T>(H, B, units), stream_, pb);
-      dh = dtot;
-    } else if (!proj) {
+      if (launch_cooperative("persistent backward kernel", persistent_backward_for(), dim3(unsigned(blocks)),
+                             kPersistentThreads, persistent_backward_shared_bytes<T>(H, B, units), stream_, pb))
+        dh = dtot;
+      else
+        units = 0;
+    }
+    if (units == 0 && !proj) {
       // Two launches a step: the fused pointwise backward (which also adds the slices of the step after),
       // then dz . Wh^T as a split-K GEMM with enough blocks for every SM.
       const int splits = split_k(B, P, G);
@@ -1125,9 +1157,9 @@ class CudaCell final : public Cell<T> {
     else return int64_t(v);
   }
 
-  GridBarrier barrier() {
-    if (!barrier_.data()) check(cudaMemsetAsync(barrier_.resize(2), 0, 2 * sizeof(unsigned), stream_), "zero the grid barrier");
-    return {barrier_.data(), barrier_.data() + 1};
+  GridBarrier barrier() {  // count and generation 128 bytes apart
+    if (!barrier_.data()) check(cudaMemsetAsync(barrier_.resize(64), 0, 64 * sizeof(unsigned), stream_), "zero the grid barrier");
+    return {barrier_.data(), barrier_.data() + 32};
   }
 
   void (*persistent_forward_for())(PersistentForward<T>) {

@@ -363,6 +363,7 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
       Napi::Env env = info.Env();
       if (info[0].IsExternal()) {  // a tensor the addon made (the result of a call): taken, not shared
         d_ = std::move(*info[0].As<Napi::External<std::shared_ptr<TensorData>>>().Data());
+        if (!info[1].ToBoolean()) return env.Undefined();  // a second handle: the first reports the bytes
       } else {
         if (!info[0].IsString()) fail("ERR_WNLSTM_TYPE", "device must be a string");
         const std::string dtype = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
@@ -384,11 +385,11 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
 
   ~NativeTensor() override { release(Env()); }
 
-  // Wraps data the addon made into a new JS NativeTensor.
-  static Napi::Value New(Napi::Env env, std::shared_ptr<TensorData> data) {
+  // Wraps data the addon made into a new JS NativeTensor (`reported`: whether it tells V8 of the data's bytes).
+  static Napi::Value New(Napi::Env env, std::shared_ptr<TensorData> data, bool reported = true) {
     auto external = Napi::External<std::shared_ptr<TensorData>>::New(env, new std::shared_ptr<TensorData>(std::move(data)),
                                                                        [](Napi::Env, std::shared_ptr<TensorData>* p) { delete p; });
-    return env.GetInstanceData<AddonData>()->tensor_class.Value().New({external});
+    return env.GetInstanceData<AddonData>()->tensor_class.Value().New({external, Napi::Boolean::New(env, reported)});
   }
 
   // The data of a live tensor argument: ERR_WNLSTM_TYPE when it is not a tensor, ERR_WNLSTM_DISPOSED after
@@ -1462,7 +1463,8 @@ struct HostOnDevice {
 };
 
 // Gradient accumulators for host arrays: the arrays themselves on the CPU; on a device, zeroed device buffers
-// whose sums add() puts into the arrays.
+// whose sums fetch() brings back and add() puts into the arrays (fetch every one before adding any, so that
+// a failed copy changes no array).
 template <typename T>
 struct GradOnDevice {
   GradOnDevice(const std::shared_ptr<wnlstm::Backend<T>>& backend, T* host, int64_t n)
@@ -1471,17 +1473,20 @@ struct GradOnDevice {
     ptr = buffer.resize(n);
     backend->zero(ptr, size_t(n) * sizeof(T));
   }
-  void add() {
+  void fetch() {
     if (backend->is_host()) return;
-    std::vector<T> sums(static_cast<size_t>(n));
+    sums.resize(static_cast<size_t>(n));
     backend->download(sums.data(), ptr, size_t(n) * sizeof(T));
-    for (int64_t i = 0; i < n; ++i) host[i] += sums[size_t(i)];
+  }
+  void add() {
+    for (size_t i = 0; i < sums.size(); ++i) host[i] += sums[i];
   }
   std::shared_ptr<wnlstm::Backend<T>> backend;
   wnlstm::Buffer<T> buffer;
   T* host;
   int64_t n;
   T* ptr;
+  std::vector<T> sums;
 };
 
 // A tensor that an async call in flight may still write is not read.
@@ -1498,7 +1503,11 @@ std::shared_ptr<wnlstm::Backend<T>> backend_for(Napi::Env env, const std::string
 
 // A writable typed array of the dtype T and `length` elements (a layer's gradient).
 template <typename T>
-T* grad_arg(const Napi::Value& v, const std::string& name, size_t length) { return state_arg<T>(v, name, length, true); }
+T* grad_arg(const Napi::Value& v, const std::string& name, size_t length) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != kArrayType<T>)
+    fail("ERR_WNLSTM_TYPE", name + " must be a " + array_name<T>());
+  return state_arg<T>(v, name, length, true);
+}
 
 // tensorEmbedding(table [V*D], dim, ids, device) -> a tensor [ids.length * D] on device (the rows gathered on the
 // host and uploaded: only the rows used cross the bus).
@@ -1604,6 +1613,7 @@ Napi::Value TensorDenseBackward(const Napi::CallbackInfo& info) {
       auto dx = std::make_shared<TensorData>(c.backend, c.dtype, c.N * c.I);
       c.backend->dense_backward(c.x->template as<T>(), c.weight->ptr, dy->template as<T>(), c.N, c.I, c.O, gw.ptr, gb.ptr,
                                 dx->template as<T>());
+      gw.fetch(), gb.fetch();
       gw.add(), gb.add();
       return NativeTensor::New(info.Env(), dx);
     });
@@ -1670,10 +1680,11 @@ Napi::Value TensorMultiply(const Napi::CallbackInfo& info) {
   });
 }
 
-// tensorShare(x) -> a second handle on x's data (Tensor.reshape): the data lives while either handle does.
+// tensorShare(x) -> a second handle on x's data (Tensor.reshape): the data lives while either handle does; only
+// the first reports its bytes to V8.
 Napi::Value TensorShare(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
-    return NativeTensor::New(info.Env(), NativeTensor::arg(info.Env(), info[0], "x", nullptr, "", -1, false));
+    return NativeTensor::New(info.Env(), NativeTensor::arg(info.Env(), info[0], "x", nullptr, "", -1, false), false);
   });
 }
 

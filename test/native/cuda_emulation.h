@@ -329,11 +329,12 @@ void launch(const char*, void (*kernel)(Params...), dim3 grid, unsigned block, c
 }
 // A cooperative launch: every block at once (so grid_sync() can wait for all), with dynamic shared memory.
 template <typename... Params, typename... Args>
-void launch_cooperative(const char*, void (*kernel)(Params...), dim3 grid, unsigned block, size_t shared_bytes,
+bool launch_cooperative(const char*, void (*kernel)(Params...), dim3 grid, unsigned block, size_t shared_bytes,
                         cudaStream_t, Args&&... args) {
   emu::now_or_captured([kernel, grid, block, shared_bytes, values = std::tuple<Params...>(Params(args)...)] {
     const std::function<void()> body = [&] { std::apply(kernel, values); };
     emu::run_grid(grid, dim3(block), body, true, shared_bytes);
   });
+  return true;
 }
 }  // namespace wnlstm::cuda
