@@ -22,6 +22,27 @@ interface Entry { name: string; type: TypeName; offset: number; length: number }
 
 export interface Checkpoint { meta: unknown; arrays: Record<string, AnyArray> }
 
+/** The arrays a trained model's checkpoint holds, the same for train()'s checkpoints and SequenceModel.save():
+ * every cell's weights by TF name (weights/<cell>/<name>), the embedding's table (weights/embedding, where the
+ * model has one), the head's kernel and bias (weights/<head>/kernel|bias, from the "dense" block) and the
+ * optimizer's state (opt/<block>/1|2). */
+export function modelArrays(cells: readonly { name: string; getWeights(): Record<string, AnyArray> }[],
+  blocks: readonly { name: string; getValues(): AnyArray }[], head: { name: string; kernelSize: number },
+  optimizerBuffers: Record<string, [AnyArray | null, AnyArray | null]> = {}): Checkpoint['arrays'] {
+  const arrays: Checkpoint['arrays'] = {};
+  for (const cell of cells) for (const [name, v] of Object.entries(cell.getWeights())) arrays[`weights/${cell.name}/${name}`] = v;
+  const byName = Object.fromEntries(blocks.map((b) => [b.name, b]));
+  if (byName.embedding) arrays['weights/embedding'] = byName.embedding.getValues();
+  const dense = byName.dense.getValues();
+  arrays[`weights/${head.name}/kernel`] = dense.slice(0, head.kernelSize);
+  arrays[`weights/${head.name}/bias`] = dense.slice(head.kernelSize);
+  for (const [name, [s1, s2]] of Object.entries(optimizerBuffers)) {
+    if (s1) arrays[`opt/${name}/1`] = s1;
+    if (s2) arrays[`opt/${name}/2`] = s2;
+  }
+  return arrays;
+}
+
 function typeName(a: AnyArray): TypeName {
   return a instanceof Float64Array ? 'float64' : a instanceof Int32Array ? 'int32' : 'float32';
 }

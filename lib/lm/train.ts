@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { loadCheckpoint, saveCheckpoint } from '../core/checkpoint';
+import { loadCheckpoint, modelArrays, saveCheckpoint } from '../core/checkpoint';
 import { Document, Level, loadBrown, loadTextFile, splitDocuments, Vocabulary } from './corpus';
 import { wnlstmError } from '../core/errors';
 import { batchify, LanguageModel, LMConfig, window } from './model';
@@ -252,19 +252,9 @@ function modelConfig(o: TrainOptions, vocab: Vocabulary, arm: Arm): LMConfig {
 interface ArmState { step: number; curve: CurvePoint[]; seconds: number; state: LSTMState[] }
 
 function writeCheckpoint(file: string, o: TrainOptions, arm: Arm, vocab: Vocabulary, lm: LanguageModel, opt: Optimizer, s: ArmState) {
-  const arrays: Record<string, Float32Array | Float64Array | Int32Array> = {};
-  // Weights by TF name (the cells' variables under their scope), then the embedding and softmax layer.
-  for (const cell of lm.stack.cells) for (const [name, v] of Object.entries(cell.getWeights())) arrays[`weights/${cell.name}/${name}`] = v;
-  const blocks = Object.fromEntries(lm.parameters().map((b) => [b.name, b]));
-  const dense = blocks.dense.getValues(), HV = lm.config.hiddenSize * lm.config.vocabSize;
-  arrays['weights/embedding'] = blocks.embedding.getValues();
-  arrays['weights/softmax/kernel'] = dense.slice(0, HV);
-  arrays['weights/softmax/bias'] = dense.slice(HV);
   const optState = opt.getState();
-  for (const [name, [s1, s2]] of Object.entries(optState.buffers)) {
-    if (s1) arrays[`opt/${name}/1`] = s1;
-    if (s2) arrays[`opt/${name}/2`] = s2;
-  }
+  const arrays = modelArrays(lm.stack.cells, lm.parameters(), { name: 'softmax', kernelSize: lm.config.hiddenSize * lm.config.vocabSize },
+    optState.buffers);
   s.state.forEach((st, l) => { arrays[`state/${l}/c`] = st.c; arrays[`state/${l}/h`] = st.h; });
   const meta = { options: o, arm, vocab: vocab.toJSON(), step: s.step, seconds: s.seconds, curve: s.curve,
     optimizer: { kind: optState.kind, step: optState.step, learningRate: optState.learningRate },

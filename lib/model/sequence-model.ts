@@ -2,7 +2,7 @@
 // float features), stacked (weight-normalised) LSTM layers and a head for the task, trained with fit() and
 // used with evaluate() and predict(). Every training step runs in the native runtime (nn/runtime.ts): the
 // padded batch goes in, the loss and the head's outputs come out.
-import { loadCheckpoint, loadCheckpointAsync, saveCheckpoint, saveCheckpointAsync, Checkpoint } from '../core/checkpoint';
+import { loadCheckpoint, loadCheckpointAsync, modelArrays, saveCheckpoint, saveCheckpointAsync, Checkpoint } from '../core/checkpoint';
 import { wnlstmError } from '../core/errors';
 import { Random } from '../core/init';
 import type { FloatArray, NativeBatch } from '../core/native';
@@ -386,22 +386,11 @@ export class SequenceModel implements HasParameters {
   // ---- saving ----
 
   #checkpoint(): Checkpoint {
-    const arrays: Checkpoint['arrays'] = {};
-    for (const cell of this.cells) for (const [name, v] of Object.entries(cell.getWeights())) arrays[`weights/${cell.name}/${name}`] = v;
-    const blocks = Object.fromEntries(this.#runtime.blocks.map((b) => [b.name, b]));
-    if (blocks.embedding) arrays['weights/embedding'] = blocks.embedding.getValues();
-    const dense = blocks.dense.getValues(), HO = this.config.units * (this.config.bidirectional ? 2 : 1) * this.config.outputs;
-    arrays['weights/dense/kernel'] = dense.slice(0, HO);
-    arrays['weights/dense/bias'] = dense.slice(HO);
-    let optimizer: Omit<OptimizerState, 'buffers'> & OptimizerSettings | null = null;
-    if (this.#optimizer) {
-      const state = this.#optimizer.getState();
-      for (const [name, [s1, s2]] of Object.entries(state.buffers)) {
-        if (s1) arrays[`opt/${name}/1`] = s1;
-        if (s2) arrays[`opt/${name}/2`] = s2;
-      }
-      optimizer = { ...this.#optimizerSettings!, kind: state.kind, step: state.step, learningRate: state.learningRate };
-    }
+    const state = this.#optimizer?.getState();
+    const arrays = modelArrays(this.cells, this.#runtime.blocks,
+      { name: 'dense', kernelSize: this.config.units * (this.config.bidirectional ? 2 : 1) * this.config.outputs }, state?.buffers);
+    const optimizer: Omit<OptimizerState, 'buffers'> & OptimizerSettings | null = state
+      ? { ...this.#optimizerSettings!, kind: state.kind, step: state.step, learningRate: state.learningRate } : null;
     const { backend: _b, device: _d, ...config } = this.config;
     return { meta: { format: 'wnlstm-sequence-model', config, optimizer, rng: this.#runtime.rngState, shuffle: this.#shuffle.getState() }, arrays };
   }
