@@ -1,6 +1,7 @@
 // Training: optimizers against hand-computed steps, the stacked language model's backward against
 // finite differences, a fixed-seed tiny run, resume from a checkpoint, corpus and vocabulary.
 import t from 'tap';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -9,7 +10,7 @@ import { loadCheckpoint, saveCheckpoint } from '../lib/core/checkpoint';
 import { loadBrown, splitDocuments, tokenize, Vocabulary } from '../lib/lm/corpus';
 import { LanguageModel } from '../lib/lm/model';
 import { Adagrad, Adam, AdamW, ArrayParams, exponentialDecay, Optimizer, RMSProp, SGD, stepDecay } from '../lib/optim';
-import { ArmResult, band, train } from '../lib/lm/train';
+import { ArmResult, band, mergeResults, train } from '../lib/lm/train';
 import { assertClose } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'wnlstm-test-'));
@@ -204,6 +205,29 @@ t.test('--seeds: every run in the metrics, the summary and the gap computed from
   t.ok(fs.existsSync(path.join(tmp, 'seeds-ck.plain.s7.ckpt')), 'each seed has its own checkpoint');
   const resumed = train({ resume: path.join(tmp, 'seeds-ck.wn.s6.ckpt'), steps: 40 });
   t.same(resumed.arms.map((a) => [a.arm, a.seed]), [['wn', 6]], 'a seed\'s checkpoint resumes that run');
+});
+
+t.test('merging reports made apart gives the report of one run over every seed; mismatched or repeated runs are refused', async (t) => {
+  const base = { ...tiny, steps: 40, evalEvery: 20 };
+  const together = train({ ...base, seeds: 2, seed: 3, arms: ['wn', 'plain'] });
+  const [a, b] = [3, 4].map((seed) => train({ ...base, seed, arms: ['wn', 'plain'], out: path.join(tmp, `merge-${seed}`) }));
+  const merged = mergeResults([b, a]);
+  t.same(merged.arms.map((r) => `${r.arm} ${r.seed}`), ['wn 3', 'plain 3', 'wn 4', 'plain 4'], 'every run, by seed and arm');
+  t.same(merged.arms.map((r) => r.final), together.arms.map((r) => r.final), 'the same runs as one process with --seeds 2');
+  t.same(merged.summary, together.summary, 'and the same summary (means, spreads, the gap seed by seed)');
+  t.equal(merged.options.seeds, 2);
+  t.throws(() => mergeResults([a, a]), { code: 'ERR_WNLSTM_CONFIG' }, 'a run twice');
+  const other = train({ ...base, lr: 0.02, seed: 5, arms: ['wn'] });
+  t.throws(() => mergeResults([a, other]), { code: 'ERR_WNLSTM_CONFIG', message: /lr/ }, 'other options');
+  // The command line: wnlstm merge DIR... --out DIR.
+  const out = path.join(tmp, 'merged');
+  const cli = spawnSync(process.execPath, [path.join(__dirname, '..', 'bin', 'wnlstm.js'), 'merge', path.join(tmp, 'merge-3'), path.join(tmp, 'merge-4'), '--out', out], { encoding: 'utf8' });
+  t.equal(cli.status, 0, `wnlstm merge ran${cli.status ? `: ${cli.stderr}` : ''}`);
+  const written = JSON.parse(fs.readFileSync(path.join(out, 'metrics.json'), 'utf8'));
+  t.same(written.summary, together.summary, 'it writes the merged metrics.json');
+  t.ok(fs.existsSync(path.join(out, 'loss.svg')), 'and the plot');
+  const bad = spawnSync(process.execPath, [path.join(__dirname, '..', 'bin', 'wnlstm.js'), 'merge', path.join(tmp, 'merge-3')], { encoding: 'utf8' });
+  t.equal(bad.status, 2, 'a bad command line exits 2');
 });
 
 t.test('resume from a checkpoint gives the same next losses', async (t) => {

@@ -7,7 +7,8 @@ import { isWnlstmError } from '../core/errors';
 import { Random } from '../core/init';
 import * as fs from 'node:fs';
 import { BackendName } from '../nn/cell';
-import { checkOption, checkValue, DEFAULTS, OptionSpec, Progress, readCheckpoint, refusedWithResume, RESUME_OPTIONS, Spread, train, TRAIN_OPTIONS, TrainOptions } from './train';
+import { checkOption, checkValue, DEFAULTS, mergeResults, OptionSpec, Progress, readCheckpoint, refusedWithResume, RESUME_OPTIONS, Spread, train,
+  TRAIN_OPTIONS, TrainOptions, TrainResult, writeReport } from './train';
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 const camel = (s: string) => s.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
@@ -48,8 +49,16 @@ const HELP: Record<string, string> = {
   main: `wnlstm: weight-normalized LSTMs for Node.js
 
   wnlstm train [options]    train a weight-norm and a plain LSTM language model and compare them
+  wnlstm merge DIR... --out DIR
+                            one report from the reports of runs made apart (seeds in separate processes,
+                            runs resumed in another session)
   wnlstm sample [options]   print text sampled from a checkpoint
   wnlstm help [command]     this text, or a command's options ('wnlstm train --help' too)
+`,
+  merge: `wnlstm merge DIR... --out DIR: reads the metrics.json that wnlstm train wrote in each DIR and writes one
+metrics.json and loss.svg with all their runs and a summary over them (mean and spread per arm, the gap seed by
+seed) to --out. The runs must share the corpus and every option but the seed, the arms and where they were
+written; no run may come twice.
 `,
   train: `wnlstm train [options]: trains each arm (weight norm, plain) in turn, printing progress, and writes
 metrics.json and loss.svg to --out (default: a new folder runs/train-<date>-<time>).
@@ -147,7 +156,37 @@ function runTrain(args: string[]): number {
     options.out = stamp;
     for (let n = 2; fs.existsSync(options.out); n++) options.out = `${stamp}-${n}`;
   }
-  const r = train(options, progressPrinter());
+  printResult(train(options, progressPrinter()));
+  return 0;
+}
+
+function runMerge(args: string[]): number {
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    parsed = parseArgs({ args, options: { out: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: true });
+  } catch (err) {
+    throw usage(`merge: ${(err as Error).message.replace(/\s*\n\s*/g, ' ')}`);
+  }
+  if (parsed.values.help) { console.log(HELP.merge); return 0; }
+  const out = parsed.values.out as string | undefined;
+  if (!out) throw usage('merge needs --out DIR');
+  if (parsed.positionals.length < 2) throw usage('merge needs the folders of at least two reports');
+  const results = parsed.positionals.map((dir) => {
+    const file = path.join(dir, 'metrics.json');
+    try {
+      return JSON.parse(fs.readFileSync(file, 'utf8')) as TrainResult;
+    } catch (err) {
+      throw usage(`merge: cannot read ${file}: ${(err as Error).message}`);
+    }
+  });
+  const r = mergeResults(results);
+  r.options.out = out;
+  writeReport(out, r);
+  printResult(r);
+  return 0;
+}
+
+function printResult(r: TrainResult): void {
   const name = (arm: string) => (arm === 'wn' ? 'weight norm' : 'plain LSTM ');
   for (const a of r.arms) {
     const f = a.final;
@@ -164,7 +203,6 @@ function runTrain(args: string[]): number {
     if (r.summary.gap) console.log(`gap, plain - weight norm, seed by seed: validation ${show(r.summary.gap.validLoss)}, test ${show(r.summary.gap.testLoss)}`);
   }
   if (r.options.out) console.log(`wrote ${path.join(r.options.out, 'metrics.json')} and ${path.join(r.options.out, 'loss.svg')}`);
-  return 0;
 }
 
 function runSample(args: string[]): number {
@@ -190,18 +228,19 @@ export function main(argv = process.argv.slice(2)): number {
   const [command = 'help', ...rest] = argv;
   try {
     if (command === 'train') return runTrain(rest);
+    if (command === 'merge') return runMerge(rest);
     if (command === 'sample') return runSample(rest);
     if (command === 'help' || command === '--help' || command === '-h') {
       const topic = rest[0];
-      if (topic !== undefined && !(Object.hasOwn(HELP, topic) && topic !== 'main')) throw usage(`help: unknown command '${topic}' (commands: train, sample, help)`);
+      if (topic !== undefined && !(Object.hasOwn(HELP, topic) && topic !== 'main')) throw usage(`help: unknown command '${topic}' (commands: train, merge, sample, help)`);
       console.log(HELP[topic ?? 'main']);
       return 0;
     }
-    const near = ['train', 'sample', 'help'].find((c) => editDistance(c, command) <= 2);
-    throw usage(`unknown command '${command}'${near ? ` (did you mean '${near}'?)` : ''}; the commands are train, sample and help`);
+    const near = ['train', 'merge', 'sample', 'help'].find((c) => editDistance(c, command) <= 2);
+    throw usage(`unknown command '${command}'${near ? ` (did you mean '${near}'?)` : ''}; the commands are train, merge, sample and help`);
   } catch (err) {
     if (err instanceof UsageError) {
-      console.error(`wnlstm: ${err.message} (see wnlstm help${command === 'train' || command === 'sample' ? ` ${command}` : ''})`);
+      console.error(`wnlstm: ${err.message} (see wnlstm help${['train', 'merge', 'sample'].includes(command) ? ` ${command}` : ''})`);
       return 2;
     }
     console.error(isWnlstmError(err) ? `wnlstm: ${err.message} (${err.code})`

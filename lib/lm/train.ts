@@ -206,6 +206,31 @@ export function summarize(runs: ArmResult[]): Summary {
   return { arms, gap };
 }
 
+/** Options that may differ between reports merged into one: which runs they hold, and where they went. */
+const PER_RUN = new Set<keyof TrainOptions>(['seed', 'seeds', 'arms', 'out', 'checkpoint', 'resume', 'backend']);
+
+/** One report from reports made apart (seeds trained in separate processes, runs resumed from their
+ * checkpoints in another session): every run of each, a new summary. The reports must agree on the corpus
+ * and on every option but those of PER_RUN, and hold no run twice (ERR_WNLSTM_CONFIG otherwise). */
+export function mergeResults(results: TrainResult[]): TrainResult {
+  if (results.length === 0) throw wnlstmError('ERR_WNLSTM_CONFIG', 'nothing to merge');
+  const [first] = results;
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  for (const r of results.slice(1)) {
+    const differs = (Object.keys(TRAIN_OPTIONS) as (keyof TrainOptions)[]).filter((k) => !PER_RUN.has(k) && !same(r.options[k], first.options[k]));
+    if (differs.length) throw wnlstmError('ERR_WNLSTM_CONFIG', `the reports differ in ${differs.map((k) => `${k} (${JSON.stringify(first.options[k])} and ${JSON.stringify(r.options[k])})`).join(', ')}`);
+    if (!same(r.corpus, first.corpus)) throw wnlstmError('ERR_WNLSTM_CONFIG', 'the reports were made on different corpora');
+  }
+  const order = (a: ArmResult) => a.seed * 2 + (a.arm === 'wn' ? 0 : 1);
+  const arms = results.flatMap((r) => r.arms).sort((a, b) => order(a) - order(b));
+  const twice = arms.find((a, i) => i > 0 && order(arms[i - 1]) === order(a));
+  if (twice) throw wnlstmError('ERR_WNLSTM_CONFIG', `the ${twice.arm} run with seed ${twice.seed} is in more than one report`);
+  const seeds = [...new Set(arms.map((a) => a.seed))];
+  const options: TrainOptions = { ...first.options, seed: Math.min(...seeds), seeds: seeds.length, resume: '', checkpoint: '',
+    arms: (['wn', 'plain'] as const).filter((arm) => arms.some((a) => a.arm === arm)) };
+  return { options, corpus: first.corpus, arms, summary: summarize(arms) };
+}
+
 /** Mean, min and max over runs of one curve value at each evaluation step (over the runs that reached it). */
 export function band(curves: CurvePoint[][], key: 'trainLoss' | 'validLoss'): { step: number; mean: number; min: number; max: number }[] {
   const steps = [...new Set(curves.flatMap((c) => c.map((p) => p.step)))].sort((a, b) => a - b);
