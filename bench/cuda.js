@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // GPU benchmark, one run on the GPU machine (issue 14's grid): wnlstm's CUDA backend, weight norm on and
-// off, forward and forward+backward, on tensors that stay on the device; beside PyTorch's cuDNN nn.LSTM
+// off, TF32 tensor cores, the persistent kernels against the per-step ones, forward and forward+backward, on
+// tensors that stay on the device; beside PyTorch's cuDNN nn.LSTM
 // with TF32 off and on, and PyTorch weight_norm + cuDNN (bench/cudnn_lstm.py, run by this script in the same
 // session); the device's measured matmul ceilings; and the default language-model training step on the
 // GPU against the CPU backend. Each shape is first checked against the CPU backend. Writes cuda.md,
@@ -54,8 +55,27 @@ function timed(prepare, fn) {
   return median(times);
 }
 
-function timeWnlstm({ B, T, I, H }, norm, backward) {
-  const cell = new WeightNormLSTMCell(H, { inputSize: I, norm, seed: 1, backend });
+// Variants of wnlstm timed at every shape: weight norm on and off, TF32 tensor cores, and (where the
+// persistent kernels are the default, B <= 64) the per-step kernels for comparison.
+const variants = [
+  { impl: 'wnlstm, norm on', norm: true },
+  { impl: 'wnlstm, norm off', norm: false },
+  { impl: 'wnlstm, norm on, tf32', norm: true, precision: 'tf32' },
+  { impl: 'wnlstm, norm on, per-step kernels', norm: true, recurrence: 'steps', maxBatch: 64 },
+];
+
+/** Runs fn with WNLSTM_CUDA_RECURRENCE set (the CUDA cell reads it at every call). */
+function withRecurrence(recurrence, fn) {
+  const before = process.env.WNLSTM_CUDA_RECURRENCE;
+  if (recurrence) process.env.WNLSTM_CUDA_RECURRENCE = recurrence;
+  try { return fn(); } finally {
+    if (before === undefined) delete process.env.WNLSTM_CUDA_RECURRENCE;
+    else process.env.WNLSTM_CUDA_RECURRENCE = before;
+  }
+}
+
+function timeWnlstm({ B, T, I, H }, { norm, precision = 'fp32' }, backward) {
+  const cell = new WeightNormLSTMCell(H, { inputSize: I, norm, seed: 1, backend, precision });
   const xs = new Float32Array(T * B * I), dys = new Float32Array(T * B * H);
   const x = tensor(xs, [T, B, I], { backend }), dy = tensor(dys, [T, B, H], { backend });
   const ms = timed(() => { x.write(randomize(xs)); if (backward) dy.write(randomize(dys)); }, () => {
@@ -72,9 +92,9 @@ function timeWnlstm({ B, T, I, H }, norm, backward) {
 
 // Largest |CUDA - CPU| of the outputs and of the input gradients at this shape over 10 steps (the tests
 // check every option on small shapes).
-function checkAgainstCpu({ B, I, H }) {
+function checkAgainstCpu({ B, I, H }, precision = 'fp32') {
   const steps = Math.min(T, 10);
-  const make = (b) => new WeightNormLSTMCell(H, { inputSize: I, seed: 2, backend: b });
+  const make = (b) => new WeightNormLSTMCell(H, { inputSize: I, seed: 2, backend: b, precision });
   const cpu = make('cpu'), gpu = make(backend);
   const x = randomize(new Float32Array(steps * B * I)), dy = randomize(new Float32Array(steps * B * H));
   const worst = (a, b) => a.reduce((w, v, i) => Math.max(w, Math.abs(v - b[i])), 0);
@@ -120,12 +140,15 @@ function main() {
   }
   const rows = [], notes = [];
   for (const s of shapes) {
-    const { out, grad } = checkAgainstCpu(s);
-    notes.push(`B${s.B} H${s.H}: max |CUDA - CPU| over 10 steps: outputs ${out.toExponential(2)}, input gradients ${grad.toExponential(2)}`);
+    const fp32 = checkAgainstCpu(s), tf32 = dryRun ? fp32 : checkAgainstCpu(s, 'tf32');
+    notes.push(`B${s.B} H${s.H}: max |CUDA - CPU| over 10 steps: outputs ${fp32.out.toExponential(2)}, input gradients ` +
+      `${fp32.grad.toExponential(2)}; with tf32 ${tf32.out.toExponential(2)} and ${tf32.grad.toExponential(2)}`);
     for (const backward of [false, true]) {
-      for (const norm of [true, false]) {
-        const ms = timeWnlstm(s, norm, backward);
-        rows.push({ ...s, impl: `wnlstm, norm ${norm ? 'on' : 'off'}`, pass: backward ? 'forward+backward' : 'forward', ms });
+      for (const v of variants) {
+        if (v.maxBatch && s.B > v.maxBatch) continue;
+        if (dryRun && v.precision === 'tf32') continue;  // the CPU has no tensor cores (the option changes nothing there)
+        const ms = withRecurrence(v.recurrence, () => timeWnlstm(s, v, backward));
+        rows.push({ ...s, impl: v.impl, pass: backward ? 'forward+backward' : 'forward', ms });
         console.error(`B${s.B} H${s.H} ${rows.at(-1).pass} ${rows.at(-1).impl}: ${ms.toFixed(3)} ms`);
       }
     }
