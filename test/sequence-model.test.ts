@@ -123,6 +123,26 @@ t.test('gradients of every head and loss = central differences (float64, padded 
   }
 });
 
+t.test("embeddingProjection 'table' and 'rows': the same losses and gradients (float64); precision is checked", async (t) => {
+  const { x, y } = containsThree(40, 9);
+  const base: SequenceModelConfig = { input: { vocabSize: 5, embeddingSize: 3 }, task: 'tagging', outputs: 5, units: 4, layers: 2, dtype: 'float64', seed: 4 };
+  const tags = x.map((s) => s.map((v) => (v + 1) % 5));
+  const [table, rows] = (['table', 'rows'] as const).map((embeddingProjection) => new SequenceModel({ ...base, embeddingProjection }));
+  t.equal(table.config.embeddingProjection, 'table', 'kept in the config');
+  const a = table.gradients(x, tags), b = rows.gradients(x, tags);
+  t.ok(a.loss > 0.5, `a real loss (${a.loss})`);
+  t.ok(Math.abs(a.loss - b.loss) <= 1e-12 * a.loss, `the same loss (${a.loss} and ${b.loss})`);
+  for (const name of Object.keys(b.grads)) assertClose(t, a.grads[name], b.grads[name], { rtol: 1e-10, atol: 1e-12 }, `d${name}`);
+  const ha = table.fit(x, tags, { epochs: 2, batchSize: 8, shuffle: false }), hb = rows.fit(x, tags, { epochs: 2, batchSize: 8, shuffle: false });
+  assertClose(t, ha.history.loss, hb.history.loss, { rtol: 1e-10, atol: 0 }, 'the same training');
+  const f32 = new SequenceModel({ ...base, dtype: 'float32' });
+  t.equal(f32.config.precision, 'fp32', "precision defaults to 'fp32'");
+  t.throws(() => new SequenceModel({ ...base, precision: 'tf32' }), { code: 'ERR_WNLSTM_CONFIG' }, "'tf32' is refused for float64");
+  t.throws(() => new SequenceModel({ ...base, precision: 'fp16' as never }), { code: 'ERR_WNLSTM_CONFIG' }, 'an unknown precision');
+  t.throws(() => new SequenceModel({ ...base, embeddingProjection: 'sometimes' as never }), { code: 'ERR_WNLSTM_CONFIG' }, 'an unknown embeddingProjection');
+  for (const m of [table, rows, f32]) m.dispose();
+});
+
 t.test('save and load: the same predictions, and training goes on as if never interrupted', async (t) => {
   const { x, y } = containsThree(120, 3);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wnlstm-seq-'));

@@ -5,7 +5,7 @@
 import { loadCheckpoint, loadCheckpointAsync, modelArrays, saveCheckpoint, saveCheckpointAsync, Checkpoint } from '../core/checkpoint';
 import { wnlstmError } from '../core/errors';
 import { Random } from '../core/init';
-import type { FloatArray, NativeBatch } from '../core/native';
+import type { EmbeddingProjection, FloatArray, NativeBatch } from '../core/native';
 import type { BackendName, LSTMCell, WeightNormLSTMCell } from '../nn/cell';
 import { ModelRuntime } from '../nn/runtime';
 import { HasParameters, Optimizer, OPTIMIZER_NAMES, OptimizerName, OptimizerState, optimizerByName, ParamBlock } from '../optim';
@@ -48,6 +48,13 @@ export interface SequenceModelConfig {
   dtype?: 'float32' | 'float64';
   backend?: BackendName;
   device?: number;
+  /** On CUDA with float32: 'tf32' runs the cells' products on TF32 tensor cores (default 'fp32', exact;
+   * see the cell option). */
+  precision?: 'fp32' | 'tf32';
+  /** Token ids: how the first layer projects the embedded tokens, as LanguageModel's option: 'auto' (the
+   * default) projects the embedding's table once per batch where the vocabulary is small against the batch's
+   * tokens, 'table' or 'rows' choose. The same values either way, up to float rounding. */
+  embeddingProjection?: EmbeddingProjection;
 }
 
 /** What fit() and evaluate() report (Keras's names): loss, and accuracy (classes), mae (values) or
@@ -145,9 +152,14 @@ export class SequenceModel implements HasParameters {
     if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) throw wnlstmError('ERR_WNLSTM_CONFIG', 'seed must be an integer in [0, 2^32)');
     const dtype = config.dtype ?? 'float32';
     if (dtype !== 'float32' && dtype !== 'float64') throw wnlstmError('ERR_WNLSTM_CONFIG', `dtype must be 'float32' or 'float64'`);
+    const precision = config.precision ?? 'fp32', embeddingProjection = config.embeddingProjection ?? 'auto';
+    if (precision !== 'fp32' && precision !== 'tf32') throw wnlstmError('ERR_WNLSTM_CONFIG', `precision must be 'fp32' or 'tf32', got ${String(precision)}`);
+    if (!['auto', 'table', 'rows'].includes(embeddingProjection)) {
+      throw wnlstmError('ERR_WNLSTM_CONFIG', `embeddingProjection must be 'auto', 'table' or 'rows', got ${String(embeddingProjection)}`);
+    }
     this.config = Object.freeze({
       input: Object.freeze({ ...input }), task, outputs, units, layers, norm: config.norm ?? true, bidirectional, dropout: config.dropout ?? 0,
-      maxLength, seed, dtype, backend: config.backend, device: config.device,
+      maxLength, seed, dtype, precision, embeddingProjection, backend: config.backend, device: config.device,
     });
     // Glorot-uniform limits (Keras's default) for the cells' kernels and the head; embeddings ±0.05.
     const glorot = (fanIn: number, fanOut: number) => Math.sqrt(6 / (fanIn + fanOut));
@@ -156,7 +168,7 @@ export class SequenceModel implements HasParameters {
     this.#runtime = new ModelRuntime({
       vocabSize, inputSize, hiddenSize: units, layers, outputSize: outputs, perStep: isPerStep(task),
       loss: classes ? 'crossEntropy' : 'squaredError', dropout: this.config.dropout, norm: this.config.norm, bidirectional, seed, dtype,
-      backend: config.backend, device: config.device, cellInitializer: { kind: 'uniform', min: -cellScale, max: cellScale },
+      precision, embeddingProjection, backend: config.backend, device: config.device, cellInitializer: { kind: 'uniform', min: -cellScale, max: cellScale },
       embeddingScale: 0.05, headScale: glorot(units * D, outputs),
     });
     this.#shape = { task, vocabSize, features: ids ? 0 : inputSize, outputs, maxLength: maxLength ?? 2 ** 31 - 1 };
