@@ -152,11 +152,8 @@ export class SequenceModel implements HasParameters {
     if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) throw wnlstmError('ERR_WNLSTM_CONFIG', 'seed must be an integer in [0, 2^32)');
     const dtype = config.dtype ?? 'float32';
     if (dtype !== 'float32' && dtype !== 'float64') throw wnlstmError('ERR_WNLSTM_CONFIG', `dtype must be 'float32' or 'float64'`);
+    // Checked where they are used: precision by the cells, embeddingProjection by the native model.
     const precision = config.precision ?? 'fp32', embeddingProjection = config.embeddingProjection ?? 'auto';
-    if (precision !== 'fp32' && precision !== 'tf32') throw wnlstmError('ERR_WNLSTM_CONFIG', `precision must be 'fp32' or 'tf32', got ${String(precision)}`);
-    if (!['auto', 'table', 'rows'].includes(embeddingProjection)) {
-      throw wnlstmError('ERR_WNLSTM_CONFIG', `embeddingProjection must be 'auto', 'table' or 'rows', got ${String(embeddingProjection)}`);
-    }
     this.config = Object.freeze({
       input: Object.freeze({ ...input }), task, outputs, units, layers, norm: config.norm ?? true, bidirectional, dropout: config.dropout ?? 0,
       maxLength, seed, dtype, precision, embeddingProjection, backend: config.backend, device: config.device,

@@ -66,9 +66,14 @@ export class ModelRuntime {
     const dense = uniform(hiddenSize * D * outputSize + outputSize, config.headScale, seed + 13);
     dense.fill(0, hiddenSize * D * outputSize);
     const { perStep, loss, embeddingProjection } = config;
-    this.#native = new addon.NativeModel({ vocabSize, inputSize, hiddenSize, layers, outputSize, perStep, loss, dropout: config.dropout,
-      bidirectional: D === 2, embeddingProjection },
-      dtype, cells.map(nativeCellOf), { model: new Random(seed + 17).getState(), stack: new Random(seed + 7).getState() });
+    try {
+      this.#native = new addon.NativeModel({ vocabSize, inputSize, hiddenSize, layers, outputSize, perStep, loss, dropout: config.dropout,
+        bidirectional: D === 2, embeddingProjection },
+        dtype, cells.map(nativeCellOf), { model: new Random(seed + 17).getState(), stack: new Random(seed + 7).getState() });
+    } catch (err) { // a config the native model refuses: the cells made for it go too
+      for (const c of cells) c.dispose();
+      throw err;
+    }
     if (embedding) this.#native.setValues('embedding', embedding);
     this.#native.setValues('dense', dense);
     this.blocks = this.#makeBlocks(dtype);
