@@ -11,8 +11,8 @@
 //   node bench/cuda.js --dry-run --out /tmp/x     the CPU backend on a tiny grid, no PyTorch: checks this
 //                                                 script where there is no GPU
 //
-// Method: float32, one layer, I = H, T = 100; inputs re-randomised (and uploaded) before every run, outside
-// the timing; 3 warm-up runs, then the median of up to --repeats runs (fewer where a run is slow, at least
+// Method: float32, one layer, I = H, T = 100; new inputs (windows of one random pool) uploaded before every
+// run, outside the timing; 3 warm-up runs, then the median of up to --repeats runs (fewer where a run is slow, at least
 // 3). wnlstm is timed on the host around the queued calls and a synchronize() (launch overheads included);
 // PyTorch with CUDA events. TFLOP/s counts 2·T·B·(I+H)·4H per forward, 3x for forward+backward.
 'use strict';
@@ -74,11 +74,20 @@ function withRecurrence(recurrence, fn) {
   }
 }
 
+// Fresh inputs for every run without drawing T·B·I numbers each time (seconds at the largest shapes): windows
+// of one random pool, shifted by a different amount each run.
+const poolSlack = 4096;
+let pool = new Float32Array(0), shift = 0;
+function freshWindow(n) {
+  if (pool.length < n + poolSlack) pool = randomize(new Float32Array(n + poolSlack));
+  shift = (shift + 997) % poolSlack;
+  return pool.subarray(shift, shift + n);
+}
+
 function timeWnlstm({ B, T, I, H }, { norm, precision = 'fp32' }, backward) {
   const cell = new WeightNormLSTMCell(H, { inputSize: I, norm, seed: 1, backend, precision });
-  const xs = new Float32Array(T * B * I), dys = new Float32Array(T * B * H);
-  const x = tensor(xs, [T, B, I], { backend }), dy = tensor(dys, [T, B, H], { backend });
-  const ms = timed(() => { x.write(randomize(xs)); if (backward) dy.write(randomize(dys)); }, () => {
+  const x = tensor(freshWindow(T * B * I), [T, B, I], { backend }), dy = tensor(freshWindow(T * B * H), [T, B, H], { backend });
+  const ms = timed(() => { x.write(freshWindow(T * B * I)); if (backward) dy.write(freshWindow(T * B * H)); }, () => {
     const r = cell.forward(x, { training: backward });
     if (backward) {
       const g = cell.backward(dy);
@@ -139,6 +148,7 @@ function main() {
     return;
   }
   const rows = [], notes = [];
+  fs.mkdirSync(outDir, { recursive: true });
   for (const s of shapes) {
     const fp32 = checkAgainstCpu(s), tf32 = dryRun ? fp32 : checkAgainstCpu(s, 'tf32');
     notes.push(`B${s.B} H${s.H}: max |CUDA - CPU| over 10 steps: outputs ${fp32.out.toExponential(2)}, input gradients ` +
@@ -152,6 +162,8 @@ function main() {
         console.error(`B${s.B} H${s.H} ${rows.at(-1).pass} ${rows.at(-1).impl}: ${ms.toFixed(3)} ms`);
       }
     }
+    // What a run cut short at its time limit leaves (the whole report below replaces it).
+    fs.writeFileSync(path.join(outDir, 'cuda.json'), JSON.stringify({ partial: true, notes, rows }, null, 1) + '\n');
   }
   let torch = null;
   if (!dryRun) {
@@ -177,7 +189,7 @@ function main() {
   const ceilings = torch?.ceilings ? `Measured matmul ceilings (PyTorch, 8192^3): fp32 ${torch.ceilings.fp32.toFixed(1)} TFLOP/s, TF32 ${torch.ceilings.tf32.toFixed(1)} TFLOP/s.\n` : '';
   let md = `# wnlstm CUDA benchmark\n\nCommand: \`${cmd}\` on the GPU machine (../shared/GPU.md). Date: ${new Date().toISOString().slice(0, 10)}.\n` +
     `Device: ${device}${torch ? `; PyTorch ${torch.torch}, cuDNN ${torch.cudnn}` : ''}.\n${ceilings}` +
-    `Method: float32, one layer, I = H, T = ${T}; inputs re-randomised before every run (outside the timing), 3 warm-up runs, ` +
+    `Method: float32, one layer, I = H, T = ${T}; new random inputs uploaded before every run (outside the timing), 3 warm-up runs, ` +
     `then the median of up to ${repeats} runs. wnlstm on device tensors, timed on the host around the queued calls and a ` +
     'synchronize(); PyTorch with CUDA events on device tensors. TFLOP/s counts 2·T·B·(I+H)·4H per forward, 3x for ' +
     'forward+backward. "x wnlstm" is the time of the row over the time of wnlstm with weight norm on (above 1: wnlstm is faster).\n\n' +
@@ -189,7 +201,6 @@ function main() {
   for (const r of rows) {
     md += `| B${r.B} T${r.T} I${r.I} H${r.H} | ${r.pass} | ${r.impl} | ${r.ms.toFixed(3)} | ${r.tflops.toFixed(2)} | ${r.vsWnlstm.toFixed(2)} |\n`;
   }
-  fs.mkdirSync(outDir, { recursive: true });
   const colors = ['#1f77b4', '#aec7e8', '#d62728', '#ff9896', '#2ca02c', '#98df8a', '#9467bd', '#c5b0d5'];
   for (const H of hiddens) {
     const impls = [...new Set(rows.map((r) => r.impl))];

@@ -16,6 +16,10 @@ import warnings
 import torch
 
 
+# The hook form recomputes the weights at every call, as the parametrization does; newer PyTorch may drop it.
+weight_norm = getattr(torch.nn.utils, "weight_norm", None) or torch.nn.utils.parametrizations.weight_norm
+
+
 def timed(fn, prepare, repeats):
     for _ in range(3):
         prepare()
@@ -60,13 +64,16 @@ def main():
             lstm = torch.nn.LSTM(I, H).to(device)
             if norm:
                 for weight in ("weight_ih_l0", "weight_hh_l0"):
-                    lstm = torch.nn.utils.weight_norm(lstm, name=weight, dim=0)
-            x = torch.empty(T, B, I, device=device)
+                    lstm = weight_norm(lstm, name=weight, dim=0)
+            # The input's gradient too, as wnlstm's backward computes it.
+            x = torch.empty(T, B, I, device=device, requires_grad=True)
             dy = torch.empty(T, B, H, device=device)
 
             def prepare():
-                x.uniform_(-1, 1)
-                dy.uniform_(-1, 1)
+                with torch.no_grad():
+                    x.uniform_(-1, 1)
+                    dy.uniform_(-1, 1)
+                x.grad = None
 
             def forward():
                 with torch.no_grad():
