@@ -148,6 +148,7 @@ function main() {
     return;
   }
   const rows = [], notes = [];
+  const found = { rows, notes, torch: null, lm: null };
   fs.mkdirSync(outDir, { recursive: true });
   for (const s of shapes) {
     const fp32 = checkAgainstCpu(s), tf32 = dryRun ? fp32 : checkAgainstCpu(s, 'tf32');
@@ -162,58 +163,64 @@ function main() {
         console.error(`B${s.B} H${s.H} ${rows.at(-1).pass} ${rows.at(-1).impl}: ${ms.toFixed(3)} ms`);
       }
     }
-    // What a run cut short at its time limit leaves (the whole report below replaces it).
-    fs.writeFileSync(path.join(outDir, 'cuda.json'), JSON.stringify({ partial: true, notes, rows }, null, 1) + '\n');
+    writeReport(info, found, true);  // what a run cut short at a time limit leaves
   }
-  let torch = null;
   if (!dryRun) {
-    const py = spawnSync('python3', [path.join(__dirname, 'cudnn_lstm.py'), JSON.stringify(shapes), String(repeats)], { encoding: 'utf8', maxBuffer: 1 << 24 });
+    const py = spawnSync('python3', [path.join(__dirname, 'cudnn_lstm.py'), JSON.stringify(shapes), String(repeats)],
+      { encoding: 'utf8', maxBuffer: 1 << 24, timeout: 150_000 });
     if (py.status === 0) {
-      torch = JSON.parse(py.stdout.trim().split('\n').pop());
-      rows.push(...torch.results);
+      found.torch = JSON.parse(py.stdout.trim().split('\n').pop());
+      rows.push(...found.torch.results);
     } else {
       notes.push(`PyTorch baseline failed: ${(py.stderr || py.error?.message || '').trim().split('\n').pop()}`);
     }
+    writeReport(info, found, true);
   }
-  const lmSteps = dryRun ? 3 : 100;
-  const lm = { device: languageModelSteps(backend, lmSteps), cpu: languageModelSteps('cpu', dryRun ? 3 : 20) };
-  const lossGap = Math.max(...lm.device.firstLosses.map((l, i) => Math.abs(l - lm.cpu.firstLosses[i]) / lm.cpu.firstLosses[i]));
+  found.lm = { device: languageModelSteps(backend, dryRun ? 3 : 100), cpu: languageModelSteps('cpu', dryRun ? 3 : 20) };
+  console.log(writeReport(info, found, false));
+}
 
-  for (const r of rows) {
-    r.tflops = forwardFlops(r) * (r.pass === 'forward' ? 1 : 3) / r.ms / 1e9;
+/** Writes cuda.md, cuda.json and the plots from what has been measured so far; returns the markdown. */
+function writeReport(info, { rows, notes, torch, lm }, partial) {
+  const measured = rows.map((r) => {
     const ref = rows.find((q) => q.B === r.B && q.H === r.H && q.pass === r.pass && q.impl === 'wnlstm, norm on');
-    r.vsWnlstm = r.ms / ref.ms;
-  }
+    return { ...r, tflops: forwardFlops(r) * (r.pass === 'forward' ? 1 : 3) / r.ms / 1e9, vsWnlstm: ref ? r.ms / ref.ms : NaN };
+  });
   const device = dryRun ? 'dry run on the CPU' : `${info.cuda.devices.join(', ')}, driver ${info.cuda.driverVersion}`;
   const cmd = `node bench/cuda.js --repeats ${repeats}${dryRun ? ' --dry-run' : ''}`;
   const ceilings = torch?.ceilings ? `Measured matmul ceilings (PyTorch, 8192^3): fp32 ${torch.ceilings.fp32.toFixed(1)} TFLOP/s, TF32 ${torch.ceilings.tf32.toFixed(1)} TFLOP/s.\n` : '';
-  let md = `# wnlstm CUDA benchmark\n\nCommand: \`${cmd}\` on the GPU machine (../shared/GPU.md). Date: ${new Date().toISOString().slice(0, 10)}.\n` +
+  let lmLine = 'Language model training step: not reached.\n\n';
+  if (lm) {
+    const lossGap = Math.max(...lm.device.firstLosses.map((l, i) => Math.abs(l - lm.cpu.firstLosses[i]) / lm.cpu.firstLosses[i]));
+    lmLine = `Language model training step (2 x 128, batch 50, BPTT 50, vocabulary 86, dropout 0.5, RMSProp, clip 5; random ids): ` +
+      `${lm.device.stepsPerSecond.toFixed(1)} steps/s on ${backend} against ${lm.cpu.stepsPerSecond.toFixed(1)} on this machine's CPU ` +
+      `(${(lm.device.stepsPerSecond / lm.cpu.stepsPerSecond).toFixed(2)}x); first 5 losses agree within rtol ${lossGap.toExponential(1)}.\n\n`;
+  }
+  let md = `# wnlstm CUDA benchmark${partial ? ' (partial: the run stopped before its end)' : ''}\n\n` +
+    `Command: \`${cmd}\` on the GPU machine (scripts/gpu.sh). Date: ${new Date().toISOString().slice(0, 10)}.\n` +
     `Device: ${device}${torch ? `; PyTorch ${torch.torch}, cuDNN ${torch.cudnn}` : ''}.\n${ceilings}` +
-    `Method: float32, one layer, I = H, T = ${T}; new random inputs uploaded before every run (outside the timing), 3 warm-up runs, ` +
-    `then the median of up to ${repeats} runs. wnlstm on device tensors, timed on the host around the queued calls and a ` +
+    `Method: float32, one layer, I = H, T = ${T}; new inputs (windows of one random pool) uploaded before every run (outside the ` +
+    `timing), 3 warm-up runs, then the median of up to ${repeats} runs. wnlstm on device tensors, timed on the host around the queued calls and a ` +
     'synchronize(); PyTorch with CUDA events on device tensors. TFLOP/s counts 2·T·B·(I+H)·4H per forward, 3x for ' +
     'forward+backward. "x wnlstm" is the time of the row over the time of wnlstm with weight norm on (above 1: wnlstm is faster).\n\n' +
-    `Language model training step (2 x 128, batch 50, BPTT 50, vocabulary 86, dropout 0.5, RMSProp, clip 5; random ids): ` +
-    `${lm.device.stepsPerSecond.toFixed(1)} steps/s on ${backend} against ${lm.cpu.stepsPerSecond.toFixed(1)} on this machine's CPU ` +
-    `(${(lm.device.stepsPerSecond / lm.cpu.stepsPerSecond).toFixed(2)}x); first 5 losses agree within rtol ${lossGap.toExponential(1)}.\n\n` +
-    notes.map((n) => `- ${n}\n`).join('') +
+    lmLine + notes.map((n) => `- ${n}\n`).join('') +
     '\n| shape | pass | implementation | ms | TFLOP/s | x wnlstm |\n|---|---|---|---|---|---|\n';
-  for (const r of rows) {
+  for (const r of measured) {
     md += `| B${r.B} T${r.T} I${r.I} H${r.H} | ${r.pass} | ${r.impl} | ${r.ms.toFixed(3)} | ${r.tflops.toFixed(2)} | ${r.vsWnlstm.toFixed(2)} |\n`;
   }
   const colors = ['#1f77b4', '#aec7e8', '#d62728', '#ff9896', '#2ca02c', '#98df8a', '#9467bd', '#c5b0d5'];
-  for (const H of hiddens) {
-    const impls = [...new Set(rows.map((r) => r.impl))];
+  const impls = [...new Set(measured.map((r) => r.impl))];
+  for (const H of hiddens.filter((h) => measured.some((r) => r.H === h))) {
     const series = impls.flatMap((impl, i) => ['forward+backward', 'forward'].map((pass) => ({
       label: `${impl}, ${pass === 'forward' ? 'fwd' : 'fwd+bwd'}`, color: colors[i % colors.length], dashed: pass === 'forward',
-      points: rows.filter((r) => r.H === H && r.impl === impl && r.pass === pass).map((r) => [Math.log2(r.B), r.tflops]),
-    })));
+      points: measured.filter((r) => r.H === H && r.impl === impl && r.pass === pass).map((r) => [Math.log2(r.B), r.tflops]),
+    }))).filter((series) => series.points.length > 0);
     fs.writeFileSync(path.join(outDir, `cuda-h${H}.svg`), lineChart(series, {
       title: `H = I = ${H}, T = ${T}: TFLOP/s by batch (${device})`, xLabel: 'log2(batch)', yLabel: 'TFLOP/s', width: 900, height: 520 }));
   }
   fs.writeFileSync(path.join(outDir, 'cuda.md'), md);
-  fs.writeFileSync(path.join(outDir, 'cuda.json'), JSON.stringify({ command: cmd, device, torch, notes, lm, rows }, null, 2) + '\n');
-  console.log(md);
+  fs.writeFileSync(path.join(outDir, 'cuda.json'), JSON.stringify({ command: cmd, device, partial, torch, notes, lm, rows: measured }, null, 2) + '\n');
+  return md;
 }
 
 main();

@@ -20,6 +20,19 @@ import torch
 weight_norm = getattr(torch.nn.utils, "weight_norm", None) or torch.nn.utils.parametrizations.weight_norm
 
 
+def set_tf32(enabled):
+    """TF32 in cuDNN's RNNs and in matmuls: PyTorch 2.9's settings where they exist (it deprecates the old
+    ones, and mixing the two is an error), else allow_tf32. Returns the setting as PyTorch reads it back."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is not None and hasattr(rnn, "fp32_precision"):
+        mode = "tf32" if enabled else "ieee"
+        rnn.fp32_precision = mode
+        torch.backends.cuda.matmul.fp32_precision = mode
+        return f"cudnn.rnn.fp32_precision={rnn.fp32_precision}"
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    return f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}"
+
+
 def timed(fn, prepare, repeats):
     for _ in range(3):
         prepare()
@@ -39,11 +52,11 @@ def timed(fn, prepare, repeats):
 
 def matmul_ceiling(tf32, repeats):
     """TFLOP/s of an 8192^3 float32 matmul (TF32 tensor cores when allowed): the device's measured ceiling."""
-    torch.backends.cuda.matmul.allow_tf32 = tf32
+    set_tf32(tf32)
     n = 8192
     a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
     ms = timed(lambda: torch.matmul(a, b), lambda: None, repeats)
-    torch.backends.cuda.matmul.allow_tf32 = False
+    set_tf32(False)
     return 2 * n ** 3 / ms / 1e9
 
 
@@ -59,7 +72,7 @@ def main():
     for s in shapes:
         B, T, I, H = s["B"], s["T"], s["I"], s["H"]
         for name, norm, tf32 in variants:
-            torch.backends.cudnn.allow_tf32 = tf32
+            setting = set_tf32(tf32)
             torch.manual_seed(1)
             lstm = torch.nn.LSTM(I, H).to(device)
             if norm:
@@ -84,10 +97,10 @@ def main():
                 y, _ = lstm(x)
                 y.backward(dy)
 
-            results.append({**s, "impl": name, "pass": "forward", "ms": timed(forward, prepare, repeats)})
-            results.append({**s, "impl": name, "pass": "forward+backward", "ms": timed(forward_backward, prepare, repeats)})
+            results.append({**s, "impl": name, "pass": "forward", "ms": timed(forward, prepare, repeats), "setting": setting})
+            results.append({**s, "impl": name, "pass": "forward+backward", "ms": timed(forward_backward, prepare, repeats),
+                            "setting": setting})
             del lstm, x, dy
-    torch.backends.cudnn.allow_tf32 = True
     print(json.dumps({
         "torch": torch.__version__,
         "cudnn": torch.backends.cudnn.version(),

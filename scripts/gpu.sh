@@ -5,11 +5,12 @@
 #   here:   scripts/gpu.sh pack     builds the addon (machine code for sm_90 included) and dist/, packs Node.js
 #                                   (../shared/gpu/prepare) and the package's run-time dependencies into .gpu/,
 #                                   then loads dist/ from a copy of the tree without node_modules, as there
-#   there:  source .gpu/enter && scripts/gpu.sh run      (device tool: carry .gpu, build/Release and dist)
+#   there:  source .gpu/enter && bash scripts/gpu.sh run      (device tool: carry .gpu, build/Release and dist;
+#                                   timeout_s about 540)
 #   here:   scripts/gpu.sh run --dry-run --out DIR   checks this script: the checks report no device and
 #                                   skip, the benchmark runs a tiny grid on the CPU backend
 #
-# `run` writes to $OUT (or --out DIR), each part under its own time limit (at most 7 minutes in all), so that
+# `run` writes to $OUT (or --out DIR), each part under its own time limit (8 minutes in all at the worst), so that
 # a part cut short still returns what it did:
 #   log.txt            the device (nvidia-smi, backendInfo, the addon's machine code); test/cuda-compare.js
 #                      --large under each recurrence (per-step kernels, persistent); bench/cuda.js's log
@@ -52,14 +53,20 @@ pack() {
   du -sh .gpu build/Release dist | tr '\n' ' '; echo '(carried; 64 MiB at most with the tree)'
 }
 
-# job FILE SECONDS CMD...: runs CMD under a time limit into FILE, ending it with CMD's exit status and time.
+# job FILE SECONDS CMD...: runs CMD under a time limit, appending its output to FILE, then its exit status
+# and time (124: cut short at the limit; 137: killed 10 s later).
 job() {
   local file=$1 limit=$2 start=$SECONDS
   shift 2
-  echo "== $* (limit ${limit}s)" > "$file"
+  echo "== $* (limit ${limit}s)" >> "$file"
   timeout --kill-after=10 "$limit" "$@" >> "$file" 2>&1
   local rc=$?
-  echo "== exit $rc$([ $rc = 124 ] && echo ', cut short at the limit') after $((SECONDS - start))s" >> "$file"
+  echo "== exit $rc$(case $rc in 124|137) echo ', cut short at the limit' ;; esac) after $((SECONDS - start))s" >> "$file"
+}
+
+# check CMD...: CMD in the background while the checks run together, else in the foreground.
+check() {
+  if [ -n "$together" ]; then "$@" & else "$@"; fi
 }
 
 run() {
@@ -68,39 +75,46 @@ run() {
   while [ $# -gt 0 ]; do
     case $1 in
       --dry-run) dry=--dry-run ;;
-      --out) out=$2; shift ;;
+      --out) out=${2:?--out needs a folder}; shift ;;
     esac
     shift
   done
   [ -n "$out" ] || { echo "gpu.sh run: no \$OUT or --out DIR" >&2; exit 1; }
-  mkdir -p "$out"
+  mkdir -p "$out" && out=$(cd "$out" && pwd)
   export NODE_PATH=$root/.gpu/node_modules${NODE_PATH:+:$NODE_PATH}
-  local parts
+  export PATH=$PATH:${CUDA_HOME:-/usr/local/cuda}/bin  # compute-sanitizer and cuobjdump, where PATH lacks them
+  local parts mode
   parts=$(mktemp -d)
-  job "$parts/0-device" 60 bash -c 'nvidia-smi; node -e "console.log(JSON.stringify(require(\".\").backendInfo(), null, 1))";
+  job "$out/log.txt" 60 bash -c 'nvidia-smi; node -e "console.log(JSON.stringify(require(\".\").backendInfo(), null, 1))";
     cuobjdump --list-elf build/Release/wnlstm.node; date -u'
   # The checks side by side (the CPU backend's references use the machine's cores; the GPU has room for all),
-  # each sanitizer tool over the quick cases under the default recurrence, which takes the persistent kernels
-  # for the cases without a projection and the per-step kernels for the one with.
+  # unless the GPU takes one process at a time. Each sanitizer tool runs the quick cases under the default
+  # recurrence, which takes the persistent kernels for the cases without a projection, the per-step kernels
+  # for the one with.
+  mode=$(nvidia-smi --query-gpu=compute_mode --format=csv,noheader 2>/dev/null | head -n 1)
+  together=1 compare_limit=150 sanitizer_limit=150
+  if [ -n "$mode" ] && [ "$mode" != Default ]; then
+    together= compare_limit=90 sanitizer_limit=40
+    echo "compute mode $mode: the checks one at a time, with shorter limits" | tee -a "$out/log.txt"
+  fi
   for recurrence in steps persistent; do
-    job "$parts/1-compare-$recurrence" 150 env WNLSTM_CUDA_RECURRENCE=$recurrence node test/cuda-compare.js --large &
+    check job "$parts/1-compare-$recurrence" $compare_limit env WNLSTM_CUDA_RECURRENCE=$recurrence node test/cuda-compare.js --large
   done
   if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck initcheck synccheck; do
-      job "$parts/$tool" 150 compute-sanitizer --tool "$tool" --print-limit 20 --error-exitcode 3 node test/cuda-compare.js --quick &
+      check job "$parts/$tool" $sanitizer_limit compute-sanitizer --tool "$tool" --print-limit 20 --error-exitcode 3 node test/cuda-compare.js --quick
     done
   else
     echo "no compute-sanitizer here" > "$parts/memcheck"
   fi
   wait
-  cat "$parts"/[01]-* > "$out/log.txt"
+  cat "$parts"/1-* >> "$out/log.txt"
   cat "$parts"/*check > "$out/sanitizer.txt"
-  grep -h '^== exit\|^{"' "$parts"/* | cut -c1-300
-  # The timings alone on the machine.
-  job "$parts/2-bench" 240 node bench/cuda.js --out "$out" $dry
-  cat "$parts/2-bench" >> "$out/log.txt"
-  tail -n 3 "$parts/2-bench"
+  for f in "$parts"/*; do echo "${f##*/}: $(grep '^{"' "$f" | cut -c1-200) $(tail -n 1 "$f")"; done
   rm -rf "$parts"
+  # The timings alone on the machine, logged straight into $OUT.
+  job "$out/log.txt" 240 node bench/cuda.js --out "$out" $dry
+  tail -n 1 "$out/log.txt"
 }
 
 case ${1:-} in

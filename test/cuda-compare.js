@@ -6,7 +6,8 @@
 //   node test/cuda-compare.js           every case in float64, float32 and TF32, the language models and the
 //                                       layers; prints a JSON report, exits 1 on a failure
 //   node test/cuda-compare.js --large   also the larger cases below (scripts/gpu.sh run does this)
-//   node test/cuda-compare.js --quick   a few cases that reach every kernel (for compute-sanitizer, which is slow)
+//   node test/cuda-compare.js --quick   fewer cases, for compute-sanitizer (which is slow): every kernel but the
+//                                       projected-table language model's
 // test/cuda.test.ts runs the same cases through tap (and skips them where no CUDA device answers).
 //
 // Tolerances: float64 rtol 1e-9 (the backends sum in different orders and use different libm's);
@@ -19,16 +20,17 @@ const { closeness, randomArray } = require('./closeness.js');
 
 const cases = require('./cuda-cases.json');
 // Larger shapes, off every tile, for the device: beyond what the emulation's fibers run in CI time (one of
-// them, I 515 H 1027 B 61, passed there under both recurrences, in 9 minutes each). B 61: the persistent kernels at a large H; B 100 and
-// 257: the per-step kernels; H 2049 at B 3: split-K with many slices.
+// them, I 515 H 1027 B 61, passed there under both recurrences, in 9 minutes each). B 61 takes the persistent
+// kernels at a large H by default; B 100 and 257 the per-step kernels (and the persistent ones, where they
+// fit, under WNLSTM_CUDA_RECURRENCE=persistent); H 2049 at B 3: split-K with many slices.
 const largeCases = [
   { I: 333, H: 515, T: 9, B: 100, lengths: true, options: { usePeepholes: true } },
   { I: 515, H: 1027, T: 6, B: 61, options: {} },
   { I: 200, H: 300, T: 8, B: 257, lengths: true, options: { numProj: 129, projClip: 0.3 } },
   { I: 1, H: 2049, T: 3, B: 3, options: { cellClip: 3 } },
 ];
-// One case per kernel path for --quick: plain, projection with lengths and peepholes, tile-unaligned with
-// lengths, large K (the indexes are into cuda-cases.json).
+// The cells' cases for --quick (with one language model and the layers): plain, projection with lengths and
+// peepholes, tile-unaligned with lengths, large K (indexes into cuda-cases.json).
 const quickCases = [0, 3, 10, 12].map((i) => cases[i]);
 const tolerances = {
   float64: { out: { rtol: 1e-9, atol: 1e-11 }, grad: { rtol: 1e-9, atol: 1e-11 } },
@@ -217,10 +219,8 @@ if (require.main === module) {
     for (const dtype of ['float64', 'float32', 'tf32']) {
       if (dtype !== 'tf32') {  // TF32: the cells' cases only
         await record(`${dtype} language model`, () => compareLanguageModels(dtype));
-        if (!quick) {
-          await record(`${dtype} language model, projected table`, () => compareLanguageModels(dtype, { dropout: 0, embeddingProjection: 'table' }));
-          await record(`${dtype} layers on tensors`, () => compareLayers(dtype));
-        }
+        if (!quick) await record(`${dtype} language model, projected table`, () => compareLanguageModels(dtype, { dropout: 0, embeddingProjection: 'table' }));
+        await record(`${dtype} layers on tensors`, () => compareLayers(dtype));
       }
       for (const c of selected) await record(`${dtype} ${JSON.stringify(c)}`, () => compareBackends(c, dtype));
     }
